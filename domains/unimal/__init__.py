@@ -1,0 +1,1 @@
+"""UNIMAL: universal morphology control on MuJoCo (the first kdistill domain)."""

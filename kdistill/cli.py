@@ -1,0 +1,147 @@
+"""The ``kdistill`` command line. Sub-commands come from plugins through ``register_commands``.
+
+Commands that report results take ``--json`` and then print exactly one JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from kdistill.errors import KdistillError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def print_json(obj: Any) -> None:
+    """Machine-readable output for ``--json``: exactly one JSON document on stdout."""
+    from kdistill.io import _json_default
+
+    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout instead of tables.")
+data_dir_option = click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+                               help="Data folder for domains that read data (else the domain's env var / cache).")
+
+
+class LazyGroup(click.Group):
+    """Adds plugin commands on first use, so ``--help`` lists them and import errors surface cleanly."""
+
+    _loaded = False
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        from kdistill.plugins import get_plugins
+
+        for entry in get_plugins().commands:
+            if not isinstance(entry.obj, click.Command):
+                raise KdistillError(f"plugin {entry.plugin!r} registered command {entry.name!r}, which is not a click command.")
+            if entry.name in self.commands:
+                raise KdistillError(f"plugin {entry.plugin!r} registered command {entry.name!r}, which kdistill already has.")
+            self.add_command(entry.obj, entry.name)
+
+    def list_commands(self, ctx):
+        self._load()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx, name):
+        self._load()
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="kdistill")
+def app(debug: bool) -> None:
+    """kdistill: knowledge-decoupled distillation.
+
+    Train a context-reading teacher, distill it into a hypernetwork that writes a small policy per
+    task, evaluate, export and benchmark. Domains and extras come from plugins (`kdistill plugins`).
+    """
+    if debug:
+        os.environ["KDISTILL_DEBUG"] = "1"
+
+
+@app.command("plugins")
+@json_option
+def plugins_cmd(as_json: bool) -> None:
+    """List loaded plugins, their versions and what each registers."""
+    from kdistill.plugins import get_plugins
+
+    plugins = get_plugins()
+    rows = [{"name": name, "version": info.version, "source": info.source, "registers": plugins.registered_by(name)}
+            for name, info in plugins.info.items()]
+    if as_json:
+        print_json({"plugins": rows})
+        return
+    table = Table(title="kdistill plugins")
+    for col in ("plugin", "version", "registers", "source"):
+        table.add_column(col)
+    for r in rows:
+        regs = "\n".join(f"{kind}: {', '.join(names)}" for kind, names in r["registers"].items()) or "-"
+        table.add_row(r["name"], r["version"], regs, r["source"])
+    console.print(table)
+
+
+@app.command("domains")
+@json_option
+@data_dir_option
+def domains_cmd(as_json: bool, data_dir: str | None) -> None:
+    """List domains with their splits and task counts."""
+    from kdistill.plugins import get_plugins
+
+    rows = []
+    for entry in get_plugins().domains:
+        row: dict[str, Any] = {"name": entry.name, "plugin": entry.plugin}
+        try:
+            row.update(entry.obj(data_dir=data_dir).describe())
+            row["error"] = None
+        except KdistillError as exc:
+            row.update({"description": "", "splits": {}, "error": str(exc)})
+        rows.append(row)
+    if as_json:
+        print_json({"domains": rows})
+        return
+    table = Table(title="kdistill domains")
+    for col in ("domain", "plugin", "splits (tasks)", "description"):
+        table.add_column(col)
+    for r in rows:
+        splits = ", ".join(f"{k} ({v})" for k, v in r["splits"].items()) if not r["error"] else f"[red]{r['error']}[/red]"
+        table.add_row(r["name"], r["plugin"], splits, r.get("description", ""))
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("KDISTILL_DEBUG") == "1"
+    try:
+        rc = app.main(args=argv, prog_name="kdistill", standalone_mode=False)
+    except KdistillError as exc:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True, highlight=False, markup=True)
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err_console.print("interrupted; finished work is kept (use --resume to continue).")
+        sys.exit(130)
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

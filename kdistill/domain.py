@@ -1,0 +1,168 @@
+"""The domain contract: what a domain supplies so the core can train, distill, evaluate and export.
+
+A domain is a family of tasks whose differences are described by a *context*. The core sees every
+domain through the same observation layout, whatever it simulates:
+
+* ``obs``      float32 ``(T, F)``   per-token state the teacher sees (raw; the core normalises it)
+* ``obs_mask`` bool    ``(T,)``     True where a token slot is padding
+* ``act_mask`` bool    ``(T*A,)``   True where an action slot is padding (the env ignores it)
+* ``context``  float32 ``(T, C)``   per-token task context, constant within a task
+
+``T`` is the number of token slots (limbs for UNIMAL; 1 for a domain whose context is a plain
+vector), ``F`` the teacher's per-token features, ``A`` the actions per token. The student sees only
+``obs[..., layout.student_features]`` and the context, which goes through the hypernetwork once
+per task. Envs are ``gymnasium.Env`` whose observation is a ``Dict`` with those keys; a domain may
+add keys of its own.
+
+Example (a domain with one token and a 3-number context)::
+
+    class PendulumFamily(kdistill.Domain):
+        name = "pendulums"
+        layout = kdistill.Layout(max_tokens=1, obs_features=3, student_features=(0, 1, 2),
+                                 context_features=3, actions_per_token=1, context_kind="vector")
+        def splits(self): return {"train": [...], "test": [...]}
+        def make_env(self, task, **kw): return PendulumEnv(self.params[task], **kw)
+        def context(self, task): return kdistill.TaskContext.single(self.params_vector(task), num_actions=1)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import attrs
+import numpy as np
+
+from kdistill.errors import unknown_name
+
+
+def _positive(instance, attribute, value):
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value}")
+
+
+@attrs.frozen
+class Layout:
+    """Shapes shared by a domain's envs, teachers and students."""
+
+    max_tokens: int = attrs.field(validator=_positive)
+    obs_features: int = attrs.field(validator=_positive)
+    student_features: tuple[int, ...] = attrs.field(converter=tuple)
+    context_features: int = attrs.field(validator=_positive)
+    actions_per_token: int = attrs.field(validator=_positive)
+    context_kind: str = attrs.field(default="tokens", validator=attrs.validators.in_(("tokens", "vector")))
+
+    @student_features.validator
+    def _check_student_features(self, attribute, value):
+        if not value or any(i < 0 or i >= self.obs_features for i in value):
+            raise ValueError(f"student_features must be indices in [0, {self.obs_features}), got {value}")
+
+    @property
+    def num_actions(self) -> int:
+        return self.max_tokens * self.actions_per_token
+
+    @property
+    def student_token_features(self) -> int:
+        return len(self.student_features)
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Layout":
+        return cls(**d)
+
+
+@attrs.frozen(eq=False)
+class TaskContext:
+    """The per-task context the hypernetwork reads, with its padding masks."""
+
+    tokens: np.ndarray  # (T, C) float32
+    mask: np.ndarray  # (T,) bool, True = padded token
+    act_mask: np.ndarray  # (T*A,) bool, True = padded action slot
+
+    @classmethod
+    def single(cls, vector: Sequence[float], num_actions: int) -> "TaskContext":
+        """A one-token context from a plain vector (domains with ``context_kind='vector'``)."""
+        v = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        return cls(v, np.zeros(1, dtype=bool), np.zeros(num_actions, dtype=bool))
+
+
+@attrs.frozen
+class TeacherSpec:
+    """A teacher architecture a domain offers.
+
+    ``build(layout, config)`` returns an actor-critic ``torch.nn.Module`` (see ``kdistill.ppo``);
+    ``config_cls`` is a frozen attrs class with a ``presets()`` classmethod returning named configs.
+    """
+
+    name: str
+    build: Callable[..., Any]
+    config_cls: type
+    description: str = ""
+
+
+class Domain:
+    """Base class for domains. Subclasses set ``name``, ``description``, ``layout`` and override the methods."""
+
+    name: str = ""
+    description: str = ""
+    layout: Layout
+
+    # tasks -----------------------------------------------------------------------------------------
+    def splits(self) -> dict[str, list[str]]:
+        """Task names per split, e.g. ``{"train": [...], "test": [...]}``."""
+        raise NotImplementedError
+
+    def tasks(self, split: str | None = None, names: Sequence[str] | None = None) -> list[str]:
+        """Tasks of a split (or ``"all"``), or the given names checked against every split."""
+        splits = self.splits()
+        if names:
+            known = {t for ts in splits.values() for t in ts}
+            for n in names:
+                if n not in known:
+                    raise unknown_name(f"{self.name} task", n, known)
+            return list(names)
+        split = split or "train"
+        if split == "all":
+            seen: dict[str, None] = {}
+            for ts in splits.values():
+                seen.update(dict.fromkeys(ts))
+            return list(seen)
+        if split not in splits:
+            raise unknown_name(f"{self.name} split", split, list(splits) + ["all"])
+        return list(splits[split])
+
+    # environments ------------------------------------------------------------------------------------
+    def make_env(self, task: str, **kwargs) -> Any:
+        """A ``gymnasium.Env`` for one task whose observation follows the layout above."""
+        raise NotImplementedError
+
+    def make_vec_env(self, tasks: Sequence[str], num_envs: int, seed: int = 0, sampler=None, **kwargs):
+        """A ``kdistill.vec.VecEnv`` over ``tasks``; each sub-env picks its task at reset via ``sampler``.
+
+        The default steps ``make_env`` envs in this process; override for something faster.
+        """
+        from kdistill.vec import SyncVecEnv
+
+        return SyncVecEnv.from_domain(self, tasks, num_envs, seed=seed, sampler=sampler, **kwargs)
+
+    def context(self, task: str) -> TaskContext:
+        """The task's context tokens and masks."""
+        raise NotImplementedError
+
+    # teachers ----------------------------------------------------------------------------------------
+    default_teacher: str = ""
+
+    def teachers(self) -> dict[str, TeacherSpec]:
+        """Teacher architectures for this domain, by name (also registered via ``register_teachers``)."""
+        return {}
+
+    # optional ----------------------------------------------------------------------------------------
+    def check(self, tasks: Sequence[str], steps: int = 1000) -> list[dict[str, Any]]:
+        """Load and step each task; one dict per task with at least ``name``, ``ok`` and ``error``."""
+        raise NotImplementedError(f"domain {self.name!r} has no check")
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for ``kdistill domains``."""
+        return {"name": self.name, "description": self.description,
+                "splits": {k: len(v) for k, v in self.splits().items()}}
