@@ -162,6 +162,12 @@ class Domain:
         """Load and step each task; one dict per task with at least ``name``, ``ok`` and ``error``."""
         raise NotImplementedError(f"domain {self.name!r} has no check")
 
+    def fetch_data(self, source: str | None = None, progress: Callable[[str, int, int | None], None] | None = None) -> dict[str, Any]:
+        """Install the domain's data (``kdistill data fetch``): download it, or copy it from ``source``
+        (a local folder or archive). ``progress(description, completed, total)`` reports work done
+        (``total`` may be None). Returns facts about the install, e.g. ``{"path": ..., "files": ...}``."""
+        raise NotImplementedError(f"domain {self.name!r} has no data to fetch")
+
     def describe(self) -> dict[str, Any]:
         """Facts for ``kdistill domains``."""
         return {"name": self.name, "description": self.description,

@@ -1,0 +1,129 @@
+"""The UNIMAL domain: morphology-agnostic locomotion over 202 UNIMAL robots (flat terrain)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+import kdistill
+from domains.unimal import features as F
+from kdistill.errors import KdistillError
+
+LAYOUT = kdistill.Layout(
+    max_tokens=F.MAX_LIMBS,
+    obs_features=F.OBS_FEATURES,
+    student_features=F.STUDENT_FEATURES,
+    context_features=F.CONTEXT_FEATURES,
+    actions_per_token=F.JOINT_SLOTS,
+)
+
+
+class UnimalDomain(kdistill.Domain):
+    """UNIMAL robots on flat terrain; a task is a robot name, its context the robot's morphology."""
+
+    name = "unimal"
+    description = "UNIMAL morphologies walking on flat terrain (MuJoCo); tasks are robots, context is morphology"
+    layout = LAYOUT
+    default_teacher = "metamorph"
+    task_kind = "ft"
+
+    def __init__(self, data_dir: str | os.PathLike | None = None, **_ignored):
+        self.data_dir = data_dir
+        self._library = None
+
+    # data ------------------------------------------------------------------------------------------------
+    @property
+    def library(self):
+        """The robots of the data folder (raises a DataError naming the fetch command if there are none)."""
+        if self._library is None:
+            from domains.unimal.env import RobotLibrary
+
+            self._library = RobotLibrary(self.data_dir)
+        return self._library
+
+    def splits(self) -> dict[str, list[str]]:
+        return {k: list(v) for k, v in self.library.splits.items()}
+
+    def tasks(self, split: str | None = None, names: Sequence[str] | None = None) -> list[str]:
+        if names:
+            for n in names:
+                self.library.split_of(n)  # unknown robot -> error with the closest name
+            return list(names)
+        return super().tasks(split)
+
+    def fetch_data(self, source: str | None = None, progress=None) -> dict[str, Any]:
+        """Install the robot set into the data folder from ``source`` (folder or archive), or download it."""
+        from domains.unimal.data import default_location, install
+
+        target, _origin = default_location(self.data_dir)
+        result = install(target, source, progress)
+        self._library = None
+        return result
+
+    # environments ----------------------------------------------------------------------------------------
+    def make_env(self, task: str | Sequence[str], **kwargs):
+        from domains.unimal.env import UnimalEnv
+
+        return UnimalEnv(task, library=self.library, **kwargs)
+
+    def make_vec_env(self, tasks: Sequence[str], num_envs: int, seed: int = 0, sampler=None, **kwargs):
+        from domains.unimal.vec import UnimalVecEnv
+
+        return UnimalVecEnv(self.library, tasks, num_envs, seed=seed, sampler=sampler, **kwargs)
+
+    def context(self, task: str) -> kdistill.TaskContext:
+        robot = self.library.get(task)
+        return kdistill.TaskContext(tokens=robot.context.copy(), mask=robot.obs_mask.copy(), act_mask=robot.act_mask.copy())
+
+    # checks ----------------------------------------------------------------------------------------------
+    def check(self, tasks: Sequence[str], steps: int = 1000, progress=None, seed: int = 0) -> list[dict[str, Any]]:
+        """Load each robot and run ``steps`` random-action steps (resetting when an episode ends)."""
+        from domains.unimal.env import UnimalEnv
+
+        rows = []
+        for k, name in enumerate(tasks):
+            split = self.library.split_of(name)
+            row: dict[str, Any] = {"name": name, "split": split, "ok": False, "error": None, "limbs": None,
+                                   "dof": None, "steps": 0, "episodes": 0, "unstable": 0, "steps_per_s": None}
+            try:
+                env = UnimalEnv(name, library=self.library)
+                robot = env.robot
+                row.update(limbs=robot.num_limbs, dof=robot.dof)
+                rng = np.random.default_rng(seed)
+                actions = rng.uniform(-1.0, 1.0, (steps, F.MAX_LIMBS * F.JOINT_SLOTS)).astype(np.float32)
+                env.reset(seed=seed)
+                episodes = unstable = 0
+                start = time.perf_counter()
+                for i in range(steps):
+                    obs, reward, terminated, truncated, info = env.step(actions[i])
+                    unstable += bool(info.get("unstable"))
+                    if terminated or truncated:
+                        episodes += 1
+                        env.reset()
+                elapsed = time.perf_counter() - start
+                if not np.isfinite(obs["obs"]).all():
+                    raise RuntimeError("non-finite observation")
+                row.update(steps=steps, episodes=episodes, unstable=unstable,
+                           steps_per_s=round(steps / elapsed, 1) if elapsed > 0 else None)
+                row["ok"] = unstable == 0
+                if unstable:
+                    row["error"] = f"simulation went unstable {unstable} time(s)"
+            except KdistillError as exc:
+                row["error"] = str(exc)
+            except Exception as exc:  # a check reports every failure instead of stopping at the first
+                row["error"] = f"{type(exc).__name__}: {exc}"
+            rows.append(row)
+            if progress:
+                progress(name, k + 1, len(tasks))
+        return rows
+
+    def describe(self) -> dict[str, Any]:
+        from domains.unimal.data import default_location
+
+        path, origin = default_location(self.data_dir)
+        out = super().describe()
+        out.update({"task_kind": self.task_kind, "data_dir": str(path), "data_dir_from": origin})
+        return out

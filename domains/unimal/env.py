@@ -1,0 +1,191 @@
+"""The flat-terrain UNIMAL locomotion task (``ft``) as a Gymnasium environment.
+
+``UnimalEnv(robot="NAME")`` plays one robot; ``UnimalEnv(robot=[names...], sampler=S)`` plays several
+and picks the robot of each episode at reset with ``S.sample(rng)`` (uniform if no sampler is given).
+Each robot is compiled once per process and reused across resets.
+
+Task (reference, flat terrain): reward = x-velocity of the torso body origin over the 0.02 s control
+step; the episode terminates when the torso height above the floor falls to half the robot's
+original height or below; 1000 steps end it as truncated; reset adds U(-0.005, 0.005) to every
+qpos and qvel entry. Actions have 24 slots (2 joint slots x 12 limbs); padded slots are ignored and
+MuJoCo clamps controls to [-1, 1]. A step on which MuJoCo warns (NaN, divergence, full arena) ends
+the episode as terminated with ``info["unstable"] = True`` and reward 0.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+from domains.unimal import features as F
+from domains.unimal.data import find_robot_set, list_splits
+from domains.unimal.arena import assemble
+from domains.unimal.robot import Robot, Sim, read_metadata
+from kdistill.errors import UnknownNameError, closest, unknown_name
+
+MAX_EPISODE_STEPS = 1000
+STAND_HEIGHT_RATIO = 0.5  # ft: falling below this fraction of the original height ends the episode
+RESET_NOISE = 0.005
+
+_robots: dict[tuple[str, str], Robot] = {}
+_robots_lock = threading.Lock()
+
+
+class RobotLibrary:
+    """The robots of one data folder, compiled on first use and cached for the process."""
+
+    def __init__(self, data_dir: str | Path | None = None):
+        self.root = find_robot_set(data_dir).resolve()
+        self.splits = list_splits(self.root)
+        self._where: dict[str, str] = {}
+        for split, names in self.splits.items():
+            for name in names:
+                self._where.setdefault(name, split)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._where)
+
+    def split_of(self, name: str) -> str:
+        if name not in self._where:
+            guess = closest(str(name), self._where)
+            hint = f" Did you mean {guess!r}?" if guess else ""
+            raise UnknownNameError(f"unknown UNIMAL robot {name!r}.{hint} The robots are the .xml files in "
+                                   f"{self.root}/{{{','.join(self.splits)}}}/xml ({len(self._where)} robots).")
+        return self._where[name]
+
+    def paths(self, name: str) -> tuple[Path, Path]:
+        split = self.split_of(name)
+        return self.root / split / "xml" / f"{name}.xml", self.root / split / "metadata" / f"{name}.json"
+
+    def get(self, name: str) -> Robot:
+        xml, meta = self.paths(name)
+        key = (str(xml), name)
+        robot = _robots.get(key)
+        if robot is None:
+            with _robots_lock:
+                robot = _robots.get(key)
+                if robot is None:
+                    robot = Robot(assemble(xml, read_metadata(meta, name), name=name))
+                    _robots[key] = robot
+        return robot
+
+
+class _Uniform:
+    def __init__(self, tasks: Sequence[str]):
+        self.tasks = list(tasks)
+
+    def sample(self, rng: np.random.Generator) -> str:
+        return self.tasks[int(rng.integers(len(self.tasks)))]
+
+
+def observation_space() -> gym.spaces.Dict:
+    T, A = F.MAX_LIMBS, F.JOINT_SLOTS
+    return gym.spaces.Dict({
+        "obs": gym.spaces.Box(-np.inf, np.inf, (T, F.OBS_FEATURES), np.float32),
+        "obs_mask": gym.spaces.Box(0, 1, (T,), np.bool_),
+        "act_mask": gym.spaces.Box(0, 1, (T * A,), np.bool_),
+        "context": gym.spaces.Box(-np.inf, np.inf, (T, F.CONTEXT_FEATURES), np.float32),
+    })
+
+
+def action_space() -> gym.spaces.Box:
+    return gym.spaces.Box(-1.0, 1.0, (F.MAX_LIMBS * F.JOINT_SLOTS,), np.float32)
+
+
+class UnimalEnv(gym.Env):
+    """Flat-terrain locomotion for one UNIMAL robot, or several switched at reset."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
+
+    def __init__(self, robot: str | Sequence[str], data_dir: str | Path | None = None, sampler=None,
+                 max_episode_steps: int = MAX_EPISODE_STEPS, render_mode: str | None = None,
+                 library: RobotLibrary | None = None):
+        self.library = library or RobotLibrary(data_dir)
+        names = [robot] if isinstance(robot, str) else list(robot)
+        if not names:
+            raise ValueError("robot must name at least one UNIMAL robot")
+        self.robots = [self.library.get(n) for n in names]  # compiles (and validates) every robot now
+        self._by_name = {r.name: r for r in self.robots}
+        self.sampler = sampler or _Uniform(names)
+        self.max_episode_steps = int(max_episode_steps)
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.render_mode = render_mode
+        self.observation_space = observation_space()
+        self.action_space = action_space()
+        self._sims: dict[str, Sim] = {}
+        self.sim: Sim | None = None
+        self._steps = 0
+        self._renderer = None
+
+    # task ------------------------------------------------------------------------------------------------
+    @property
+    def robot(self) -> Robot:
+        return (self.sim.robot if self.sim is not None else self.robots[0])
+
+    def _switch(self, name: str) -> None:
+        if name not in self._by_name:
+            raise unknown_name("UNIMAL robot of this env", name, self._by_name)
+        sim = self._sims.get(name)
+        if sim is None:
+            sim = self._sims[name] = self._by_name[name].new_sim()
+        self.sim = sim
+        self._fall_height = STAND_HEIGHT_RATIO * sim.robot.orig_height
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        r = self.sim.robot
+        return {"obs": self.sim.observe(), "obs_mask": r.obs_mask.copy(), "act_mask": r.act_mask.copy(),
+                "context": r.context.copy()}
+
+    # gymnasium API -------------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        name = (options or {}).get("robot")
+        if name is None:
+            name = self.robots[0].name if len(self.robots) == 1 else self.sampler.sample(self.np_random)
+        self._switch(name)
+        self.sim.reset(self.np_random, RESET_NOISE)
+        self._steps = 0
+        return self._observation(), {"task": name}
+
+    def step(self, action):
+        if self.sim is None:
+            raise gym.error.ResetNeeded("call reset() before step()")
+        sim = self.sim
+        reward, unstable = sim.step(np.asarray(action).reshape(-1))
+        self._steps += 1
+        info = {"task": sim.robot.name}
+        obs = self._observation()
+        if unstable:
+            info["unstable"] = True
+            obs["obs"] = np.nan_to_num(obs["obs"], nan=0.0, posinf=0.0, neginf=0.0)
+            return obs, 0.0, True, False, info
+        terminated = bool(sim.torso_height() <= self._fall_height)
+        truncated = (not terminated) and self._steps >= self.max_episode_steps
+        return obs, float(reward), terminated, truncated, info
+
+    def render(self):
+        if self.render_mode != "rgb_array" or self.sim is None:
+            return None
+        import mujoco
+
+        if self._renderer is None or self._renderer_model is not self.sim.model:
+            self.close()
+            self._renderer = mujoco.Renderer(self.sim.model, 360, 480)
+            self._renderer_model = self.sim.model
+            self._camera = mujoco.MjvCamera()
+            self._camera.type = mujoco.mjtCamera.mjCAMERA_TRACKING
+            self._camera.trackbodyid = 1
+            self._camera.distance, self._camera.elevation, self._camera.azimuth = 4.0, -20.0, 90.0
+        self._renderer.update_scene(self.sim.data, self._camera)
+        return self._renderer.render()
+
+    def close(self):
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None

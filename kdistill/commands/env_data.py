@@ -1,0 +1,142 @@
+"""``kdistill env check D`` and ``kdistill data fetch D``: checking a domain's environments and
+installing its data. Both work for any domain that implements ``Domain.check`` / ``Domain.fetch_data``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from kdistill.cli import console, data_dir_option, err_console, json_option, print_json
+from kdistill.errors import KdistillError
+
+
+def _domain(name: str, data_dir: str | None):
+    from kdistill.plugins import get_domain
+
+    return get_domain(name, data_dir=data_dir)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err_console, transient=False)
+
+
+# env ----------------------------------------------------------------------------------------------
+
+@click.group("env")
+def env_group() -> None:
+    """Check a domain's environments."""
+
+
+def _split_names(values: tuple[str, ...]) -> list[str]:
+    return [n.strip() for v in values for n in v.split(",") if n.strip()]
+
+
+@env_group.command("check")
+@click.argument("domain")
+@click.option("--split", default="all", show_default=True,
+              help="Which tasks to check: a split name (e.g. train, test) or 'all'.")
+@click.option("--robots", "--tasks", "names", multiple=True, metavar="NAMES",
+              help="Check only these tasks (repeat the option or separate names with commas).")
+@click.option("--steps", default=1000, show_default=True, type=click.IntRange(1),
+              help="Random-action steps per task; episodes are reset when they end.")
+@data_dir_option
+@json_option
+def env_check_cmd(domain: str, split: str, names: tuple[str, ...], steps: int, data_dir: str | None, as_json: bool) -> None:
+    """Load every task of DOMAIN and run random actions in it.
+
+    Reports, per task, its size, env steps per second and any failure (a load error, an exception,
+    a simulation that went unstable). Exits with status 1 if any task fails.
+
+    \b
+    Example: kdistill env check unimal --split test --json
+    """
+    dom = _domain(domain, data_dir)
+    wanted = _split_names(names)
+    if wanted:
+        tasks = dom.tasks(names=wanted)
+        pairs = [(t, None) for t in tasks]
+    elif split == "all":
+        pairs = [(t, s) for s, ts in dom.splits().items() for t in ts]  # a task in two splits is checked in each
+    else:
+        pairs = [(t, split) for t in dom.tasks(split)]
+
+    rows: list[dict[str, Any]] = []
+    with _progress() as progress:
+        bar = progress.add_task(f"checking {domain}", total=len(pairs))
+        for task, task_split in pairs:
+            progress.update(bar, description=f"checking {task}")
+            try:
+                row = dom.check([task], steps)[0]
+            except NotImplementedError:
+                raise KdistillError(f"domain {domain!r} has no environment check.") from None
+            if task_split is not None:
+                row["split"] = task_split
+            rows.append(row)
+            progress.advance(bar)
+        progress.update(bar, description=f"checked {domain}")
+
+    failed = [r for r in rows if not r.get("ok")]
+    if as_json:
+        print_json({"domain": domain, "steps": steps, "total": len(rows), "passed": len(rows) - len(failed),
+                    "failed": len(failed), "robots": rows})
+    else:
+        table = Table(title=f"{domain}: {len(rows) - len(failed)}/{len(rows)} tasks pass")
+        table.add_column("task", overflow="fold")
+        for col in ("split", "limbs", "dof", "steps/s", "episodes", "result"):
+            table.add_column(col)
+        for r in rows:
+            result = "[green]ok[/green]" if r.get("ok") else f"[red]{r.get('error')}[/red]"
+            sps = r.get("steps_per_s")
+            table.add_row(str(r["name"]), str(r.get("split", "")), str(r.get("limbs", "")), str(r.get("dof", "")),
+                          f"{sps:,.0f}" if sps else "-", str(r.get("episodes", "")), result)
+        console.print(table)
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+# data ---------------------------------------------------------------------------------------------
+
+@click.group("data")
+def data_group() -> None:
+    """Install the data a domain needs."""
+
+
+@data_group.command("fetch")
+@click.argument("domain")
+@click.option("--from", "source", default=None, metavar="PATH_OR_ARCHIVE",
+              help="Install from a local folder or .tar.gz/.zip archive instead of downloading.")
+@data_dir_option
+@json_option
+def data_fetch_cmd(domain: str, source: str | None, data_dir: str | None, as_json: bool) -> None:
+    """Download DOMAIN's data (or copy it from --from), check it and install it.
+
+    Every file is checked against the manifest shipped with the domain before anything is
+    installed; an interrupted fetch leaves no half-installed folder behind.
+
+    \b
+    Examples:
+      kdistill data fetch unimal
+      kdistill data fetch unimal --from Universal-Morphology-Control-18c0516.tar.gz --data-dir ./robots
+    """
+    dom = _domain(domain, data_dir)
+    with _progress() as progress:
+        bars: dict[str, Any] = {}
+
+        def report(description: str, completed: int, total: int | None) -> None:
+            if description not in bars:
+                bars[description] = progress.add_task(description, total=total)
+            progress.update(bars[description], completed=completed, total=total)
+
+        try:
+            result = dom.fetch_data(source, progress=report)
+        except NotImplementedError:
+            raise KdistillError(f"domain {domain!r} has no data to fetch.") from None
+    if as_json:
+        print_json({"domain": domain, **result})
+    else:
+        console.print(f"installed {domain} data in {result.get('path')} ({result.get('files')} files checked)")

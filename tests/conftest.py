@@ -1,0 +1,26 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+DEFAULT_UNIMAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "unimal"
+
+
+@pytest.fixture(scope="session")
+def unimal_dir() -> Path:
+    """The UNIMAL robots folder (KDISTILL_UNIMAL_DIR, else ../shared/unimal).
+
+    Missing robots skip the test on a developer machine but fail it in CI (CI set), so a CI run can
+    never pass by silently skipping the robot tests.
+    """
+    path = Path(os.environ.get("KDISTILL_UNIMAL_DIR") or DEFAULT_UNIMAL_DIR)
+    if not (path / "train" / "xml").is_dir():
+        message = f"UNIMAL robots not found in {path} (set KDISTILL_UNIMAL_DIR)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
