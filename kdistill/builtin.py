@@ -11,19 +11,34 @@ from kdistill import hookimpl
 @hookimpl
 def register_commands(register):
     # one line per core command module; each module exposes click commands/groups
+    from kdistill.commands import evaluate, teacher
+    register("teacher", teacher.teacher_group)
+    register("eval", evaluate.eval_cmd)
+    from kdistill.commands import env_data; register("env", env_data.env_group); register("data", env_data.data_group)
+    from kdistill.commands import compare, distill, expert, export; register("expert", expert.expert_group); register("distill", distill.distill_cmd); register("export", export.export_cmd); register("compare", compare.compare_cmd)
+    from kdistill.commands import bench; register("bench", bench.bench_cmd)
     pass
 
 
 @hookimpl
 def register_context_encoders(register):
-    pass
+    from kdistill.encoders import ENCODERS
+
+    for name, cls in ENCODERS.items():
+        register(name, cls)
 
 
 @hookimpl
 def register_students(register):
-    pass
+    from kdistill.students import STUDENTS
+
+    for name, cls in STUDENTS.items():
+        register(name, cls)
 
 
 @hookimpl
 def register_losses(register):
-    pass
+    from kdistill.losses import LOSSES
+
+    for name, fn in LOSSES.items():
+        register(name, fn)

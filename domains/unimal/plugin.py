@@ -10,3 +10,11 @@ def register_domains(register):
     from domains.unimal.domain import UnimalDomain
 
     register("unimal", UnimalDomain)
+
+
+@hookimpl
+def register_teachers(register):
+    from domains.unimal.teachers import TEACHERS
+
+    for name, spec in TEACHERS.items():
+        register(name, spec)

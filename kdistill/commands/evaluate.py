@@ -1,0 +1,87 @@
+"""``kdistill eval``: a policy's returns per task beside a random policy's (reference protocol)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from kdistill.cli import console, data_dir_option, err_console, json_option, print_json
+
+
+@click.command("eval")
+@click.argument("domain_name", metavar="DOMAIN")
+@click.option("--policy", "policy_path", required=True, type=click.Path(),
+              help="Run folder (its newest checkpoint) or checkpoint folder of a teacher or student.")
+@click.option("--robots", default=None, help="Comma-separated tasks (instead of --split).")
+@click.option("--split", default=None, help="Evaluate a split's tasks: train, test or all. [default: train]")
+@click.option("--num-tasks", type=int, default=None, help="Only the first N tasks of the selection.")
+@click.option("--episodes", type=int, default=16, show_default=True, help="Episodes per task (one per env).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the episodes' resets.")
+@click.option("--stochastic", is_flag=True, help="Sample actions with the policy's std instead of the mean action.")
+@click.option("--no-random", is_flag=True, help="Skip the random-policy row.")
+@click.option("--device", default="cpu", show_default=True, help="Torch device: cpu or cuda.")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Also write eval.json and eval.png (per-task bar chart) into this folder.")
+@json_option
+@data_dir_option
+def eval_cmd(domain_name: str, policy_path: str, robots: str | None, split: str | None, num_tasks: int | None,
+             episodes: int, seed: int, stochastic: bool, no_random: bool, device: str, out_dir: str | None,
+             as_json: bool, data_dir: str | None) -> None:
+    """Evaluate a policy on DOMAIN: one episode per env, raw undiscounted returns, mean over episodes then tasks.
+
+    \b
+    Example:
+      kdistill eval unimal --policy runs/t1 --split test --episodes 16 --out runs/t1/eval-test
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from kdistill.commands.teacher import check_device, resolve_tasks
+    from kdistill.errors import KdistillError
+    from kdistill.evaluate import evaluate_policy
+    from kdistill.io import atomic_write_json
+    from kdistill.plots import task_bars
+    from kdistill.plugins import get_domain
+    from kdistill.policy import load_policy
+
+    if episodes <= 0:
+        raise KdistillError(f"--episodes must be positive, got {episodes}.")
+    domain = get_domain(domain_name, data_dir=data_dir)
+    tasks = resolve_tasks(domain, robots, split or (None if robots else "train"), num_tasks)
+    policy = load_policy(policy_path, domain=domain.name, device=check_device(device), seed=seed)
+    with Progress(TextColumn("[bold]eval[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("tasks"),
+                  TimeElapsedColumn(), TextColumn("{task.fields[last]}"), console=err_console,
+                  disable=as_json) as progress:
+        bar = progress.add_task("eval", total=len(tasks), last="")
+        result = evaluate_policy(
+            domain, policy, tasks, episodes=episodes, seed=seed, deterministic=not stochastic,
+            random_baseline=not no_random,
+            on_task=lambda row: progress.update(bar, advance=1, last=f"{row['name']}: {row['mean']:.1f}"))
+    result["policy"] = {"path": str(policy_path), **policy.describe()}
+    result["domain"] = domain.name
+    result["split"] = None if robots else (split or "train")
+    if out_dir is not None:
+        out = Path(out_dir)
+        atomic_write_json(out / "eval.json", result)
+        task_bars(result, out / "eval.png", title=f"{policy.kind} on {domain.name} ({result['split'] or 'selected tasks'})")
+    if as_json:
+        print_json(result)
+        return
+    import numpy as np
+
+    table = Table(title=f"{policy.kind} {policy.meta.get('arch', '')} on {domain.name}: {len(tasks)} tasks x {episodes} episodes"
+                        f" ({'stochastic' if stochastic else 'mean action'})")
+    for col, justify in (("task", "left"), ("mean return", "right"), ("std", "right"), ("mean length", "right"),
+                         ("random", "right")):
+        table.add_column(col, justify=justify)
+    for row in result["robots"]:
+        table.add_row(row["name"], f"{row['mean']:.1f}", f"{np.std(row['returns']):.1f}", f"{np.mean(row['lengths']):.0f}",
+                      f"{row['random_mean']:.1f}" if "random_mean" in row else "-")
+    s = result["summary"]
+    table.add_section()
+    table.add_row("[bold]mean over tasks[/bold]", f"[bold]{s['mean_return']:.1f}[/bold]", "", "",
+                  f"{s['random_mean_return']:.1f}" if "random_mean_return" in s else "-")
+    console.print(table)
+    if out_dir is not None:
+        console.print(f"wrote {Path(out_dir) / 'eval.json'} and {Path(out_dir) / 'eval.png'}")

@@ -1,0 +1,188 @@
+"""``kdistill teacher train``: PPO for a domain's teacher, with checkpoints, resume and a learning curve."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kdistill.cli import data_dir_option, err_console, json_option, print_json
+from kdistill.errors import KdistillError
+
+
+def resolve_tasks(domain, robots: str | None, split: str | None, num_tasks: int | None) -> list[str]:
+    """Tasks named by ``--robots a,b`` or a ``--split``, optionally only its first ``--num-tasks``."""
+    names = [n.strip() for n in robots.split(",") if n.strip()] if robots else None
+    if names and split:
+        raise KdistillError("pass either --robots or --split, not both.")
+    tasks = domain.tasks(split=split, names=names)
+    if num_tasks is not None:
+        if num_tasks <= 0:
+            raise KdistillError(f"--num-tasks must be positive, got {num_tasks}.")
+        tasks = tasks[:num_tasks]
+    if not tasks:
+        raise KdistillError(f"no tasks selected in domain {domain.name!r}; check --robots/--split.")
+    return tasks
+
+
+def set_torch_threads(threads: int | None, workers: int = 0) -> int:
+    import torch
+
+    if threads is None:
+        cores = os.cpu_count() or 1
+        # on a small machine one thread: torch's OpenMP threads spin, and if anything else wants a core
+        # (env threads, another job) two threads run up to 15x slower than one; gain when idle is ~1.3x
+        threads = 1 if cores <= 4 else max(1, min(8, cores - max(0, workers)))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def check_device(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise KdistillError("--device cuda was asked for, but this torch has no CUDA device; use --device cpu.")
+    return device
+
+
+@click.group("teacher")
+def teacher_group() -> None:
+    """Train teachers: transformers that read the whole state, context included."""
+
+
+@teacher_group.command("train")
+@click.argument("domain_name", metavar="DOMAIN")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Run folder: checkpoints, metrics.jsonl, learning_curve.png.")
+@click.option("--preset", default=None, help="Config preset for PPO and the teacher: cpu (2 cores) or paper. [default: cpu]")
+@click.option("--teacher-preset", default=None,
+              help="Teacher config preset when it differs from --preset. [default: --preset if the teacher has it, else 'default']")
+@click.option("--teacher", default=None, help="Teacher architecture (e.g. metamorph, modumorph). [default: the domain's]")
+@click.option("--robots", default=None, help="Comma-separated tasks to train on (instead of --split).")
+@click.option("--split", default=None, help="Train on a split's tasks: train, test or all. [default: train]")
+@click.option("--num-tasks", type=int, default=None, help="Only the first N tasks of the selection.")
+@click.option("--steps", type=int, default=None, help="Total env steps of the run (required for a new run).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its newest checkpoint (settings are taken from it).")
+@click.option("--seed", type=int, default=None, help="Random seed. [default: 0]")
+@click.option("--device", default="cpu", show_default=True, help="Torch device for the model: cpu or cuda.")
+@click.option("--workers", type=int, default=0, show_default=True,
+              help="Env worker processes (0 = step envs in this process; use several on many-core machines).")
+@click.option("--threads", type=int, default=None,
+              help="Torch CPU threads. [default: 1 on machines of up to 4 cores, else cores minus workers, at most 8]")
+@click.option("--checkpoint-every", type=int, default=None, help="Iterations between checkpoints. [default: 10]")
+@json_option
+@data_dir_option
+def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: str | None, teacher: str | None, robots: str | None,
+              split: str | None, num_tasks: int | None, steps: int | None, resume: bool, seed: int | None,
+              device: str, workers: int, threads: int | None, checkpoint_every: int | None, as_json: bool,
+              data_dir: str | None) -> None:
+    """Train a teacher for DOMAIN with PPO.
+
+    \b
+    Example:
+      kdistill teacher train unimal --preset cpu --split train --num-tasks 10 --steps 5000000 --out runs/t1
+      kdistill teacher train unimal --out runs/t1 --resume          # continue after an interruption
+
+    A checkpoint is written every --checkpoint-every iterations and at the end; an interruption loses at
+    most the work since the last one. --steps on --resume may raise the total (the learning-rate
+    schedule then stretches to the new end).
+    """
+    from kdistill.io import latest_checkpoint, read_json
+    from kdistill.plugins import get_domain
+    from kdistill.ppo import PPOConfig, RunSettings, find_teacher_spec, start_or_resume
+
+    run_dir = Path(out)
+    saved: dict[str, Any] = {}
+    if resume:
+        ckpt = latest_checkpoint(run_dir) if run_dir.exists() else None
+        if ckpt is not None:
+            saved = read_json(ckpt / "meta.json").get("run", {})
+            if saved.get("domain") not in (None, domain_name):
+                raise KdistillError(f"{run_dir} is a run of domain {saved.get('domain')!r}, not {domain_name!r}; "
+                                    f"resume it with that domain or choose a new --out folder.")
+    domain = get_domain(domain_name, data_dir=data_dir)
+    if saved:
+        if robots or split or num_tasks:
+            chosen = resolve_tasks(domain, robots, split, num_tasks)
+            if chosen != list(saved["tasks"]):
+                raise KdistillError(f"{run_dir} was trained on other tasks ({len(saved['tasks'])} tasks); resume without "
+                                    f"--robots/--split/--num-tasks or choose a new --out folder.")
+        tasks = list(saved["tasks"])
+    else:
+        tasks = resolve_tasks(domain, robots, split or (None if robots else "train"), num_tasks)
+    preset = preset or saved.get("preset") or "cpu"
+    teacher_name, spec = find_teacher_spec(domain, teacher or saved.get("teacher"))
+    steps = steps if steps is not None else saved.get("total_steps")
+    if steps is None or steps <= 0:
+        raise KdistillError("--steps N (total env steps, positive) is required for a new run.")
+    from kdistill.errors import unknown_name
+
+    presets, ppo_presets = spec.config_cls.presets(), PPOConfig.presets()
+    if preset not in ppo_presets:
+        raise unknown_name("PPO preset", preset, ppo_presets)
+    teacher_preset = teacher_preset or saved.get("teacher_preset") or (preset if preset in presets else "default")
+    if teacher_preset not in presets:
+        raise unknown_name(f"{teacher_name} preset", teacher_preset, presets)
+    settings = RunSettings(domain=domain.name, tasks=tasks, teacher=teacher_name, preset=preset, teacher_preset=teacher_preset,
+                           seed=seed if seed is not None else saved.get("seed", 0), total_steps=steps,
+                           checkpoint_every=checkpoint_every or saved.get("checkpoint_every", 10))
+    check_device(device)
+    n_threads = set_torch_threads(threads, workers)
+    trainer = start_or_resume(domain, settings, spec, presets[teacher_preset], ppo_presets[preset], run_dir, resume,
+                              device=device, workers=workers)
+    try:
+        summary = _train_with_progress(trainer, run_dir, as_json)
+    finally:
+        trainer.close()
+    summary.update(threads=n_threads, workers=workers, device=device, preset=preset, teacher=teacher_name, tasks=len(tasks))
+    if as_json:
+        print_json(summary)
+    else:
+        err_console.print(f"[green]done[/green]: {summary['env_steps']:,} env steps, mean return {summary['mean_return']}, "
+                          f"{summary['steps_per_s']:.0f} env steps/s; checkpoint {summary['checkpoint']}")
+
+
+def _train_with_progress(trainer, run_dir: Path, quiet: bool) -> dict[str, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from kdistill.io import latest_checkpoint, read_jsonl
+    from kdistill.plots import learning_curve
+
+    total = trainer.max_iterations * trainer.config.batch_size
+    start_steps, t_start = trainer.env_steps, time.perf_counter()
+    timings: list[tuple[float, float]] = []
+
+    def plot() -> None:
+        learning_curve(read_jsonl(run_dir / "metrics.jsonl"), run_dir / "learning_curve.png",
+                       title=f"{trainer.settings.teacher} on {trainer.settings.domain} ({len(trainer.settings.tasks)} tasks)")
+
+    with Progress(TextColumn("[bold]PPO[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("env steps"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+                  console=err_console, disable=quiet, transient=False) as progress:
+        bar = progress.add_task("train", total=total, completed=trainer.env_steps, status="")
+
+        def on_iteration(m: dict[str, Any]) -> None:
+            timings.append((m["rollout_s"], m["update_s"]))
+            ret = "-" if m["mean_return"] is None else f"{m['mean_return']:.1f}"
+            progress.update(bar, completed=m["env_steps"],
+                            status=f"{m['steps_per_s']:.0f} steps/s  return {ret}  kl {m.get('approx_kl', 0):.4f}")
+            if m.get("checkpoint"):
+                plot()
+
+        last = trainer.train(on_iteration=on_iteration)
+    if (run_dir / "metrics.jsonl").exists():
+        plot()
+    wall = time.perf_counter() - t_start
+    done = trainer.env_steps - start_steps
+    ckpt = latest_checkpoint(run_dir)
+    return {
+        "run": str(run_dir), "checkpoint": str(ckpt) if ckpt else None, "env_steps": trainer.env_steps,
+        "iterations": trainer.iteration, "wall_s": wall, "steps_per_s": done / wall if wall > 0 and done else 0.0,
+        "mean_return": last.get("mean_return") if last else None,
+        "rollout_s_mean": sum(t[0] for t in timings) / len(timings) if timings else None,
+        "update_s_mean": sum(t[1] for t in timings) / len(timings) if timings else None,
+        "learning_curve": str(run_dir / "learning_curve.png"),
+    }

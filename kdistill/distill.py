@@ -1,0 +1,290 @@
+"""Distillation: fit a student to the teacher's mean actions on expert data (offline behaviour cloning).
+
+Each training batch is a shuffled draw of rows from all training tasks. The student generates weights once
+for each task present in the batch (``generate`` on the distinct tasks, then ``forward_with``), not once per
+row as the original code did; ``tests/test_distill*.py`` checks that both give the same outputs and gradients.
+
+A run folder follows ``kdistill.io``: ``ckpt-<epoch>/`` checkpoints (meta kind ``student``, weights under
+``model.``, Adam state under ``optim.``), ``latest.json``, ``metrics.jsonl`` (one line per epoch) and
+``loss_curve.png``. Every epoch draws its shuffle and dropout from ``(seed, epoch)``, so a resumed run
+continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import attrs
+import numpy as np
+import torch
+
+from kdistill.domain import Layout
+from kdistill.errors import CheckpointError, DataError, KdistillError
+from kdistill.expert import ExpertData, load_expert_data, read_expert_meta
+from kdistill.io import (append_jsonl, atomic_write_bytes, latest_checkpoint, load_checkpoint, read_jsonl,
+                         save_run_checkpoint, truncate_jsonl)
+from kdistill.students import (Student, build_student, context_tensors, loss_function, student_class,
+                               student_tensors)
+
+
+@attrs.frozen
+class DistillConfig:
+    """Distillation hyper-parameters; ``paper`` is the reference's (Adam 1e-3, eps 1e-5, clip 0.5, batch 5120,
+    50 epochs, balanced mean-action MSE, no schedule)."""
+
+    epochs: int = attrs.field(default=50, validator=attrs.validators.gt(0))
+    batch_size: int = attrs.field(default=5120, validator=attrs.validators.gt(0))
+    lr: float = attrs.field(default=1e-3, validator=attrs.validators.gt(0))
+    adam_eps: float = attrs.field(default=1e-5, validator=attrs.validators.gt(0))
+    grad_clip: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))  # 0 = no clipping
+    loss: str = "mse"
+    val_tasks: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # tasks held out for validation
+    samples_per_task: int | None = None  # first rows of each task (time-major); None = all
+    seed: int = 0
+    checkpoint_every: int = attrs.field(default=5, validator=attrs.validators.gt(0))  # epochs
+
+    @classmethod
+    def presets(cls) -> dict[str, "DistillConfig"]:
+        return {
+            "paper": cls(),
+            "paper-long": cls(epochs=200),  # the reference's obstacle-task schedule
+            "demo": cls(epochs=15, val_tasks=0),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+# settings that may differ between a run and its resumption
+_RESUMABLE_FIELDS = {"epochs", "checkpoint_every"}
+
+
+def split_tasks(tasks: list[str], val_tasks: int, seed: int) -> tuple[list[str], list[str]]:
+    """``(train, val)``: ``val_tasks`` tasks drawn with ``seed`` are held out."""
+    if val_tasks >= len(tasks):
+        raise DataError(f"--val-tasks {val_tasks} leaves no training task (the data has {len(tasks)}); use fewer.")
+    order = np.random.default_rng(seed).permutation(len(tasks))
+    held = set(int(i) for i in order[:val_tasks])
+    return [t for i, t in enumerate(tasks) if i not in held], [t for i, t in enumerate(tasks) if i in held]
+
+
+class TorchData:
+    """Expert rows as tensors, plus each task's context, ready for batching on ``device``."""
+
+    def __init__(self, data: ExpertData, device: str | torch.device = "cpu"):
+        self.tasks = data.tasks
+        self.obs = torch.from_numpy(data.obs)
+        self.obs_mask = torch.from_numpy(data.obs_mask)
+        self.act_mask = torch.from_numpy(data.act_mask)
+        self.mu = torch.from_numpy(data.mu)
+        self.action = torch.from_numpy(data.action)
+        self.task_index = torch.from_numpy(data.task_index)
+        ctx, cmask = context_tensors(data.contexts)
+        self.context, self.ctx_mask = ctx.to(device), cmask.to(device)
+        self.device = torch.device(device)
+
+    def __len__(self) -> int:
+        return len(self.obs)
+
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        d = self.device
+        return {"obs": self.obs[idx].to(d), "obs_mask": self.obs_mask[idx].to(d), "act_mask": self.act_mask[idx].to(d),
+                "mu": self.mu[idx].to(d), "action": self.action[idx].to(d), "task_index": self.task_index[idx].to(d)}
+
+
+def student_mu(student: Student, data: TorchData, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The student's mean actions on a batch, generating weights once per task present."""
+    present, local = torch.unique(batch["task_index"], return_inverse=True)
+    params = student.generate(data.context.index_select(0, present), data.ctx_mask.index_select(0, present))
+    return student.forward_with(params, batch["obs"], batch["obs_mask"], local)
+
+
+def evaluate_loss(student: Student, data: TorchData, loss_fn, batch_size: int) -> float:
+    """Mean loss over all rows of ``data`` (eval mode, no gradients), weighted by rows."""
+    was_training = student.training
+    student.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(data)))
+            batch = data.batch(idx)
+            total += float(loss_fn(student_mu(student, data, batch), batch)) * len(idx)
+            n += len(idx)
+    student.train(was_training)
+    return total / max(n, 1)
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out = {}
+    for pid, state in optimizer.state_dict()["state"].items():
+        for name, value in state.items():
+            out[f"optim.{pid}.{name}"] = torch.as_tensor(value)
+    return out
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    sd = optimizer.state_dict()
+    sd["state"] = state
+    optimizer.load_state_dict(sd)
+
+
+def plot_loss_curve(records: list[dict], path: Path, title: str = "") -> None:
+    """Train and validation loss per epoch (log scale) as a PNG, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [r["epoch"] for r in records]
+    ax.plot(epochs, [r["train_loss"] for r in records], marker="o", ms=3, label="train")
+    val = [(r["epoch"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
+    if val:
+        ax.plot(*zip(*val), marker="o", ms=3, label="validation (held-out tasks)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    if all(r["train_loss"] > 0 for r in records):
+        ax.set_yscale("log")
+    ax.set_title(title or "distillation loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _check_resume(meta: dict, arch: str, student_config: dict, config: DistillConfig, data_path: str, run: Path) -> None:
+    if meta.get("kind") != "student":
+        raise CheckpointError(f"{run} holds a {meta.get('kind')!r} run, not a student; pass another --out.")
+    if meta.get("arch") != arch or meta.get("config") != student_config:
+        raise CheckpointError(f"{run} holds a {meta.get('arch')!r} student with config {meta.get('config')}; "
+                              f"it cannot resume as {arch!r} {student_config}. Pass another --out.")
+    old = {k: v for k, v in meta.get("distill", {}).items() if k not in _RESUMABLE_FIELDS}
+    new = {k: v for k, v in config.to_dict().items() if k not in _RESUMABLE_FIELDS}
+    if old != new:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise CheckpointError(f"{run} was distilled with other settings ({', '.join(diff)}); use them or another --out.")
+    if meta.get("data") != data_path:
+        raise CheckpointError(f"{run} was distilled from {meta.get('data')}, not {data_path}; pass another --out.")
+
+
+def distill(data_path: str | Path, student: str = "hnmlp", student_config: Any = None, config: DistillConfig = DistillConfig(),
+            out: str | Path | None = None, resume: bool = False, domain: str | None = None, device: str = "cpu",
+            progress: bool = False, on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Distill the expert data at ``data_path`` into a ``student``; checkpoints into ``out`` if given.
+
+    Returns a summary with the final losses, counters and the run folder.
+    """
+    data_path = Path(data_path)
+    meta = read_expert_meta(data_path)
+    if domain is not None and meta["domain"] != domain:
+        raise DataError(f"{data_path} holds {meta['domain']!r} data, not {domain!r}.")
+    layout = Layout.from_dict(meta["layout"])
+    loss_fn = loss_function(config.loss)
+    student_class(student)  # unknown names fail before any data is loaded
+    all_tasks = sorted(meta["tasks"])
+    if not all_tasks:
+        raise DataError(f"{data_path} holds no finished task yet; run `kdistill expert collect` first.")
+    train_tasks, val_tasks = split_tasks(all_tasks, config.val_tasks, config.seed)
+
+    torch.manual_seed(config.seed)
+    model = build_student(student, layout, student_config).to(device)
+    cfg_dict = model.config_dict()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps)
+    data_ref = str(data_path.resolve())
+
+    run = Path(out) if out is not None else None
+    start_epoch, step, samples_seen = 0, 0, 0
+    if run is not None and latest_checkpoint(run) is not None:
+        if not resume:
+            raise KdistillError(f"{run} already holds a distillation run; pass --resume to continue it, or another --out.")
+        tensors, ck_meta = load_checkpoint(latest_checkpoint(run))
+        _check_resume(ck_meta, student, cfg_dict, config, data_ref, run)
+        if ck_meta.get("train_tasks") != train_tasks:
+            raise CheckpointError(f"{run} was distilled on other tasks than {data_path} now holds "
+                                  f"({len(ck_meta.get('train_tasks', []))} vs {len(train_tasks)}); pass another --out.")
+        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        _load_optimizer(optimizer, tensors)
+        counters = ck_meta["counters"]
+        start_epoch, step, samples_seen = counters["epoch"], counters["step"], counters["samples"]
+        truncate_jsonl(run / "metrics.jsonl", lambda r: r.get("epoch", 0) <= start_epoch)
+
+    train = TorchData(load_expert_data(data_path, train_tasks, config.samples_per_task), device)
+    val = TorchData(load_expert_data(data_path, val_tasks, config.samples_per_task), device) if val_tasks else None
+
+    def checkpoint_meta(epoch: int) -> dict:
+        return {
+            "kind": "student", "domain": meta["domain"], "arch": student, "config": cfg_dict,
+            "layout": layout.to_dict(), "normalizer": meta["student_normalizer"], "action_std": model.action_std,
+            "distill": config.to_dict(), "data": data_ref, "teacher": meta.get("teacher", ""),
+            "train_tasks": train_tasks, "val_tasks": val_tasks,
+            "counters": {"epoch": epoch, "step": step, "samples": samples_seen},
+        }
+
+    n = len(train)
+    steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
+    from kdistill.expert import _progress
+
+    last: dict[str, Any] = {}
+    bar = _progress(progress)
+    with bar:
+        job = bar.add_task("distill", total=(config.epochs - start_epoch) * steps_per_epoch)
+        for epoch in range(start_epoch, config.epochs):
+            model.train()
+            gen = _epoch_generator(config.seed, epoch)
+            torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=gen)))  # dropout stream of this epoch
+            perm = torch.randperm(n, generator=gen)
+            t0, total = time.perf_counter(), 0.0
+            for start in range(0, n, config.batch_size):
+                batch = train.batch(perm[start:start + config.batch_size])
+                loss = loss_fn(student_mu(model, train, batch), batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                rows = len(batch["obs"])
+                loss_value = loss.item()
+                total += loss_value * rows
+                step += 1
+                samples_seen += rows
+                bar.update(job, advance=1, description=f"distill {student} epoch {epoch + 1}/{config.epochs} loss {loss_value:.4f}")
+            seconds = time.perf_counter() - t0
+            record = {"epoch": epoch + 1, "step": step, "samples": samples_seen, "train_loss": total / n,
+                      "val_loss": evaluate_loss(model, val, loss_fn, config.batch_size) if val is not None else None,
+                      "seconds": seconds, "samples_per_s": n / seconds if seconds > 0 else None}
+            last = record
+            if run is not None:
+                append_jsonl(run / "metrics.jsonl", record)
+                if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
+                    tensors = {**student_tensors(model), **_optimizer_tensors(optimizer)}
+                    save_run_checkpoint(run, epoch + 1, tensors, checkpoint_meta(epoch + 1))
+                    plot_loss_curve(read_jsonl(run / "metrics.jsonl"), run / "loss_curve.png",
+                                    f"{meta['domain']}: {student} student")
+            if on_epoch is not None:
+                on_epoch(record)
+
+    if not last and run is not None:  # resumed a finished run: report its last epoch
+        records = read_jsonl(run / "metrics.jsonl")
+        last = records[-1] if records else {}
+    return {
+        "run": str(run) if run is not None else None, "student": student, "config": cfg_dict,
+        "distill": config.to_dict(), "epochs": config.epochs, "resumed_from_epoch": start_epoch, "steps": step,
+        "train_tasks": len(train_tasks), "val_tasks": val_tasks, "train_rows": n,
+        "train_loss": last.get("train_loss"), "val_loss": last.get("val_loss"),
+        "samples_per_s": last.get("samples_per_s"), "model": model,
+    }

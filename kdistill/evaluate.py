@@ -1,0 +1,69 @@
+"""The reference evaluation protocol (reference section 6.1), for any policy and domain.
+
+Per task: ``episodes`` envs of that task, each playing exactly one episode from its own reset seed;
+the policy acts on the batch of envs still running (the deterministic mean action by default);
+returns are raw and undiscounted. A task's score is the mean over its episodes, the summary the mean
+over tasks. A random policy (actions uniform in [-1, 1]) plays the same envs from the same seeds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from kdistill.errors import CheckpointError
+from kdistill.vec import stack_obs
+
+
+def play_episodes(envs: Sequence[Any], seeds: Sequence[int], act: Callable[[dict[str, np.ndarray]], np.ndarray]):
+    """Each env plays one episode from ``seeds[i]``; returns ``(returns, lengths)`` as lists."""
+    n = len(envs)
+    obs = [env.reset(seed=int(s))[0] for env, s in zip(envs, seeds)]
+    returns, lengths = np.zeros(n), np.zeros(n, np.int64)
+    active = list(range(n))
+    while active:
+        actions = np.asarray(act(stack_obs([obs[i] for i in active])), np.float32)
+        still = []
+        for row, i in enumerate(active):
+            obs[i], reward, terminated, truncated, _ = envs[i].step(actions[row])
+            returns[i] += float(reward)
+            lengths[i] += 1
+            if not (terminated or truncated):
+                still.append(i)
+        active = still
+    return returns.tolist(), lengths.tolist()
+
+
+def evaluate_policy(domain, policy, tasks: Sequence[str], episodes: int = 16, seed: int = 0,
+                    deterministic: bool = True, random_baseline: bool = True,
+                    on_task: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Evaluate ``policy`` (a ``kdistill.policy.Policy``) on ``tasks``; see the module docstring."""
+    if policy.layout != domain.layout:
+        raise CheckpointError(f"the policy's layout {policy.layout.to_dict()} differs from domain {domain.name!r}'s "
+                              f"{domain.layout.to_dict()}; it was trained for another version of the domain.")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k, task in enumerate(tasks):
+        seeds = [int(s) for s in np.random.SeedSequence([seed, k]).generate_state(episodes)]
+        envs = [domain.make_env(task) for _ in range(episodes)]
+        try:
+            policy.prepare(task, domain.context(task))
+            returns, lengths = play_episodes(envs, seeds, lambda o: policy.act(o, deterministic=deterministic))
+            row: dict[str, Any] = {"name": task, "returns": returns, "lengths": lengths, "mean": float(np.mean(returns))}
+            if random_baseline:
+                num_actions = domain.layout.num_actions
+                rand, rand_len = play_episodes(
+                    envs, seeds, lambda o: rng.uniform(-1.0, 1.0, (o["obs"].shape[0], num_actions)))
+                row.update(random_returns=rand, random_lengths=rand_len, random_mean=float(np.mean(rand)))
+        finally:
+            for env in envs:
+                env.close()
+        rows.append(row)
+        if on_task is not None:
+            on_task(row)
+    summary: dict[str, Any] = {"mean_return": float(np.mean([r["mean"] for r in rows])) if rows else None,
+                               "tasks": len(rows), "episodes": episodes, "deterministic": deterministic, "seed": seed}
+    if random_baseline:
+        summary["random_mean_return"] = float(np.mean([r["random_mean"] for r in rows])) if rows else None
+    return {"summary": summary, "robots": rows}

@@ -1,0 +1,254 @@
+"""Expert data: roll out a teacher on each task and store what the student will learn from.
+
+A data folder ``DATA`` holds
+
+* ``DATA/shards/<task>.safetensors``, one per task, rows in time-major order (row = step * num_envs + env):
+  ``obs`` (n, T, S) float32, the *student view* of the state (the teacher's normalised observation sliced
+  to ``layout.student_features``), ``obs_mask`` (n, T) bool, ``act_mask`` (n, T*A) bool, ``mu`` (n, T*A)
+  the teacher's mean action and ``action`` (n, T*A) the action actually played, sampled from N(mu, std);
+* ``DATA/meta.json``: domain, teacher, layout, the teacher's normaliser state and its slice for the student,
+  and per finished task its shard, sample count, episode returns and context.
+
+Each shard is written atomically and ``meta.json`` is updated after it, so an interrupted collection
+resumes where it stopped: finished tasks are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import attrs
+import numpy as np
+
+from kdistill.domain import Layout, TaskContext
+from kdistill.errors import DataError
+from kdistill.io import atomic_write_bytes, atomic_write_json, read_json
+from kdistill.normalize import ObsNormalizer
+
+FORMAT = "kdistill-expert/1"
+SHARD_KEYS = ("obs", "obs_mask", "act_mask", "mu", "action")
+
+
+def shard_name(task: str) -> str:
+    """A file name for a task's shard; names with unusual characters get a checksum suffix to stay unique."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", task)
+    if safe != task:
+        safe = f"{safe}-{zlib.crc32(task.encode()):08x}"
+    return f"{safe}.safetensors"
+
+
+def slice_normalizer_state(state: dict, features: Sequence[int]) -> dict:
+    """The normaliser state restricted to ``features`` on the last axis (the student's view)."""
+    idx = list(features)
+    mean = np.asarray(state["mean"], np.float64)[..., idx]
+    var = np.asarray(state["var"], np.float64)[..., idx]
+    return {**state, "shape": list(mean.shape), "mean": mean.tolist(), "var": var.tolist()}
+
+
+def context_to_json(ctx: TaskContext) -> dict:
+    return {"tokens": np.asarray(ctx.tokens, np.float32).tolist(), "mask": np.asarray(ctx.mask, bool).tolist(),
+            "act_mask": np.asarray(ctx.act_mask, bool).tolist()}
+
+
+def context_from_json(d: dict) -> TaskContext:
+    return TaskContext(np.asarray(d["tokens"], np.float32), np.asarray(d["mask"], bool), np.asarray(d["act_mask"], bool))
+
+
+@attrs.frozen
+class CollectSettings:
+    """How much to collect per task. ``samples_per_task`` rows come from ``num_envs`` envs of that task
+    (16 x 1000 steps = the reference's 16,000 rows per robot)."""
+
+    samples_per_task: int = attrs.field(default=16000, validator=attrs.validators.gt(0))
+    num_envs: int = attrs.field(default=16, validator=attrs.validators.gt(0))
+    seed: int = 0
+
+    @classmethod
+    def presets(cls) -> dict[str, "CollectSettings"]:
+        return {"paper": cls(), "demo": cls(samples_per_task=4000, num_envs=8)}
+
+
+def task_seed(seed: int, task: str) -> int:
+    # depends on the task's name, not its position, so a task's data does not change with the task list
+    return int(np.random.SeedSequence([seed, zlib.crc32(task.encode())]).generate_state(1)[0])
+
+
+def rollout_task(domain, teacher, normalizer: ObsNormalizer, task: str, context: TaskContext, settings: CollectSettings,
+                 on_step: Callable[[int], None] | None = None) -> tuple[dict[str, np.ndarray], list[float]]:
+    """Play the teacher (stochastic actions) on ``num_envs`` envs of ``task``; return the shard arrays and
+    the returns of the episodes that finished."""
+    layout: Layout = domain.layout
+    features = list(layout.student_features)
+    n_envs = settings.num_envs
+    steps = math.ceil(settings.samples_per_task / n_envs)
+    seed = task_seed(settings.seed, task)
+    rng = np.random.default_rng(seed)
+    std = float(getattr(teacher, "action_std", 0.9))
+    T, S, TA = layout.max_tokens, len(features), layout.num_actions
+    rows = steps * n_envs
+    out = {
+        "obs": np.empty((rows, T, S), np.float32),
+        "obs_mask": np.empty((rows, T), bool),
+        "act_mask": np.empty((rows, TA), bool),
+        "mu": np.empty((rows, TA), np.float32),
+        "action": np.empty((rows, TA), np.float32),
+    }
+    returns: list[float] = []
+    teacher.prepare(task, context)
+    venv = domain.make_vec_env([task], n_envs, seed=seed)
+    try:
+        obs = venv.reset(seed=seed)
+        for t in range(steps):
+            sl = slice(t * n_envs, (t + 1) * n_envs)
+            out["obs"][sl] = normalizer.normalize(np.asarray(obs["obs"], np.float32))[..., features]
+            out["obs_mask"][sl] = obs["obs_mask"]
+            out["act_mask"][sl] = obs["act_mask"]
+            mu = np.asarray(teacher.act(obs, deterministic=True), np.float32)
+            action = (mu + std * rng.standard_normal(mu.shape)).astype(np.float32)
+            out["mu"][sl], out["action"][sl] = mu, action
+            obs, _, _, _, infos = venv.step(action)
+            returns += [float(i["episode"]["return"]) for i in infos if "episode" in i]
+            if on_step is not None:
+                on_step(n_envs)
+    finally:
+        venv.close()
+    return {k: v[: settings.samples_per_task] for k, v in out.items()}, returns
+
+
+def _check_existing(meta: dict, expected: dict, out: Path) -> None:
+    expected = json.loads(json.dumps(expected))  # compare as stored (tuples become lists)
+    for key, want in expected.items():
+        have = meta.get(key)
+        if have != want:
+            raise DataError(
+                f"{out} was collected with {key}={have!r}, not {want!r}; pass another --out folder "
+                f"(or the same settings to resume)."
+            )
+
+
+def collect_expert_data(domain, teacher, normalizer_state: dict, tasks: Sequence[str], out: str | Path,
+                        settings: CollectSettings = CollectSettings(), teacher_ref: str = "",
+                        progress: bool = False) -> dict[str, Any]:
+    """Collect one shard per task into ``out`` (skipping tasks already there); returns a summary."""
+    out = Path(out)
+    layout: Layout = domain.layout
+    normalizer = ObsNormalizer.from_state(normalizer_state)
+    want_shape = (layout.max_tokens, layout.obs_features)
+    if tuple(normalizer.shape) != want_shape:
+        raise DataError(f"the teacher's normaliser has shape {tuple(normalizer.shape)}, but domain {domain.name!r} "
+                        f"observations are {want_shape}; use a teacher trained on this domain.")
+    expected = {"format": FORMAT, "domain": domain.name, "layout": layout.to_dict(), "teacher": str(teacher_ref),
+                "samples_per_task": settings.samples_per_task}
+    meta_path = out / "meta.json"
+    if meta_path.exists():
+        meta = read_json(meta_path)
+        _check_existing(meta, expected, out)
+    else:
+        meta = {**expected, "normalizer": normalizer.state(),
+                "student_normalizer": slice_normalizer_state(normalizer.state(), layout.student_features),
+                "num_envs": settings.num_envs, "seed": settings.seed, "tasks": {}}
+    done = {t for t, info in meta["tasks"].items() if (out / info["shard"]).exists()}
+    todo = [t for t in tasks if t not in done]
+    skipped = [t for t in tasks if t in done]
+
+    from safetensors.numpy import save as st_save
+
+    bar = _progress(progress)
+    with bar:
+        job = bar.add_task("expert data", total=len(todo) * settings.samples_per_task)
+        for task in todo:
+            bar.update(job, description=f"expert {task}")
+            ctx = domain.context(task)
+            arrays, returns = rollout_task(domain, teacher, normalizer, task, ctx, settings,
+                                           on_step=lambda n: bar.advance(job, n))
+            shard = f"shards/{shard_name(task)}"
+            atomic_write_bytes(out / shard, st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()}))
+            meta["tasks"][task] = {
+                "shard": shard, "samples": int(len(arrays["obs"])), "num_envs": settings.num_envs,
+                "episodes": len(returns), "mean_return": float(np.mean(returns)) if returns else None,
+                "context": context_to_json(ctx),
+            }
+            atomic_write_json(meta_path, meta)
+    if not meta_path.exists():
+        atomic_write_json(meta_path, meta)
+    return {
+        "out": str(out), "collected": todo, "skipped": skipped,
+        "samples": sum(meta["tasks"][t]["samples"] for t in tasks if t in meta["tasks"]),
+        "mean_return": {t: meta["tasks"][t]["mean_return"] for t in tasks if t in meta["tasks"]},
+    }
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), disable=not enabled, transient=False)
+
+
+# -------------------------------------------------------------------------------------------------
+# reading
+
+@attrs.define
+class ExpertData:
+    """All rows of some tasks of a data folder, concatenated (numpy), with ``task_index`` into ``tasks``."""
+
+    tasks: list[str]
+    contexts: list[TaskContext]
+    obs: np.ndarray
+    obs_mask: np.ndarray
+    act_mask: np.ndarray
+    mu: np.ndarray
+    action: np.ndarray
+    task_index: np.ndarray
+    meta: dict
+
+    def __len__(self) -> int:
+        return len(self.obs)
+
+
+def read_expert_meta(path: str | Path) -> dict:
+    path = Path(path)
+    if not (path / "meta.json").exists():
+        raise DataError(f"{path} is not an expert data folder (no meta.json); create one with `kdistill expert collect`.")
+    meta = read_json(path / "meta.json")
+    if meta.get("format") != FORMAT:
+        raise DataError(f"{path}/meta.json has format {meta.get('format')!r}, expected {FORMAT!r}.")
+    return meta
+
+
+def load_expert_data(path: str | Path, tasks: Sequence[str] | None = None, samples_per_task: int | None = None) -> ExpertData:
+    """Load the shards of ``tasks`` (default: every finished task); ``samples_per_task`` keeps the first rows."""
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    meta = read_expert_meta(path)
+    finished = list(meta["tasks"])
+    tasks = list(tasks) if tasks is not None else finished
+    missing = [t for t in tasks if t not in meta["tasks"]]
+    if missing:
+        raise DataError(f"{path} has no data for task(s) {missing[:5]}; collect them with `kdistill expert collect`.")
+    if not tasks:
+        raise DataError(f"{path} holds no finished task yet; run `kdistill expert collect` first.")
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in SHARD_KEYS}
+    index = []
+    for k, task in enumerate(tasks):
+        shard_path = path / meta["tasks"][task]["shard"]
+        try:
+            arrays = load_file(str(shard_path))
+        except FileNotFoundError:
+            raise DataError(f"{shard_path} is missing; re-run `kdistill expert collect` to rebuild it.") from None
+        except Exception as exc:
+            raise DataError(f"{shard_path} is not a readable shard ({exc}); delete it and re-run `kdistill expert collect`.") from None
+        n = len(arrays["obs"]) if samples_per_task is None else min(samples_per_task, len(arrays["obs"]))
+        for key in SHARD_KEYS:
+            parts[key].append(arrays[key][:n])
+        index.append(np.full(n, k, np.int64))
+    cat = {k: np.concatenate(v) for k, v in parts.items()}
+    return ExpertData(tasks=tasks, contexts=[context_from_json(meta["tasks"][t]["context"]) for t in tasks],
+                      task_index=np.concatenate(index), meta=meta, **cat)

@@ -1,0 +1,66 @@
+"""Figures written as PNG files (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any, Sequence
+
+from kdistill.io import atomic_write_bytes
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    plt = _pyplot()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def learning_curve(records: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "PPO learning curve") -> None:
+    """Mean training-episode return (last 100 episodes, stochastic policy) against env steps."""
+    plt = _pyplot()
+    pts = [(r["env_steps"], r["mean_return"]) for r in records if r.get("mean_return") is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color="tab:blue", lw=1.6)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("mean episode return (last 100)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def task_bars(result: dict[str, Any], path: str | os.PathLike, title: str = "evaluation") -> None:
+    """Per-task mean return (bars, with the episodes' std) beside the random policy's."""
+    import numpy as np
+
+    plt = _pyplot()
+    rows = result["robots"]
+    names = [r["name"] for r in rows]
+    x = np.arange(len(rows))
+    has_random = bool(rows) and "random_mean" in rows[0]
+    width = 0.4 if has_random else 0.8
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(rows) + 2), 4.2))
+    ax.bar(x, [r["mean"] for r in rows], width, yerr=[np.std(r["returns"]) for r in rows],
+           label=f"policy (mean {result['summary']['mean_return']:.1f})", color="tab:blue", capsize=2)
+    if has_random:
+        ax.bar(x + width, [r["random_mean"] for r in rows], width,
+               label=f"random (mean {result['summary']['random_mean_return']:.1f})", color="tab:gray")
+    ax.set_xticks(x + (width / 2 if has_random else 0))
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("mean episode return")
+    ax.set_title(title)
+    ax.axhline(0, color="black", lw=0.6)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)

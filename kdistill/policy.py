@@ -1,0 +1,108 @@
+"""Trained policies loaded from disk, used the same way whatever they are.
+
+``load_policy(path)`` reads a run folder (its newest complete checkpoint) or a checkpoint folder and
+returns a ``Policy``. Use: ``policy.prepare(task, context)`` once per task, then
+``policy.act(obs_batch, deterministic=True)`` every step. A teacher ignores ``prepare``; a student
+writes its per-task weights there, so one evaluation loop serves both and charges the student's
+hypernetwork once per task, as deployment would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdistill.domain import Layout, TaskContext
+from kdistill.errors import CheckpointError
+
+
+class Policy:
+    """Base interface (see the module docstring)."""
+
+    kind: str = ""
+    domain: str = ""
+    layout: Layout
+    meta: dict[str, Any]
+
+    def prepare(self, task: str, context: TaskContext) -> None:
+        pass
+
+    def act(self, obs: dict[str, np.ndarray], deterministic: bool = True) -> np.ndarray:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "domain": self.domain, "arch": self.meta.get("arch"),
+                "env_steps": self.meta.get("counters", {}).get("env_steps")}
+
+
+class TeacherPolicy(Policy):
+    """A teacher actor with its frozen observation normaliser."""
+
+    kind = "teacher"
+
+    def __init__(self, model, normalizer, meta: dict[str, Any], device: str = "cpu", seed: int = 0):
+        import torch
+
+        self.model = model.to(device).eval()
+        self.normalizer = normalizer
+        self.normalizer.training = False
+        self.meta = meta
+        self.domain = meta["domain"]
+        self.layout = Layout.from_dict(meta["layout"])
+        self.device = torch.device(device)
+        self.std = float(model.action_std)
+        self.rng = np.random.default_rng(seed)
+
+    def act(self, obs: dict[str, np.ndarray], deterministic: bool = True) -> np.ndarray:
+        import torch
+
+        feed = {k: torch.from_numpy(np.ascontiguousarray(obs[k])).to(self.device)
+                for k in ("obs_mask", "act_mask", "context") if k in obs}
+        feed["obs"] = torch.from_numpy(self.normalizer.normalize(obs["obs"])).to(self.device)
+        with torch.inference_mode():
+            mu = self.model.mu(feed).float().cpu().numpy()
+        if deterministic:
+            return mu
+        return (mu + self.std * self.rng.standard_normal(mu.shape)).astype(np.float32)
+
+
+def build_teacher(meta: dict[str, Any]):
+    """The teacher module a checkpoint's meta describes (weights not loaded)."""
+    from kdistill.plugins import get_plugins
+
+    registry = get_plugins().teachers
+    arch = meta.get("arch")
+    if arch not in registry:
+        raise CheckpointError(f"the checkpoint's teacher {arch!r} is not registered (is the plugin of domain "
+                              f"{meta.get('domain')!r} installed?); available: {', '.join(registry.names()) or 'none'}.")
+    spec = registry.get(arch)
+    try:
+        config = spec.config_cls(**meta["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"the checkpoint's config does not fit teacher {arch!r} ({exc}); it was written by another version.") from None
+    return spec.build(Layout.from_dict(meta["layout"]), config)
+
+
+def load_policy(path: str | Path, domain: str | None = None, device: str = "cpu", seed: int = 0) -> Policy:
+    """Load the policy in ``path`` (a run folder or a checkpoint folder), checking its domain if given."""
+    from kdistill.io import load_run_checkpoint
+    from kdistill.normalize import ObsNormalizer
+
+    tensors, meta = load_run_checkpoint(path)
+    if domain is not None and meta.get("domain") != domain:
+        raise CheckpointError(f"{path} holds a policy for domain {meta.get('domain')!r}, not {domain!r}; "
+                              f"pass a policy trained on {domain!r}.")
+    kind = meta.get("kind")
+    if kind == "teacher":
+        from kdistill.ppo import load_model_state
+
+        model = build_teacher(meta)
+        load_model_state(model, tensors)
+        return TeacherPolicy(model, ObsNormalizer.from_state(meta["normalizer"]), meta, device=device, seed=seed)
+    if kind == "student":
+        from kdistill.students import load_student_policy
+
+        return load_student_policy(tensors, meta, device=device, seed=seed)
+    raise CheckpointError(f"{path} holds a policy of kind {kind!r}; kdistill loads 'teacher' and 'student' policies.")

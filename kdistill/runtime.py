@@ -1,0 +1,201 @@
+"""Run an exported student with numpy only (no torch): the deployment side of ``kdistill export``.
+
+An export is two files written side by side: ``NAME.safetensors`` (the dense layers ``layer<i>.weight``
+(in, out) and ``layer<i>.bias`` in float32, and the normaliser's ``norm.mean`` / ``norm.var`` in float64)
+and ``NAME.json`` (task, layer shapes, student features, normaliser clip and epsilon, action mask, checksum).
+
+The policy reads the task's *flat student observation*: the raw per-token observation sliced to the student
+features, flattened token-major to ``T*S`` values. It normalises it exactly as training did
+(``clip((x - mean) / sqrt(var + eps), -clip, clip)``), then runs the MLP (ReLU between layers) and returns
+``T*A`` mean actions (padded slots included; ``act_mask`` marks them).
+
+    policy = kdistill.runtime.load("robot.json")
+    mu = policy.act(flat_obs)                 # (N, T*S) -> (N, T*A), or (T*S,) -> (T*A,)
+    mu = policy.act_obs(env_obs)              # from an env observation dict
+
+Buffers are allocated once per batch size and reused, so a control loop allocates nothing but the result
+(pass ``out=`` to avoid that too). The normaliser's division is folded into the first layer's weights, so a
+step is: subtract the mean, clip, then per layer one ``matmul`` into its buffer, bias add and ReLU in place.
+A single observation runs on 1-D buffers with the bias folded into the matmul. docs/benchmarks.md has the
+profile behind these choices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from kdistill.errors import DataError
+
+FORMAT = "kdistill-export/1"
+_ZERO = np.zeros((), np.float32)  # ReLU's floor for one row: a Python 0.0 costs a conversion per call
+_DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "BOOL": np.bool_}
+
+
+def read_safetensors(blob: bytes) -> dict[str, np.ndarray]:
+    """Decode a safetensors blob into numpy arrays (a small reader, so deployment needs numpy only)."""
+    if len(blob) < 8:
+        raise DataError("the export's weights file is truncated; export it again.")
+    (header_len,) = struct.unpack("<Q", blob[:8])
+    try:
+        header = json.loads(blob[8:8 + header_len])
+    except (ValueError, UnicodeDecodeError):
+        raise DataError("the export's weights file has a corrupt header; export it again.") from None
+    base = 8 + header_len
+    arrays = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _DTYPES:
+            raise DataError(f"the export holds tensor {name!r} of unsupported dtype {info['dtype']}.")
+        start, end = info["data_offsets"]
+        arrays[name] = np.frombuffer(blob, _DTYPES[info["dtype"]], count=(end - start) // np.dtype(_DTYPES[info["dtype"]]).itemsize,
+                                     offset=base + start).reshape(info["shape"])
+    return arrays
+
+
+def export_paths(path: str | Path) -> tuple[Path, Path]:
+    """``(weights, json)`` paths of an export given either file or their common stem."""
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+class ExportedPolicy:
+    """A dense MLP for one task, with its observation normaliser; numpy only."""
+
+    def __init__(self, weights: list[np.ndarray], biases: list[np.ndarray], mean: np.ndarray, var: np.ndarray,
+                 clip: float, epsilon: float, meta: dict):
+        self.weights = [np.ascontiguousarray(w, np.float32) for w in weights]
+        self.biases = [np.ascontiguousarray(b, np.float32) for b in biases]
+        self.mean = np.ascontiguousarray(mean, np.float64)
+        # std computed exactly as the training-time normaliser does (float64)
+        self.std = np.sqrt(np.asarray(var, np.float64) + epsilon)
+        self.clip = float(clip)
+        self.meta = meta
+        self.task = meta.get("task")
+        self.student_features = list(meta["input"]["student_features"])
+        self.tokens = int(meta["input"]["tokens"])
+        self.act_mask = np.asarray(meta["act_mask"], bool)
+        self.input_size = self.weights[0].shape[0]
+        self.output_size = self.weights[-1].shape[1]
+        # clip((x - mean) / std, -c, c) @ W == clip(x - mean, -c*std, c*std) @ (W / std): the division moves into
+        # the first layer's weights. The mean stays a subtraction, not a bias, to avoid cancellation in float32.
+        self._mean32 = self.mean.astype(np.float32)
+        self._high = (self.clip * self.std).astype(np.float32)
+        self._low = -self._high
+        first = (self.weights[0].astype(np.float64) / self.std[:, None]).astype(np.float32)
+        self._layers = [first] + self.weights[1:]
+        self._plans: dict[int, tuple] = {}
+
+    # sizes -------------------------------------------------------------------------------------------
+    @property
+    def num_params(self) -> int:
+        return int(sum(w.size + b.size for w, b in zip(self.weights, self.biases)))
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds counted as 2 FLOPs per weight (the reference's convention), per sample."""
+        return int(sum(2 * w.size for w in self.weights))
+
+    # running -----------------------------------------------------------------------------------------
+    def _plan(self, n: int) -> tuple:
+        """Buffers and per-layer steps ``(input, weight, bias or None, output, ReLU floor or None)`` for ``n`` rows."""
+        last = len(self._layers) - 1
+        if n == 1:
+            # One observation: 1-D buffers (numpy's vector paths skip the broadcasting set-up), and each input
+            # buffer ends with a constant 1 that meets the bias as an extra weight row, so bias add is free.
+            ins = [np.ones(w.shape[0] + 1, np.float32) for w in self._layers]
+            outs = [a[:-1] for a in ins[1:]] + [np.empty(self.output_size, np.float32)]
+            weights = [np.ascontiguousarray(np.vstack([w, b[None]])) for w, b in zip(self._layers, self.biases)]
+            steps = tuple((a, w, None, o, _ZERO if i < last else None)
+                          for i, (a, w, o) in enumerate(zip(ins, weights, outs)))
+            plan = (ins[0][:-1], steps, outs[-1])
+        else:
+            # Many rows: biases and ReLU's zeros are stored at full size, because numpy's element-wise loops
+            # are about 3x faster on two equal-shaped arrays than against a broadcast row or a scalar.
+            z = np.empty((n, self.input_size), np.float32)
+            bufs = [np.empty((n, w.shape[1]), np.float32) for w in self._layers]
+            biases = [np.ascontiguousarray(np.broadcast_to(b, (n, b.size))) for b in self.biases]
+            zeros = {width: np.zeros((n, width), np.float32) for width in {w.shape[1] for w in self._layers}}
+            steps = tuple((h, w, b, buf, zeros[w.shape[1]] if i < last else None)
+                          for i, (h, w, b, buf) in enumerate(zip([z] + bufs[:-1], self._layers, biases, bufs)))
+            plan = (z, steps, bufs[-1])
+        self._plans[n] = plan
+        return plan
+
+    def act(self, flat_obs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Mean actions for raw flat student observations ``(N, T*S)`` (or one ``(T*S,)``)."""
+        x = flat_obs if isinstance(flat_obs, np.ndarray) else np.asarray(flat_obs)
+        if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
+            raise DataError(f"exported policy for {self.task!r} takes flat observations of {self.input_size} values "
+                            f"(tokens x student features), got shape {np.shape(flat_obs)}.")
+        batched = x.ndim == 2
+        n = x.shape[0] if batched else 1
+        plan = self._plans.get(n)
+        if plan is None:
+            plan = self._plan(n)
+        z, steps, result = plan
+        if n == 1 and batched:
+            x = x[0]
+        np.subtract(x, self._mean32, out=z)
+        np.maximum(z, self._low, out=z)  # two ufuncs: np.clip with array bounds is about 2x slower
+        np.minimum(z, self._high, out=z)
+        for h, w, b, buf, floor in steps:
+            np.matmul(h, w, out=buf)
+            if b is not None:
+                np.add(buf, b, out=buf)
+            if floor is not None:
+                np.maximum(buf, floor, out=buf)  # ReLU in place
+        if out is not None:
+            out[...] = result
+            return out
+        if n == 1 and batched:
+            return result.reshape(1, -1).copy()
+        return result.copy()
+
+    def flat_observation(self, obs: dict) -> np.ndarray:
+        """The flat student observation ``(N, T*S)`` of raw env observations (``obs['obs']`` (N, T, F))."""
+        raw = np.asarray(obs["obs"])
+        if raw.ndim == 2:
+            raw = raw[None]
+        return raw[..., self.student_features].reshape(raw.shape[0], -1)
+
+    def act_obs(self, obs: dict, out: np.ndarray | None = None) -> np.ndarray:
+        """Mean actions ``(N, T*A)`` for a batch of env observation dicts (the env drops padded slots)."""
+        return self.act(self.flat_observation(obs), out=out)
+
+    def valid_actions(self, mu: np.ndarray) -> np.ndarray:
+        """Only the non-padded action slots (the task's real actuators, in order)."""
+        return np.asarray(mu)[..., ~self.act_mask]
+
+
+def load(path: str | Path) -> ExportedPolicy:
+    """Load an export written by ``kdistill export`` (pass the .json, the .safetensors or their stem)."""
+    weights_path, json_path = export_paths(path)
+    for p in (json_path, weights_path):
+        if not p.exists():
+            raise DataError(f"{p} does not exist; write the export with `kdistill export`.")
+    try:
+        meta = json.loads(json_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{json_path} is not valid JSON ({exc}); export again.") from None
+    if meta.get("format") != FORMAT:
+        raise DataError(f"{json_path} has format {meta.get('format')!r}, expected {FORMAT!r}.")
+    blob = weights_path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != meta.get("weights_sha256"):
+        raise DataError(f"{weights_path} does not match {json_path.name} (another export, or damaged); export again.")
+    arrays = read_safetensors(blob)
+    n = len(meta["layers"])
+    try:
+        ws = [arrays[f"layer{i}.weight"] for i in range(n)]
+        bs = [arrays[f"layer{i}.bias"] for i in range(n)]
+        mean, var = arrays["norm.mean"], arrays["norm.var"]
+    except KeyError as exc:
+        raise DataError(f"{weights_path} lacks tensor {exc}; export again.") from None
+    norm = meta["normalizer"]
+    return ExportedPolicy(ws, bs, mean, var, norm["clip"], norm["epsilon"], meta)

@@ -1,0 +1,235 @@
+"""Transformer actor-critics that read every token of the state (and, for ModuMorph, the context).
+
+Two architectures, generic over any ``Layout`` (tokens x features -> actions per token):
+
+* ``TransformerActorCritic`` built by ``build_transformer_teacher``: the MetaMorph teacher. Each
+  token is embedded by one shared linear layer (scaled by sqrt(d_model)), passed through pre-LN
+  ``nn.TransformerEncoderLayer`` blocks with a key padding mask (no positional embedding, no
+  dropout), and decoded per token by one shared decoder. Actor and critic are two separate
+  networks; the value is the mean of the critic's per-token values over real tokens.
+* ``build_modumorph_teacher``: the ModuMorph variant. A small hypernetwork reads each token's
+  context and writes that token's input embedding and decoder, and every layer's attention weights
+  come from the context alone (query = key = context embedding, value = state), so they are fixed
+  for a given task.
+
+Both follow the actor-critic contract of docs/design.md: ``forward(obs) -> (mu (B, T*A), value (B,))``
+with ``obs["obs"]`` already normalised, and a fixed ``action_std``. ``mu(obs)`` runs the actor only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from kdistill.domain import Layout
+
+
+def _positive(instance, attribute, value):
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value}")
+
+
+def _even_split(instance, attribute, value):
+    if instance.d_model % instance.num_heads:
+        raise ValueError(f"d_model ({instance.d_model}) must be divisible by num_heads ({instance.num_heads})")
+
+
+@attrs.frozen
+class TransformerTeacherConfig:
+    """MetaMorph teacher. ``paper`` is the HyperDistill teacher (about 1.66 M actor parameters for UNIMAL)."""
+
+    d_model: int = attrs.field(default=128, validator=_positive)
+    num_layers: int = attrs.field(default=5, validator=_positive)
+    num_heads: int = attrs.field(default=2, validator=[_positive, _even_split])
+    feedforward: int = attrs.field(default=1024, validator=_positive)
+    decoder_hidden: tuple[int, ...] = attrs.field(default=(), converter=tuple)
+    embed_init: float = attrs.field(default=0.1, validator=_positive)  # U(-a, a) for the token embedding
+    decoder_init: float = attrs.field(default=0.01, validator=_positive)  # U(-a, a) for the last decoder layer
+    embed_scale: bool = True  # multiply embeddings by sqrt(d_model)
+    action_std: float = attrs.field(default=0.9, validator=_positive)
+
+    @classmethod
+    def presets(cls) -> dict[str, "TransformerTeacherConfig"]:
+        return {
+            "paper": cls(),
+            # ~1/8 of the paper's per-sample compute (fwd+bwd at batch 512: ~0.3-0.5 s on one core):
+            # two pre-LN layers of width 64 keep cross-limb attention, which is what lets one policy
+            # serve many morphologies; PPO's update dominates the wall time on CPU, so depth is costly
+            "cpu": cls(d_model=64, num_layers=2, num_heads=2, feedforward=256),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class ModuMorphTeacherConfig(TransformerTeacherConfig):
+    """ModuMorph teacher: context-generated per-token embedding and decoder, context-fixed attention."""
+
+    attention_context_layers: int = attrs.field(default=2, validator=attrs.validators.ge(0))  # extra Linear+ReLU after the first
+    hypernet_context_layers: int = attrs.field(default=1, validator=attrs.validators.ge(0))
+
+    @classmethod
+    def presets(cls) -> dict[str, "ModuMorphTeacherConfig"]:
+        return {"paper": cls(), "cpu": cls(d_model=64, num_layers=2, num_heads=2, feedforward=256)}
+
+
+# building blocks ------------------------------------------------------------------------------------
+
+def _uniform_(layer: nn.Linear, weight: float, zero_bias: bool = False) -> nn.Linear:
+    nn.init.uniform_(layer.weight, -weight, weight)
+    if zero_bias:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _decoder(sizes: list[int], last_init: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    _uniform_(layers[-1], last_init, zero_bias=True)
+    return nn.Sequential(*layers)
+
+
+def _context_mlp(in_dim: int, d: int, extra_layers: int, init: float) -> nn.Sequential:
+    layers: list[nn.Module] = [_uniform_(nn.Linear(in_dim, d), init), nn.ReLU()]
+    for _ in range(extra_layers):
+        layers += [nn.Linear(d, d), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+def masked_token_mean(x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x (B, T)`` over tokens where ``pad_mask (B, T)`` is False."""
+    real = (~pad_mask).to(x.dtype)
+    return (x * real).sum(-1) / real.sum(-1).clamp_min(1.0)
+
+
+class TokenTransformer(nn.Module):
+    """One MetaMorph network: shared token embedding, pre-LN encoder, shared per-token decoder."""
+
+    def __init__(self, in_features: int, out_per_token: int, cfg: TransformerTeacherConfig):
+        super().__init__()
+        self.embed = _uniform_(nn.Linear(in_features, cfg.d_model), cfg.embed_init)
+        self.scale = math.sqrt(cfg.d_model) if cfg.embed_scale else 1.0
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(cfg.d_model, cfg.num_heads, cfg.feedforward, dropout=0.0,
+                                       norm_first=True, batch_first=True)
+            for _ in range(cfg.num_layers))
+        self.decoder = _decoder([cfg.d_model, *cfg.decoder_hidden, out_per_token], cfg.decoder_init)
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.embed(x) * self.scale
+        for layer in self.layers:
+            h = layer(h, src_key_padding_mask=pad_mask)
+        return self.decoder(h)
+
+
+class FixedAttentionLayer(nn.Module):
+    """Pre-LN encoder layer whose attention weights come from the context only (ModuMorph)."""
+
+    def __init__(self, d: int, heads: int, feedforward: int):
+        super().__init__()
+        self.norm_context = nn.LayerNorm(d)
+        self.norm1 = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, dropout=0.0, batch_first=True)
+        self.norm2 = nn.LayerNorm(d)
+        self.ff = nn.Sequential(nn.Linear(d, feedforward), nn.ReLU(), nn.Linear(feedforward, d))
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        c = self.norm_context(ctx)
+        x = x + self.attn(c, c, self.norm1(x), key_padding_mask=pad_mask, need_weights=False)[0]
+        return x + self.ff(self.norm2(x))
+
+
+class ModularTokenTransformer(nn.Module):
+    """One ModuMorph network: per-token embedding and decoder written from the token's context."""
+
+    def __init__(self, in_features: int, context_features: int, out_per_token: int, cfg: ModuMorphTeacherConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.in_features, self.d = in_features, d
+        self.scale = math.sqrt(d) if cfg.embed_scale else 1.0
+        self.hyper_context = _context_mlp(context_features, d, cfg.hypernet_context_layers, cfg.embed_init)
+        self.attention_context = _context_mlp(context_features, d, cfg.attention_context_layers, cfg.embed_init)
+        # generators start as "bias only": every token gets the same random layer, which then specialises
+        self.embed_weight = self._generator(d, in_features * d, cfg.embed_init)
+        self.embed_bias = self._generator(d, d, 0.0)
+        self.decoder_sizes = [d, *cfg.decoder_hidden, out_per_token]
+        pairs = list(zip(self.decoder_sizes[:-1], self.decoder_sizes[1:]))
+        self.decoder_weight = nn.ModuleList(self._generator(d, i * o, cfg.decoder_init) for i, o in pairs)
+        self.decoder_bias = nn.ModuleList(self._generator(d, o, 0.0) for _, o in pairs)
+        self.layers = nn.ModuleList(FixedAttentionLayer(d, cfg.num_heads, cfg.feedforward) for _ in range(cfg.num_layers))
+
+    @staticmethod
+    def _generator(d: int, out: int, bias_init: float) -> nn.Linear:
+        layer = nn.Linear(d, out)
+        nn.init.zeros_(layer.weight)
+        if bias_init > 0:
+            nn.init.uniform_(layer.bias, -bias_init, bias_init)
+        else:
+            nn.init.zeros_(layer.bias)
+        return layer
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if context is None:
+            raise ValueError("the ModuMorph teacher needs obs['context']")
+        b, t, _ = x.shape
+        hyper = self.hyper_context(context)
+        w = self.embed_weight(hyper).view(b, t, self.in_features, self.d)
+        h = (torch.einsum("btf,btfd->btd", x, w) + self.embed_bias(hyper)) * self.scale
+        ctx = self.attention_context(context)
+        for layer in self.layers:
+            h = layer(h, ctx, pad_mask)
+        last = len(self.decoder_weight) - 1
+        for i, (wgen, bgen) in enumerate(zip(self.decoder_weight, self.decoder_bias)):
+            din, dout = self.decoder_sizes[i], self.decoder_sizes[i + 1]
+            h = torch.einsum("bti,btio->bto", h, wgen(hyper).view(b, t, din, dout)) + bgen(hyper)
+            if i < last:
+                h = torch.relu(h)
+        return h
+
+
+class TransformerActorCritic(nn.Module):
+    """Separate actor and critic token networks; the PPO-facing module of docs/design.md."""
+
+    def __init__(self, layout: Layout, actor: nn.Module, critic: nn.Module, action_std: float):
+        super().__init__()
+        self.layout = layout
+        self.actor, self.critic = actor, critic
+        self.action_std = float(action_std)
+
+    def _run(self, net: nn.Module, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return net(obs["obs"], obs["obs_mask"], obs.get("context"))
+
+    def mu(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self._run(self.actor, obs)
+        return out.reshape(out.shape[0], -1)
+
+    def value(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return masked_token_mean(self._run(self.critic, obs)[..., 0], obs["obs_mask"])
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mu(obs), self.value(obs)
+
+
+def build_transformer_teacher(layout: Layout, config: TransformerTeacherConfig) -> TransformerActorCritic:
+    actor = TokenTransformer(layout.obs_features, layout.actions_per_token, config)
+    critic = TokenTransformer(layout.obs_features, 1, config)
+    return TransformerActorCritic(layout, actor, critic, config.action_std)
+
+
+def build_modumorph_teacher(layout: Layout, config: ModuMorphTeacherConfig) -> TransformerActorCritic:
+    def net(out: int) -> ModularTokenTransformer:
+        return ModularTokenTransformer(layout.obs_features, layout.context_features, out, config)
+
+    return TransformerActorCritic(layout, net(layout.actions_per_token), net(1), config.action_std)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,275 @@
+"""Vector environments over a domain's tasks (the contract is in docs/design.md).
+
+``SyncVecEnv`` steps ``num_envs`` sub-envs in this process. Each sub-env slot picks its task at
+every reset through a task sampler, and takes an idle env of that task from a pool (building one
+with ``domain.make_env`` when none is idle), so a run over 100 tasks holds about ``num_envs`` envs,
+not one per task and slot. Every episode is reset with a seed drawn from the vector env's own
+generator: what a slot plays depends only on that generator, never on which pooled env it got.
+
+``SubprocVecEnv`` splits the slots over worker processes; each worker steps a whole chunk of envs
+per message, so the pipe cost is paid once per chunk, not once per env. Task probabilities are
+pushed to the workers by ``sync_sampler()`` (the trainer calls it once per iteration).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import traceback
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from kdistill.errors import KdistillError
+from kdistill.sampling import FixedProbsSampler, TaskSampler, UniformSampler
+
+
+def stack_obs(obs_list: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.stack([np.asarray(o[k]) for o in obs_list]) for k in obs_list[0]}
+
+
+def concat_obs(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+class VecEnv:
+    """Base class: ``num_envs`` sub-envs stepped together, with auto-reset (see docs/design.md)."""
+
+    num_envs: int
+    tasks: list[str]
+
+    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def step(self, actions: np.ndarray):
+        raise NotImplementedError
+
+    def sync_sampler(self) -> None:
+        """Make the sub-envs use the sampler's current probabilities (no-op when they share it)."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class SyncVecEnv(VecEnv):
+    """``num_envs`` slots stepped in this process; ``env_factory(task)`` builds a gymnasium env."""
+
+    def __init__(self, env_factory: Callable[[str], Any], tasks: Sequence[str], num_envs: int,
+                 seed: int = 0, sampler: TaskSampler | None = None):
+        if num_envs <= 0:
+            raise KdistillError(f"num_envs must be positive, got {num_envs}.")
+        self.env_factory = env_factory
+        self.tasks = list(tasks)
+        self.num_envs = int(num_envs)
+        self.sampler = sampler if sampler is not None else UniformSampler(self.tasks)
+        if list(self.sampler.tasks) != self.tasks:
+            raise KdistillError("the task sampler was built for other tasks than the vector env; pass the same list to both.")
+        self.rng = np.random.default_rng(seed)
+        self._pool: dict[str, list[Any]] = {t: [] for t in self.tasks}
+        self._envs: list[Any] = [None] * self.num_envs
+        self._slot_task: list[str] = [""] * self.num_envs
+        self._returns = np.zeros(self.num_envs, np.float64)
+        self._lengths = np.zeros(self.num_envs, np.int64)
+        self._obs: list[dict[str, np.ndarray] | None] = [None] * self.num_envs
+
+    @classmethod
+    def from_domain(cls, domain, tasks: Sequence[str], num_envs: int, seed: int = 0,
+                    sampler: TaskSampler | None = None, **env_kwargs) -> "SyncVecEnv":
+        return cls(lambda task: domain.make_env(task, **env_kwargs), tasks, num_envs, seed=seed, sampler=sampler)
+
+    @property
+    def slot_tasks(self) -> list[str]:
+        """The task each slot is playing now."""
+        return list(self._slot_task)
+
+    def _start_episode(self, i: int) -> dict[str, np.ndarray]:
+        if self._envs[i] is not None:
+            self._pool[self._slot_task[i]].append(self._envs[i])
+        task = self.sampler.sample(self.rng)
+        pool = self._pool[task]
+        env = pool.pop() if pool else self.env_factory(task)
+        obs, _ = env.reset(seed=int(self.rng.integers(2**31 - 1)))
+        self._envs[i], self._slot_task[i] = env, task
+        self._returns[i], self._lengths[i] = 0.0, 0
+        return obs
+
+    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        self._obs = [self._start_episode(i) for i in range(self.num_envs)]
+        return stack_obs(self._obs)
+
+    def step(self, actions: np.ndarray):
+        actions = np.asarray(actions, np.float32)
+        if actions.shape[0] != self.num_envs:
+            raise KdistillError(f"step got actions for {actions.shape[0]} envs, the vector env has {self.num_envs}.")
+        rewards = np.zeros(self.num_envs, np.float32)
+        terminated = np.zeros(self.num_envs, bool)
+        truncated = np.zeros(self.num_envs, bool)
+        infos: list[dict] = []
+        for i, env in enumerate(self._envs):
+            obs, reward, term, trunc, info = env.step(actions[i])
+            info = dict(info)
+            info.setdefault("task", self._slot_task[i])
+            rewards[i], terminated[i], truncated[i] = reward, term, trunc and not term
+            self._returns[i] += float(reward)
+            self._lengths[i] += 1
+            if term or trunc:
+                info["episode"] = {"task": self._slot_task[i], "return": float(self._returns[i]),
+                                   "length": int(self._lengths[i])}
+                obs = self._start_episode(i)
+            self._obs[i] = obs
+            infos.append(info)
+        return stack_obs(self._obs), rewards, terminated, truncated, infos
+
+    def close(self) -> None:
+        envs = [e for e in self._envs if e is not None] + [e for pool in self._pool.values() for e in pool]
+        for env in envs:
+            try:
+                env.close()
+            except Exception:
+                pass
+        self._envs = [None] * self.num_envs
+        self._pool = {t: [] for t in self.tasks}
+
+
+# worker processes ---------------------------------------------------------------------------------
+
+def _worker(conn, make_chunk: Callable[[int, int, TaskSampler], VecEnv], index: int, num_envs: int, tasks: list[str]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and closes us
+    sampler = FixedProbsSampler(tasks)
+    env = None
+    try:
+        env = make_chunk(index, num_envs, sampler)
+        conn.send(("ok", None))
+        while True:
+            cmd, arg = conn.recv()
+            if cmd == "step":
+                conn.send(("ok", env.step(arg)))
+            elif cmd == "reset":
+                conn.send(("ok", env.reset(seed=arg)))
+            elif cmd == "probs":
+                sampler.set_probs(arg)
+                conn.send(("ok", None))
+            elif cmd == "close":
+                break
+    except (EOFError, KeyboardInterrupt, BrokenPipeError):
+        pass
+    except BaseException as exc:
+        try:
+            conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+        except Exception:
+            pass
+    finally:
+        if env is not None:
+            env.close()
+        conn.close()
+
+
+class SubprocVecEnv(VecEnv):
+    """Slots split into ``len(chunk_sizes)`` worker processes (fork), each stepping a chunk of envs.
+
+    ``make_chunk(worker_index, num_envs, sampler)`` runs in the worker and returns a ``VecEnv``
+    whose sub-envs draw tasks from ``sampler`` (a ``FixedProbsSampler`` kept in sync with
+    ``self.sampler`` by ``sync_sampler``).
+    """
+
+    def __init__(self, make_chunk: Callable[[int, int, TaskSampler], VecEnv], tasks: Sequence[str],
+                 chunk_sizes: Sequence[int], sampler: TaskSampler | None = None):
+        self.tasks = list(tasks)
+        self.sampler = sampler if sampler is not None else UniformSampler(self.tasks)
+        self.chunk_sizes = [int(c) for c in chunk_sizes]
+        self.num_envs = sum(self.chunk_sizes)
+        ctx = mp.get_context("fork")
+        self._conns, self._procs = [], []
+        for k, n in enumerate(self.chunk_sizes):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, make_chunk, k, n, self.tasks), daemon=True)
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+        self._closed = False
+        for k in range(len(self._conns)):
+            self._recv(k)
+        self.sync_sampler()
+
+    @classmethod
+    def from_domain(cls, domain, tasks: Sequence[str], num_envs: int, workers: int, seed: int = 0,
+                    sampler: TaskSampler | None = None, **env_kwargs) -> "SubprocVecEnv":
+        workers = max(1, min(int(workers), int(num_envs)))
+        sizes = [num_envs // workers + (1 if k < num_envs % workers else 0) for k in range(workers)]
+        seeds = np.random.SeedSequence(seed).spawn(workers)
+
+        def make_chunk(index: int, n: int, chunk_sampler: TaskSampler) -> VecEnv:
+            chunk_seed = int(seeds[index].generate_state(1)[0])
+            return domain.make_vec_env(tasks, n, seed=chunk_seed, sampler=chunk_sampler, **env_kwargs)
+
+        return cls(make_chunk, tasks, sizes, sampler)
+
+    def _recv(self, k: int):
+        try:
+            status, payload = self._conns[k].recv()
+        except EOFError:
+            self.close()
+            raise KdistillError(f"env worker {k} died (exit code {self._procs[k].exitcode}); see the messages above.") from None
+        if status == "error":
+            self.close()
+            raise KdistillError(f"env worker {k} failed: {payload.splitlines()[0]}")
+        return payload
+
+    def _broadcast(self, cmd: str, args: Sequence[Any]) -> list[Any]:
+        for conn, arg in zip(self._conns, args):
+            conn.send((cmd, arg))
+        return [self._recv(k) for k in range(len(self._conns))]
+
+    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        if seed is None:
+            seeds = [None] * len(self._conns)
+        else:
+            seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(len(self._conns))]
+        return concat_obs(self._broadcast("reset", seeds))
+
+    def step(self, actions: np.ndarray):
+        actions = np.asarray(actions, np.float32)
+        bounds = np.cumsum([0] + self.chunk_sizes)
+        parts = self._broadcast("step", [actions[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+        obs = concat_obs([p[0] for p in parts])
+        rewards, terminated, truncated = (np.concatenate([p[j] for p in parts]) for j in (1, 2, 3))
+        infos = [info for p in parts for info in p[4]]
+        return obs, rewards, terminated, truncated, infos
+
+    def sync_sampler(self) -> None:
+        probs = self.sampler.probs()
+        self._broadcast("probs", [probs] * len(self._conns))
+
+    def close(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        for conn in self._conns:
+            try:
+                conn.send(("close", None))
+            except Exception:
+                pass
+        for proc in self._procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+        for conn in self._conns:
+            conn.close()
+
+
+def make_vec_env(domain, tasks: Sequence[str], num_envs: int, seed: int = 0, sampler: TaskSampler | None = None,
+                 workers: int = 0, **env_kwargs) -> VecEnv:
+    """The domain's vector env, in this process (``workers=0``) or split over worker processes."""
+    if workers and workers > 0:
+        return SubprocVecEnv.from_domain(domain, tasks, num_envs, workers, seed=seed, sampler=sampler, **env_kwargs)
+    return domain.make_vec_env(tasks, num_envs, seed=seed, sampler=sampler, **env_kwargs)

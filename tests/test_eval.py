@@ -1,0 +1,140 @@
+"""The evaluation protocol, policies of any kind, and the ``eval`` command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kdistill.domain import Layout
+from kdistill.evaluate import evaluate_policy, play_episodes
+from kdistill.policy import Policy
+from test_ppo import make_trainer, toy  # noqa: F401  (toy is a fixture)
+from test_teacher import _cli
+
+
+class ConstantPolicy(Policy):
+    """Acts with a fixed action; records prepare() calls the way a student would use them."""
+
+    kind = "test"
+
+    def __init__(self, layout: Layout, value: float):
+        self.layout, self.value, self.meta, self.calls = layout, value, {}, []
+
+    def prepare(self, task, context):
+        self.calls.append(("prepare", task, context.tokens.copy()))
+
+    def act(self, obs, deterministic=True):
+        self.calls.append(("act", obs["obs"].shape[0]))
+        return np.full((obs["obs"].shape[0], self.layout.num_actions), self.value, np.float32)
+
+
+def _manual_return(domain, task, seed, action):
+    env = domain.make_env(task)
+    env.reset(seed=seed)
+    total, done, steps = 0.0, False, 0
+    while not done:
+        _, r, term, trunc, _ = env.step(np.full(domain.layout.num_actions, action, np.float32))
+        total, done, steps = total + r, term or trunc, steps + 1
+    return total, steps
+
+
+def test_each_env_plays_exactly_one_episode_from_its_seed(toy):
+    envs = [toy.make_env("far") for _ in range(3)]
+    seeds = [11, 12, 13]
+    batch_sizes = []
+
+    def act(obs):
+        batch_sizes.append(obs["obs"].shape[0])
+        return np.ones((obs["obs"].shape[0], 3), np.float32)
+
+    returns, lengths = play_episodes(envs, seeds, act)
+    for s, ret, length in zip(seeds, returns, lengths):
+        exp_ret, exp_len = _manual_return(toy, "far", s, 1.0)
+        assert ret == pytest.approx(exp_ret) and length == exp_len
+    # the batch shrinks as episodes end and nobody plays a second episode
+    assert batch_sizes[0] == 3 and len(batch_sizes) == max(lengths)
+
+
+def test_evaluate_policy_means_over_episodes_then_tasks(toy):
+    policy = ConstantPolicy(toy.layout, 0.5)
+    tasks = ["two", "one"]
+    result = evaluate_policy(toy, policy, tasks, episodes=3, seed=4)
+    per_task = []
+    for k, task in enumerate(tasks):
+        seeds = [int(s) for s in np.random.SeedSequence([4, k]).generate_state(3)]
+        expected = [_manual_return(toy, task, s, 0.5)[0] for s in seeds]
+        row = result["robots"][k]
+        assert row["name"] == task
+        np.testing.assert_allclose(row["returns"], expected)
+        assert row["mean"] == pytest.approx(np.mean(expected))
+        per_task.append(np.mean(expected))
+        # the random row plays the same starts with other actions
+        assert len(row["random_returns"]) == 3 and row["random_mean"] != pytest.approx(row["mean"])
+    assert result["summary"]["mean_return"] == pytest.approx(np.mean(per_task))
+    assert result["summary"]["random_mean_return"] == pytest.approx(np.mean([r["random_mean"] for r in result["robots"]]))
+    # prepare comes once per task, before that task's actions, with the task's context
+    prepares = [(i, c) for i, c in enumerate(policy.calls) if c[0] == "prepare"]
+    assert [c[1] for _, c in prepares] == tasks
+    np.testing.assert_array_equal(prepares[1][1][2], toy.context("one").tokens)
+    assert policy.calls[prepares[0][0] + 1][0] == "act"
+
+
+def test_random_baseline_acts_uniformly_in_the_action_box(toy):
+    class Recorder:
+        def __init__(self, inner):
+            self.inner, self.actions = inner, []
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def make_env(self, task):
+            env = self.inner.make_env(task)
+            step = env.step
+
+            def record(a):
+                self.actions.append(np.array(a))
+                return step(a)
+
+            env.step = record
+            return env
+
+    domain = Recorder(toy)
+    evaluate_policy(domain, ConstantPolicy(toy.layout, 0.0), ["three"], episodes=2)
+    random_actions = np.concatenate([a for a in domain.actions if np.any(a != 0.0)])
+    assert random_actions.min() >= -1.0 and random_actions.max() <= 1.0
+    assert random_actions.min() < -0.9 and random_actions.max() > 0.9 and abs(random_actions.mean()) < 0.1
+
+
+def test_layout_mismatch_is_a_clear_error(toy):
+    from kdistill.errors import CheckpointError
+
+    other = Layout(max_tokens=5, obs_features=4, student_features=(0,), context_features=2, actions_per_token=1)
+    with pytest.raises(CheckpointError, match="layout"):
+        evaluate_policy(toy, ConstantPolicy(other, 0.0), ["two"], episodes=1)
+
+
+def test_eval_command_json_table_and_chart(tmp_path, monkeypatch, capsys, toy):
+    torch.set_num_threads(1)
+    trainer = make_trainer(toy, iterations=1, run_dir=tmp_path / "run")
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    code, out, err = _cli(["eval", "toy", "--policy", str(tmp_path / "run"), "--split", "all", "--episodes", "2",
+                           "--json", "--out", str(tmp_path / "ev")], monkeypatch, capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert [r["name"] for r in result["robots"]] == toy.tasks("all")
+    assert all(len(r["returns"]) == 2 and "random_mean" in r for r in result["robots"])
+    assert result["summary"]["mean_return"] == pytest.approx(np.mean([r["mean"] for r in result["robots"]]))
+    assert "random_mean_return" in result["summary"] and result["policy"]["kind"] == "teacher"
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["summary"] == result["summary"]
+    assert (tmp_path / "ev" / "eval.png").read_bytes()[:4] == b"\x89PNG"
+    code, out, err = _cli(["eval", "toy", "--policy", str(tmp_path / "run"), "--robots", "two", "--episodes", "1"],
+                          monkeypatch, capsys)
+    assert code == 0 and "mean over tasks" in out and "two" in out
+    code, out, err = _cli(["eval", "toy", "--policy", str(tmp_path / "nothing"), "--episodes", "1"], monkeypatch, capsys)
+    assert code == 2 and "does not exist" in err

@@ -1,0 +1,322 @@
+"""Teacher architectures, checkpoints, exact resume, crash safety and the ``teacher train`` command."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from kdistill.domain import Layout
+from kdistill.errors import CheckpointError, KdistillError
+from kdistill.io import latest_checkpoint, load_run_checkpoint, read_jsonl
+from kdistill.ppo import PPOConfig, start_or_resume
+from kdistill.teachers import (ModuMorphTeacherConfig, TransformerTeacherConfig, build_modumorph_teacher,
+                               build_transformer_teacher, count_parameters)
+from test_ppo import TOY, make_trainer, small_config, toy  # noqa: F401  (toy is a fixture)
+
+UNIMAL_LAYOUT = Layout(max_tokens=12, obs_features=52, student_features=tuple(range(13)) + (30, 31, 41, 42),
+                       context_features=53, actions_per_token=2)
+
+
+def _obs(layout: Layout, batch: int, real: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.arange(layout.max_tokens).expand(batch, -1) >= real
+    return {"obs": torch.randn(batch, layout.max_tokens, layout.obs_features, generator=g),
+            "obs_mask": mask.clone(),
+            "context": torch.randn(batch, layout.max_tokens, layout.context_features, generator=g)}
+
+
+# architecture ----------------------------------------------------------------------------------------------
+
+def test_paper_actor_has_the_reference_parameter_count():
+    d, ff, layers, f, a = 128, 1024, 5, 52, 2
+    per_layer = (3 * d * d + 3 * d) + (d * d + d) + (d * ff + ff) + (ff * d + d) + 2 * (2 * d)  # attn, out, FF, 2 LNs
+    expected_actor = (f * d + d) + layers * per_layer + (d * a + a)
+    expected_critic = (f * d + d) + layers * per_layer + (d + 1)
+    model = build_transformer_teacher(UNIMAL_LAYOUT, TransformerTeacherConfig.presets()["paper"])
+    assert count_parameters(model.actor) == expected_actor == 1_656_322  # reference 3.1
+    assert count_parameters(model.critic) == expected_critic
+    assert model.action_std == 0.9
+
+
+def test_paper_initialisation_follows_the_reference():
+    torch.manual_seed(0)
+    model = build_transformer_teacher(UNIMAL_LAYOUT, TransformerTeacherConfig.presets()["paper"])
+    w = model.actor.embed.weight
+    assert w.abs().max() <= 0.1 and w.abs().max() > 0.09  # U(-0.1, 0.1)
+    last = model.actor.decoder[-1]
+    assert last.weight.abs().max() <= 0.01 and torch.count_nonzero(last.bias) == 0
+    assert all(layer.norm_first and layer.self_attn.batch_first for layer in model.actor.layers)
+
+
+@pytest.mark.parametrize("build,cfg", [(build_transformer_teacher, TransformerTeacherConfig(d_model=32, num_layers=2, feedforward=64)),
+                                       (build_modumorph_teacher, ModuMorphTeacherConfig(d_model=32, num_layers=2, feedforward=64))])
+def test_padding_is_ignored_and_tokens_have_no_position(build, cfg):
+    torch.manual_seed(0)
+    model = build(UNIMAL_LAYOUT, cfg).train()
+    obs = _obs(UNIMAL_LAYOUT, 3, real=5)
+    mu, value = model(obs)
+    assert mu.shape == (3, 24) and value.shape == (3,)
+    # changing padded tokens changes nothing for real tokens, nor the value
+    noisy = {k: v.clone() for k, v in obs.items()}
+    noisy["obs"][:, 5:] += 100.0
+    noisy["context"][:, 5:] -= 50.0
+    mu2, value2 = model(noisy)
+    torch.testing.assert_close(mu2[:, :10], mu[:, :10])
+    torch.testing.assert_close(value2, value)
+    # permuting real tokens permutes their actions (no positional embedding)
+    perm = torch.tensor([3, 0, 4, 1, 2] + list(range(5, 12)))
+    permuted = {k: v[:, perm] for k, v in obs.items()}
+    mu3, value3 = model(permuted)
+    torch.testing.assert_close(mu3.view(3, 12, 2)[:, :5], mu.view(3, 12, 2)[:, perm[:5]], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(value3, value, atol=1e-5, rtol=1e-4)
+
+
+def test_value_is_the_mean_of_real_token_values():
+    torch.manual_seed(1)
+    model = build_transformer_teacher(UNIMAL_LAYOUT, TransformerTeacherConfig(d_model=32, num_layers=1, feedforward=64))
+    obs = _obs(UNIMAL_LAYOUT, 2, real=7)
+    per_token = model.critic(obs["obs"], obs["obs_mask"])[..., 0]
+    torch.testing.assert_close(model.value(obs), per_token[:, :7].mean(-1))
+
+
+def test_modumorph_attention_depends_on_context_only():
+    torch.manual_seed(2)
+    cfg = ModuMorphTeacherConfig(d_model=32, num_layers=1, feedforward=64)
+    model = build_modumorph_teacher(UNIMAL_LAYOUT, cfg)
+    layer, net = model.actor.layers[0], model.actor
+    obs_a, obs_b = _obs(UNIMAL_LAYOUT, 1, real=6, seed=0), _obs(UNIMAL_LAYOUT, 1, real=6, seed=1)
+    obs_b["context"] = obs_a["context"]
+    weights = []
+    for obs in (obs_a, obs_b):
+        ctx = layer.norm_context(net.attention_context(obs["context"]))
+        h = torch.randn(1, 12, 32)
+        weights.append(layer.attn(ctx, ctx, h, key_padding_mask=obs["obs_mask"])[1])
+    torch.testing.assert_close(weights[0], weights[1])
+    # and the model does read the context: another context changes the actions
+    other = dict(obs_a, context=obs_a["context"] + 1.0)
+    with torch.no_grad():
+        for p in model.actor.embed_weight.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+        assert not torch.allclose(model.mu(obs_a), model.mu(other))
+
+
+def test_inference_fast_path_agrees_with_training_path():
+    torch.manual_seed(3)
+    model = build_transformer_teacher(UNIMAL_LAYOUT, TransformerTeacherConfig.presets()["cpu"])
+    obs = _obs(UNIMAL_LAYOUT, 8, real=9)
+    mu_train = model.mu(obs)
+    model.eval()
+    with torch.inference_mode():
+        mu_eval = model.mu(obs)
+    torch.testing.assert_close(mu_eval[:, :18], mu_train.detach()[:, :18], atol=1e-5, rtol=1e-4)
+
+
+def test_paper_presets_train_a_few_iterations(toy, tmp_path):
+    torch.set_num_threads(1)
+    cfg = PPOConfig.presets()["paper"]
+    small = PPOConfig(**{**cfg.to_dict(), "num_envs": 2, "num_steps": 32, "minibatch_size": 32, "epochs": 2})
+    trainer = make_trainer(toy, iterations=2, config=small, preset="paper", run_dir=tmp_path / "run")
+    try:
+        n_actor = count_parameters(trainer.model.actor)
+        before = [p.detach().clone() for p in trainer.model.parameters()]
+        last = trainer.train()
+    finally:
+        trainer.close()
+    d, ff = 128, 1024
+    assert n_actor == (4 * d + d) + 5 * (4 * d * d + 4 * d + 2 * d * ff + ff + d + 4 * d) + (d + 1)  # toy: 4 features, 1 action
+    assert last["iteration"] == 2 and last["minibatches"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+
+
+# checkpoints and resume ------------------------------------------------------------------------------------
+
+def test_checkpoint_round_trip(toy, tmp_path):
+    from kdistill.policy import load_policy
+
+    torch.set_num_threads(1)
+    trainer = make_trainer(toy, iterations=2, run_dir=tmp_path / "run")
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    tensors, meta = load_run_checkpoint(tmp_path / "run")
+    assert meta["kind"] == "teacher" and meta["domain"] == "toy" and meta["arch"] == "toy_tf"
+    assert meta["counters"]["env_steps"] == 2 * 512 and Layout.from_dict(meta["layout"]) == toy.layout
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(tensors[f"model.{k}"], v)
+    assert any(k.startswith("optim.") for k in tensors) and "rng.torch" in tensors
+    policy = load_policy(tmp_path / "run", domain="toy")
+    obs = toy.make_env("three").reset(seed=0)[0]
+    batch = {k: np.stack([v, v]) for k, v in obs.items()}
+    feed = {k: torch.from_numpy(v) for k, v in batch.items()}
+    feed["obs"] = torch.from_numpy(trainer.obs_norm.normalize(batch["obs"]))
+    with torch.no_grad():
+        expected = trainer.model.mu(feed).numpy()
+    np.testing.assert_allclose(policy.act(batch), expected, atol=1e-6)
+    assert not np.allclose(policy.act(batch, deterministic=False), expected)
+
+
+def _metrics_without_timing(path):
+    drop = {"rollout_s", "update_s", "steps_per_s", "checkpoint"}
+    return [{k: v for k, v in r.items() if k not in drop} for r in read_jsonl(path)]
+
+
+@pytest.mark.parametrize("teacher", ["toy_tf", "toy_modu"])
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(toy, tmp_path, teacher):
+    from kdistill.plugins import get_plugins
+
+    torch.set_num_threads(1)
+    config = small_config(num_steps=40)  # episodes of 30 steps straddle iterations and checkpoints
+    full = make_trainer(toy, iterations=5, config=config, teacher=teacher, run_dir=tmp_path / "full", every=2)
+    try:
+        full.train()
+    finally:
+        full.close()
+
+    part = make_trainer(toy, iterations=5, config=config, teacher=teacher, run_dir=tmp_path / "part", every=2)
+    try:
+        part.train(stop_at_iteration=3)  # "killed" after iteration 3: the checkpoint of iteration 2 survives
+    finally:
+        part.close()
+    assert latest_checkpoint(tmp_path / "part").name == f"ckpt-{2 * config.batch_size:012d}"
+    spec = get_plugins().teachers.get(teacher)
+    resumed = start_or_resume(toy, part.settings, spec, part.teacher_config, config, tmp_path / "part", resume=True)
+    try:
+        assert resumed.iteration == 2
+        resumed.train()
+    finally:
+        resumed.close()
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[k], v), k
+    assert _metrics_without_timing(tmp_path / "part" / "metrics.jsonl") == _metrics_without_timing(tmp_path / "full" / "metrics.jsonl")
+    np.testing.assert_array_equal(resumed.obs_norm.rms.mean, full.obs_norm.rms.mean)
+
+
+def test_resume_refuses_another_config_or_domain(toy, tmp_path):
+    from kdistill.plugins import get_plugins
+    from kdistill.policy import load_policy
+
+    torch.set_num_threads(1)
+    trainer = make_trainer(toy, iterations=1, run_dir=tmp_path / "run")
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    spec = get_plugins().teachers.get("toy_tf")
+    with pytest.raises(CheckpointError, match="teacher config"):
+        start_or_resume(toy, trainer.settings, spec, spec.config_cls.presets()["paper"], trainer.config,
+                        tmp_path / "run", resume=True)
+    with pytest.raises(CheckpointError, match="PPO config"):
+        start_or_resume(toy, trainer.settings, spec, trainer.teacher_config, small_config(epochs=1),
+                        tmp_path / "run", resume=True)
+    with pytest.raises(KdistillError, match="--resume"):
+        start_or_resume(toy, trainer.settings, spec, trainer.teacher_config, trainer.config, tmp_path / "run", resume=False)
+    with pytest.raises(CheckpointError, match="domain 'toy', not 'unimal'"):
+        load_policy(tmp_path / "run", domain="unimal")
+
+
+_SAVER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from kdistill.io import save_run_checkpoint
+    run, step = sys.argv[1], int(sys.argv[2])  # each restart continues with larger steps, as a resumed run does
+    while True:
+        step += 1
+        big = np.full(300_000, step, np.float32)  # a weights file large enough that a kill lands mid-write
+        save_run_checkpoint(run, step, {"model.w": big}, {"kind": "teacher", "counters": {"env_steps": step}})
+        print(step, flush=True)
+""")
+
+
+def test_a_process_killed_while_saving_leaves_a_loadable_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    script = tmp_path / "saver.py"
+    script.write_text(_SAVER)
+    rng = np.random.default_rng(0)
+    for attempt in range(3):
+        proc = subprocess.Popen([sys.executable, str(script), str(run), str(attempt * 100_000)], stdout=subprocess.PIPE,
+                                text=True)
+        proc.stdout.readline()  # at least one checkpoint exists
+        time.sleep(float(rng.uniform(0.05, 0.3)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        tensors, meta = load_run_checkpoint(run)
+        step = meta["counters"]["env_steps"]
+        assert np.all(tensors["model.w"].numpy() == step)  # weights and meta belong together
+    # a torn weights file (as if the disk filled mid-write) falls back to the previous checkpoint
+    newest = latest_checkpoint(run)
+    data = (newest / "weights.safetensors").read_bytes()
+    (newest / "weights.safetensors").write_bytes(data[: len(data) // 2])
+    tensors, meta = load_run_checkpoint(run)
+    assert meta["counters"]["env_steps"] < int(newest.name.split("-")[1])
+    assert np.all(tensors["model.w"].numpy() == meta["counters"]["env_steps"])
+
+
+# the command ------------------------------------------------------------------------------------------------
+
+def _cli(args, monkeypatch, capsys):
+    from kdistill.cli import main
+    from kdistill.plugins import reset_plugins
+
+    monkeypatch.setenv("KDISTILL_PLUGINS", str(TOY))
+    reset_plugins()
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    out = capsys.readouterr()
+    reset_plugins()
+    return exc.value.code, out.out, out.err
+
+
+def test_teacher_train_command_writes_a_run_and_resumes(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    code, out, err = _cli(["teacher", "train", "toy", "--out", str(run), "--steps", "8192", "--checkpoint-every", "1",
+                           "--threads", "1", "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    first = json.loads(out)
+    assert first["env_steps"] == 8192 and first["iterations"] == 2 and first["tasks"] == 4
+    assert (run / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [r["iteration"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2]
+    # an existing run is not overwritten by accident
+    code, _, err = _cli(["teacher", "train", "toy", "--out", str(run), "--steps", "8192"], monkeypatch, capsys)
+    assert code == 2 and "--resume" in err
+    # --resume takes the run's settings and extends it to the new total
+    code, out, err = _cli(["teacher", "train", "toy", "--out", str(run), "--resume", "--steps", "12288", "--threads", "1",
+                           "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads(out)["env_steps"] == 12288
+    assert [r["iteration"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]
+    # a bad preset is one clear line
+    code, _, err = _cli(["teacher", "train", "toy", "--out", str(tmp_path / "x"), "--steps", "10", "--preset", "papper", "--teacher-preset", "cpu"],
+                        monkeypatch, capsys)
+    assert code == 2 and "unknown PPO preset 'papper'" in err
+
+
+def test_unimal_paper_teacher_trains_an_iteration(unimal_dir, tmp_path):
+    from kdistill.plugins import get_domain, get_plugins, reset_plugins
+    from kdistill.ppo import PPOTrainer, RunSettings
+
+    torch.set_num_threads(1)
+    reset_plugins()
+    domain = get_domain("unimal", data_dir=str(unimal_dir))
+    spec = get_plugins().teachers.get(domain.default_teacher)
+    paper = PPOConfig.presets()["paper"]
+    tiny = PPOConfig(**{**paper.to_dict(), "num_envs": 2, "num_steps": 16, "minibatch_size": 16, "epochs": 1})
+    settings = RunSettings(domain="unimal", tasks=domain.tasks("train")[:2], teacher=domain.default_teacher,
+                           preset="paper", seed=0, total_steps=tiny.batch_size, checkpoint_every=1)
+    trainer = PPOTrainer(domain, settings, spec, spec.config_cls.presets()["paper"], tiny, run_dir=tmp_path / "run")
+    try:
+        assert count_parameters(trainer.model.actor) == 1_656_322
+        last = trainer.train()
+    finally:
+        trainer.close()
+    assert last["iteration"] == 1 and last["minibatches"] == 2 and np.isfinite(last["v_loss"])
+    tensors, meta = load_run_checkpoint(tmp_path / "run")
+    assert meta["arch"] == "metamorph" and Layout.from_dict(meta["layout"]) == domain.layout
