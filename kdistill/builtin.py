@@ -10,13 +10,19 @@ from kdistill import hookimpl
 
 @hookimpl
 def register_commands(register):
-    # one line per core command module; each module exposes click commands/groups
-    from kdistill.commands import evaluate, teacher
+    # core command modules, one per verb group
+    from kdistill.commands import bench, compare, demo, distill, env_data, evaluate, expert, export, teacher
+
+    register("data", env_data.data_group)
+    register("env", env_data.env_group)
     register("teacher", teacher.teacher_group)
     register("eval", evaluate.eval_cmd)
-    from kdistill.commands import env_data; register("env", env_data.env_group); register("data", env_data.data_group)
-    from kdistill.commands import compare, distill, expert, export; register("expert", expert.expert_group); register("distill", distill.distill_cmd); register("export", export.export_cmd); register("compare", compare.compare_cmd)
-    from kdistill.commands import bench; register("bench", bench.bench_cmd)
+    register("expert", expert.expert_group)
+    register("distill", distill.distill_cmd)
+    register("compare", compare.compare_cmd)
+    register("export", export.export_cmd)
+    register("bench", bench.bench_cmd)
+    register("demo", demo.demo_cmd)
     pass
 
 

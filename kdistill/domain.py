@@ -168,6 +168,14 @@ class Domain:
         (``total`` may be None). Returns facts about the install, e.g. ``{"path": ..., "files": ...}``."""
         raise NotImplementedError(f"domain {self.name!r} has no data to fetch")
 
+    def demo_defaults(self) -> dict[str, Any]:
+        """Settings for ``kdistill demo`` (see ``kdistill.commands.demo.DEMO_KEYS``); missing keys use the core's."""
+        return {}
+
+    def pretrained_teacher(self) -> Any:
+        """Path of a teacher run shipped with the domain (used by ``kdistill demo``), or None to train one."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Facts for ``kdistill domains``."""
         return {"name": self.name, "description": self.description,

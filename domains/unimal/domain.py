@@ -127,3 +127,26 @@ class UnimalDomain(kdistill.Domain):
         out = super().describe()
         out.update({"task_kind": self.task_kind, "data_dir": str(path), "data_dir_from": origin})
         return out
+
+    # kdistill demo -------------------------------------------------------------------------------------
+    def pretrained_teacher(self):
+        """The shipped teacher: MetaMorph transformer, `cpu` preset, 10 training robots (docs/teacher.md)."""
+        from pathlib import Path
+
+        path = Path(__file__).resolve().parent / "pretrained" / "teacher-cpu10"
+        return path if (path / "latest.json").exists() else None
+
+    def demo_defaults(self) -> dict[str, Any]:
+        # Small enough for ~15 minutes on 2 cores: a quarter of the reference's 16k rows per robot and
+        # 15 epochs instead of 50 (the full recipe is scripts/unimal_distill_full.sh).
+        return {
+            "samples_per_task": 4000,
+            "collect_envs": 16,
+            "student": "hnmlp",
+            "blind_student": "mlp",
+            "student_preset": "paper",
+            "distill_preset": "demo",
+            "distill_epochs": 15,
+            "eval_episodes": 8,
+            "test_tasks": 10,
+        }
