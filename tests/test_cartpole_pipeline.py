@@ -160,3 +160,28 @@ def test_default_pipeline_meets_the_issue_targets(tmp_path):
     assert test["teacher"] > test["random"] + 150
     assert test["hnmlp_normalised"] >= 0.95
     assert test["blind_normalised"] < test["hnmlp_normalised"] - 0.2
+
+
+def test_demo_runs_the_pipeline_writes_a_report_and_continues(tiny):
+    """`kdistill demo` on the tiny teacher: the outcome's shape, the report, and a re-run that redoes nothing."""
+    out = tiny["root"] / "demo"
+    args = ["demo", "cartpole", "--teacher", str(tiny["root"] / "teacher"), "--samples-per-task", "500",
+            "--epochs", "3", "--episodes", "2", "--test-tasks", "2", "--no-bench", "--out", str(out)]
+    first = kd(*args)
+    assert first["tasks"]["train"] == [f"train-{i:02d}" for i in range(TINY_TASKS)] and len(first["tasks"]["test"]) == 2
+    for split in ("train", "test"):
+        row = first["returns"][split]
+        assert set(row) >= {"teacher", "hnmlp", "mlp", "blind", "random"}
+        assert all(isinstance(v, float) for v in row.values())
+        assert row["blind"] == row["mlp"]
+        expected = (row["hnmlp"] - row["random"]) / (row["teacher"] - row["random"])
+        assert first["normalised"][split]["hnmlp"] == pytest.approx(expected)
+    assert first["returns"]["train"]["teacher"] > first["returns"]["train"]["random"] + 50
+    assert first["export"]["max_abs_diff"] < 1e-5 and first["export"]["file"].endswith(".safetensors")
+    report = (out / "report.md").read_text()
+    assert "| train |" in report and "| test |" in report
+    assert (out / "compare-test" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "steps").iterdir()}
+    again = kd(*args)
+    assert again["returns"] == first["returns"]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "steps").iterdir()} == stamps
