@@ -21,12 +21,15 @@ from kdistill.cli import console, data_dir_option, err_console, json_option, pri
 @click.option("--stochastic", is_flag=True, help="Sample actions with the policy's std instead of the mean action.")
 @click.option("--no-random", is_flag=True, help="Skip the random-policy row.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device: cpu or cuda.")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="Torch CPU threads. More threads are much slower while the envs step on the same cores: "
+                   "the batches here are small.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Also write eval.json and eval.png (per-task bar chart) into this folder.")
 @json_option
 @data_dir_option
 def eval_cmd(domain_name: str, policy_path: str, robots: str | None, split: str | None, num_tasks: int | None,
-             episodes: int, seed: int, stochastic: bool, no_random: bool, device: str, out_dir: str | None,
+             episodes: int, seed: int, stochastic: bool, no_random: bool, device: str, threads: int, out_dir: str | None,
              as_json: bool, data_dir: str | None) -> None:
     """Evaluate a policy on DOMAIN: one episode per env, raw undiscounted returns, mean over episodes then tasks.
 
@@ -37,7 +40,7 @@ def eval_cmd(domain_name: str, policy_path: str, robots: str | None, split: str 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from kdistill.commands.teacher import check_device, resolve_tasks
+    from kdistill.commands.teacher import check_device, resolve_tasks, set_torch_threads
     from kdistill.errors import KdistillError
     from kdistill.evaluate import evaluate_policy
     from kdistill.io import atomic_write_json
@@ -47,6 +50,7 @@ def eval_cmd(domain_name: str, policy_path: str, robots: str | None, split: str 
 
     if episodes <= 0:
         raise KdistillError(f"--episodes must be positive, got {episodes}.")
+    set_torch_threads(threads)
     domain = get_domain(domain_name, data_dir=data_dir)
     tasks = resolve_tasks(domain, robots, split or (None if robots else "train"), num_tasks)
     policy = load_policy(policy_path, domain=domain.name, device=check_device(device), seed=seed)
