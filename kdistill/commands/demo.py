@@ -148,7 +148,7 @@ def demo_cmd(domain_name: str, out_dir: str | None, teacher_run: str | None, sam
     \b
     Examples:
       kdistill demo unimal                      # the shipped teacher, robots from KDISTILL_UNIMAL_DIR
-      kdistill demo cartpole --json             # trains its own teacher first
+      kdistill demo DOMAIN --json               # a domain with no shipped teacher trains one first
     """
     from kdistill.plugins import get_domain
 
