@@ -137,16 +137,16 @@ class UnimalDomain(kdistill.Domain):
         return path if (path / "latest.json").exists() else None
 
     def demo_defaults(self) -> dict[str, Any]:
-        # Small enough for ~15 minutes on 2 cores: a quarter of the reference's 16k rows per robot and
-        # 15 epochs instead of 50 (the full recipe is scripts/unimal_distill_full.sh).
+        # Small enough for ~15 minutes on 2 cores: half the reference's 16k rows per robot and 60 epochs
+        # (the full recipe, 16k rows and 200 epochs, is scripts/unimal_distill_full.sh).
         return {
-            "samples_per_task": 4000,
+            "samples_per_task": 8000,
             "collect_envs": 16,
             "student": "hnmlp",
             "blind_student": "mlp",
             "student_preset": "paper",
             "distill_preset": "demo",
-            "distill_epochs": 15,
+            "distill_epochs": 60,
             "eval_episodes": 8,
             "test_tasks": 10,
         }
