@@ -447,14 +447,10 @@ def _cpu_name() -> str:
 
 def plot_latency(result: dict[str, Any], path: str | Path) -> None:
     """Per-call latency against batch size, log-log, one line per way of running a policy."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from kdistill.io import atomic_write_bytes
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, rows in result["latency"].items():
@@ -471,8 +467,6 @@ def plot_latency(result: dict[str, Any], path: str | Path) -> None:
                  fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    from kdistill.plots import save_figure
+
+    save_figure(fig, path)

@@ -12,7 +12,6 @@ continues exactly as an uninterrupted one would.
 
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +23,7 @@ import torch
 from kdistill.domain import Layout
 from kdistill.errors import CheckpointError, DataError, KdistillError
 from kdistill.expert import ExpertData, load_expert_data, read_expert_meta
-from kdistill.io import (append_jsonl, atomic_write_bytes, latest_checkpoint, load_checkpoint, read_jsonl,
+from kdistill.io import (append_jsonl, latest_checkpoint, load_checkpoint, read_jsonl,
                          save_run_checkpoint, truncate_jsonl)
 from kdistill.students import (Student, build_student, context_tensors, loss_function, student_class,
                                student_tensors)
@@ -160,11 +159,9 @@ def plot_loss_curve(records: list[dict], path: Path, title: str = "") -> None:
     ax.set_title(title or "distillation loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    from kdistill.plots import save_figure
+
+    save_figure(fig, path)
 
 
 def _check_resume(meta: dict, arch: str, student_config: dict, config: DistillConfig, data_path: str, run: Path) -> None:

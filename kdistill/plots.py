@@ -18,7 +18,8 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | os.PathLike) -> None:
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """Write a matplotlib figure as PNG atomically and close it."""
     plt = _pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -37,7 +38,7 @@ def learning_curve(records: Sequence[dict[str, Any]], path: str | os.PathLike, t
     ax.set_ylabel("mean episode return (last 100)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def task_bars(result: dict[str, Any], path: str | os.PathLike, title: str = "evaluation") -> None:
@@ -63,4 +64,4 @@ def task_bars(result: dict[str, Any], path: str | os.PathLike, title: str = "eva
     ax.axhline(0, color="black", lw=0.6)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)

@@ -24,3 +24,14 @@ def unimal_dir() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny matmuls run on one torch thread: spin-waiting threads are much slower when the cores are shared."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

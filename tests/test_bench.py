@@ -23,12 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICK = attrs.evolve(B.BenchConfig.presets()["quick"], batches=(1, 3))
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOY_PLUGIN = Path(__file__).with_name("distill_toy.py")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_policy(name: str, layout, normalizer_state: dict, config: dict, seed: int = 0, scale: float = 0.05) -> StudentPolicy:

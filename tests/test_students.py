@@ -19,13 +19,7 @@ LAYOUT = Layout(max_tokens=4, obs_features=6, student_features=(0, 2, 3), contex
 SMALL_HN = HNMLPConfig(hidden=16, embed=8)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # tiny matmuls: one thread avoids thread spin-waits when the cores are shared
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_tasks(k: int, seed: int = 0, layout: Layout = LAYOUT):

@@ -64,15 +64,11 @@ def compare_policies(domain, policies: dict[str, Any], splits: dict[str, list[st
 
 def plot_comparison(result: dict[str, Any], path: str | Path, title: str = "") -> None:
     """Grouped bars: mean return per split (groups) and policy (bars)."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-
-    from kdistill.io import atomic_write_bytes
 
     splits = list(result["returns"])
     names = list(dict.fromkeys(n for s in splits for n in result["returns"][s] if n != "random"))
@@ -96,11 +92,9 @@ def plot_comparison(result: dict[str, Any], path: str | Path, title: str = "") -
     ax.axhline(0, color="black", lw=0.6)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    from kdistill.plots import save_figure
+
+    save_figure(fig, path)
 
 
 @click.command("compare")
