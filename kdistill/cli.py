@@ -13,18 +13,21 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from kdistill.errors import KdistillError
 
-console = Console()
-err_console = Console(stderr=True)
+# markup off: paths, task names and messages are user text, and "[/x]" in one must print as written
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 
 def print_json(obj: Any) -> None:
-    """Machine-readable output for ``--json``: exactly one JSON document on stdout."""
-    from kdistill.io import _json_default
+    """Machine-readable output for ``--json``: exactly one strict JSON document on stdout (NaN and
+    infinity become null)."""
+    from kdistill.io import dumps_strict
 
-    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    sys.stdout.write(dumps_strict(obj, indent=2) + "\n")
     sys.stdout.flush()
 
 
@@ -117,29 +120,79 @@ def domains_cmd(as_json: bool, data_dir: str | None) -> None:
     for col in ("domain", "plugin", "splits (tasks)", "description"):
         table.add_column(col)
     for r in rows:
-        splits = ", ".join(f"{k} ({v})" for k, v in r["splits"].items()) if not r["error"] else f"[red]{r['error']}[/red]"
+        splits = (", ".join(f"{k} ({v})" for k, v in r["splits"].items()) if not r["error"]
+                  else Text(r["error"], style="red"))
         table.add_row(r["name"], r["plugin"], splits, r.get("description", ""))
     console.print(table)
+
+
+def one_line(message: str) -> str:
+    """A message on one line: newlines and runs of spaces collapse to single spaces."""
+    return " ".join(str(message).split())
+
+
+def report_error(message: str, as_json: bool) -> None:
+    """An error as one line on stderr (user text printed as is, never read as markup); with ``--json``
+    also ``{"error": ...}`` on stdout, so a caller reading stdout always gets a JSON document."""
+    from rich.text import Text
+
+    line = one_line(message)
+    if as_json:
+        sys.stdout.write(json.dumps({"error": line}) + "\n")
+        sys.stdout.flush()
+    err_console.print(Text.assemble(("error: ", "bold red"), line), soft_wrap=True, highlight=False)
+
+
+def _os_error_message(exc: OSError) -> str:
+    import errno
+
+    where = f" {exc.filename}" if exc.filename else ""
+    what = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        return (f"no space left on the device while writing{where}; free some space and run the command again "
+                f"(a run resumes from its last checkpoint with --resume).")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write or read{where} ({what}); choose a location you can write to."
+    return f"{what}{':' if where else ''}{where}."
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("KDISTILL_DEBUG") == "1"
+    as_json = "--json" in argv
+    from kdistill.procs import kill_children_with_parent
+
+    kill_children_with_parent()
     try:
         rc = app.main(args=argv, prog_name="kdistill", standalone_mode=False)
     except KdistillError as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True, highlight=False, markup=True)
+        report_error(str(exc), as_json)
         sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+        if debug:
+            raise
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        report_error(exc.format_message() + hint, as_json)
+        sys.exit(2)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        err_console.print("interrupted; finished work is kept (use --resume to continue).")
+        err_console.print("interrupted; finished work is kept (use --resume to continue).", markup=False)
         sys.exit(130)
+    except OSError as exc:
+        if debug:
+            raise
+        report_error(_os_error_message(exc), as_json)
+        sys.exit(2)
+    except Exception as exc:  # a bug, not bad input: still one line, the traceback is behind --debug
+        if debug:
+            raise
+        report_error(f"unexpected {type(exc).__name__}: {exc}; run again with --debug for the traceback and "
+                     f"report it.", as_json)
+        sys.exit(2)
     sys.exit(rc if isinstance(rc, int) else 0)
 
 

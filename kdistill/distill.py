@@ -12,6 +12,7 @@ continues exactly as an uninterrupted one would.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -23,8 +24,8 @@ import torch
 from kdistill.domain import Layout
 from kdistill.errors import CheckpointError, DataError, KdistillError
 from kdistill.expert import ExpertData, load_expert_data, read_expert_meta
-from kdistill.io import (append_jsonl, latest_checkpoint, load_checkpoint, read_jsonl,
-                         save_run_checkpoint, truncate_jsonl)
+from kdistill.io import (NonFiniteError, append_jsonl, claim_folder, latest_checkpoint, load_checkpoint, looks_like_run,
+                         read_jsonl, save_run_checkpoint, truncate_jsonl)
 from kdistill.students import (Student, build_student, context_tensors, loss_function, student_class,
                                student_tensors)
 
@@ -41,7 +42,8 @@ class DistillConfig:
     grad_clip: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))  # 0 = no clipping
     loss: str = "mse"
     val_tasks: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # tasks held out for validation
-    samples_per_task: int | None = None  # first rows of each task (time-major); None = all
+    # first rows of each task (time-major); None = all
+    samples_per_task: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.gt(0)))
     seed: int = 0
     checkpoint_every: int = attrs.field(default=5, validator=attrs.validators.gt(0))  # epochs
 
@@ -179,6 +181,14 @@ def _check_resume(meta: dict, arch: str, student_config: dict, config: DistillCo
         raise CheckpointError(f"{run} was distilled from {meta.get('data')}, not {data_path}; pass another --out.")
 
 
+def _diverged(run: Path | None, epoch: int, step: int, what: str) -> NonFiniteError:
+    """Training stops at the first non-finite loss: nothing after the last good checkpoint is written."""
+    kept = latest_checkpoint(run) if run is not None else None
+    keep = f"the last good checkpoint {kept} is kept" if kept else "no checkpoint was written"
+    return NonFiniteError(f"distillation diverged in epoch {epoch + 1} (step {step + 1}): {what}; stopped, and {keep}. "
+                          f"Try a lower --lr, or check the expert data.")
+
+
 def distill(data_path: str | Path, student: str = "hnmlp", student_config: Any = None, config: DistillConfig = DistillConfig(),
             out: str | Path | None = None, resume: bool = False, domain: str | None = None, device: str = "cpu",
             progress: bool = False, on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
@@ -205,6 +215,8 @@ def distill(data_path: str | Path, student: str = "hnmlp", student_config: Any =
     data_ref = str(data_path.resolve())
 
     run = Path(out) if out is not None else None
+    if run is not None:
+        claim_folder(run, "student-run", legacy=looks_like_run("student"))
     start_epoch, step, samples_seen = 0, 0, 0
     if run is not None and latest_checkpoint(run) is not None:
         if not resume:
@@ -256,11 +268,15 @@ def distill(data_path: str | Path, student: str = "hnmlp", student_config: Any =
                 optimizer.step()
                 rows = len(batch["obs"])
                 loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise _diverged(run, epoch, step, f"the loss is {loss_value}")
                 total += loss_value * rows
                 step += 1
                 samples_seen += rows
                 bar.update(job, advance=1, description=f"distill {student} epoch {epoch + 1}/{config.epochs} loss {loss_value:.4f}")
             seconds = time.perf_counter() - t0
+            if not all(torch.isfinite(p).all() for p in model.parameters()):
+                raise _diverged(run, epoch, step, "the weights hold NaN or infinity")
             record = {"epoch": epoch + 1, "step": step, "samples": samples_seen, "train_loss": total / n,
                       "val_loss": evaluate_loss(model, val, loss_fn, config.batch_size) if val is not None else None,
                       "seconds": seconds, "samples_per_s": n / seconds if seconds > 0 else None}

@@ -27,7 +27,7 @@ import numpy as np
 
 from kdistill.domain import Layout, TaskContext
 from kdistill.errors import DataError
-from kdistill.io import atomic_write_bytes, atomic_write_json, read_json
+from kdistill.io import atomic_write_bytes, atomic_write_json, claim_folder, read_json, read_json_object
 from kdistill.normalize import ObsNormalizer
 
 FORMAT = "kdistill-expert/1"
@@ -120,15 +120,33 @@ def rollout_task(domain, teacher, normalizer: ObsNormalizer, task: str, context:
     return {k: v[: settings.samples_per_task] for k, v in out.items()}, returns
 
 
+_OPTION_OF = {"seed": "--seed", "num_envs": "--envs", "samples_per_task": "--samples-per-task", "teacher": "--teacher"}
+
+
 def _check_existing(meta: dict, expected: dict, out: Path) -> None:
+    """Refuse to add to an expert set collected with other inputs: its rows would mix two teachers or seeds."""
     expected = json.loads(json.dumps(expected))  # compare as stored (tuples become lists)
     for key, want in expected.items():
         have = meta.get(key)
-        if have != want:
+        if have == want:
+            continue
+        if key == "teacher_sha256":
             raise DataError(
-                f"{out} was collected with {key}={have!r}, not {want!r}; pass another --out folder "
-                f"(or the same settings to resume)."
-            )
+                f"{out} was collected from another teacher checkpoint (weights sha256 {str(have)[:12]}, now "
+                f"{str(want)[:12]}; did the teacher run write a newer checkpoint?); its rows cannot be mixed with this "
+                f"teacher's: collect into another --out folder.")
+        option = f" ({_OPTION_OF[key]})" if key in _OPTION_OF else ""
+        raise DataError(
+            f"{out} was collected with {key}={have!r}{option}, not {want!r}; resume with the same settings, or pass "
+            f"another --out folder.")
+
+
+def _is_expert_folder(path: Path) -> bool:
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
 def collect_expert_data(domain, teacher, normalizer_state: dict, tasks: Sequence[str], out: str | Path,
@@ -142,16 +160,21 @@ def collect_expert_data(domain, teacher, normalizer_state: dict, tasks: Sequence
     if tuple(normalizer.shape) != want_shape:
         raise DataError(f"the teacher's normaliser has shape {tuple(normalizer.shape)}, but domain {domain.name!r} "
                         f"observations are {want_shape}; use a teacher trained on this domain.")
+    # the teacher checkpoint's weights hash and the seed pin what the rows come from
+    teacher_sha = (getattr(teacher, "meta", None) or {}).get("weights_sha256")
     expected = {"format": FORMAT, "domain": domain.name, "layout": layout.to_dict(), "teacher": str(teacher_ref),
-                "samples_per_task": settings.samples_per_task}
+                "teacher_sha256": teacher_sha, "samples_per_task": settings.samples_per_task,
+                "num_envs": settings.num_envs, "seed": settings.seed}
     meta_path = out / "meta.json"
-    if meta_path.exists():
-        meta = read_json(meta_path)
+    if meta_path.exists() and _is_expert_folder(out):
+        meta = read_expert_meta(out)
         _check_existing(meta, expected, out)
+        claim_folder(out, "expert-data", legacy=_is_expert_folder)
     else:
+        claim_folder(out, "expert-data")
         meta = {**expected, "normalizer": normalizer.state(),
                 "student_normalizer": slice_normalizer_state(normalizer.state(), layout.student_features),
-                "num_envs": settings.num_envs, "seed": settings.seed, "tasks": {}}
+                "tasks": {}}
     done = {t for t, info in meta["tasks"].items() if (out / info["shard"]).exists()}
     todo = [t for t in tasks if t not in done]
     skipped = [t for t in tasks if t in done]
@@ -166,6 +189,10 @@ def collect_expert_data(domain, teacher, normalizer_state: dict, tasks: Sequence
             ctx = domain.context(task)
             arrays, returns = rollout_task(domain, teacher, normalizer, task, ctx, settings,
                                            on_step=lambda n: bar.advance(job, n))
+            problem = _shard_problem(arrays, layout)
+            if problem:
+                raise DataError(f"the rollouts of task {task!r} {problem.replace('has ', 'have ', 1)}; nothing was written "
+                                f"for it. Check the teacher ({teacher_ref}) and the task with `kdistill env check`.")
             shard = f"shards/{shard_name(task)}"
             atomic_write_bytes(out / shard, st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()}))
             meta["tasks"][task] = {
@@ -187,7 +214,7 @@ def _progress(enabled: bool):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     console=Console(stderr=True), disable=not enabled, transient=False)
 
 
@@ -213,13 +240,93 @@ class ExpertData:
 
 
 def read_expert_meta(path: str | Path) -> dict:
+    """The meta.json of an expert data folder, checked in full (types, shapes, finite numbers) so that a
+    damaged file is reported now, not after training on it."""
     path = Path(path)
     if not (path / "meta.json").exists():
         raise DataError(f"{path} is not an expert data folder (no meta.json); create one with `kdistill expert collect`.")
-    meta = read_json(path / "meta.json")
+    meta = read_json_object(path / "meta.json")
     if meta.get("format") != FORMAT:
         raise DataError(f"{path}/meta.json has format {meta.get('format')!r}, expected {FORMAT!r}.")
+    try:
+        _check_meta(meta)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc) or type(exc).__name__
+        raise DataError(f"{path}/meta.json is malformed ({what}); collect the data again with `kdistill expert collect`.") from None
     return meta
+
+
+def _finite_array(value, shape: tuple[int, ...], what: str, dtype=np.float64) -> np.ndarray:
+    arr = np.asarray(value, dtype)
+    if arr.shape != shape:
+        raise ValueError(f"{what} has shape {arr.shape}, expected {shape}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ValueError(f"{what} holds NaN or infinity")
+    return arr
+
+
+def _check_normalizer(state, shape: tuple[int, ...], what: str) -> None:
+    if not isinstance(state, dict):
+        raise TypeError(f"{what} is not an object")
+    _finite_array(state["mean"], shape, f"{what} mean")
+    var = _finite_array(state["var"], shape, f"{what} var")
+    if (var < 0).any():
+        raise ValueError(f"{what} var is negative")
+    for key in ("clip", "epsilon"):
+        if not isinstance(state[key], (int, float)) or not math.isfinite(state[key]) or state[key] < 0:
+            raise ValueError(f"{what} {key} is not a non-negative number")
+
+
+def _check_meta(meta: dict) -> None:
+    if not isinstance(meta["domain"], str):
+        raise TypeError("domain is not a string")
+    if not isinstance(meta["layout"], dict):
+        raise TypeError("layout is not an object")
+    layout = Layout.from_dict(meta["layout"])
+    T, S = layout.max_tokens, len(layout.student_features)
+    _check_normalizer(meta["student_normalizer"], (T, S), "student_normalizer")
+    if "normalizer" in meta:
+        _check_normalizer(meta["normalizer"], (T, layout.obs_features), "normalizer")
+    if not isinstance(meta["tasks"], dict):
+        raise TypeError("tasks is not an object")
+    for task, info in meta["tasks"].items():
+        if not isinstance(info, dict):
+            raise TypeError(f"task {task!r} is not an object")
+        shard = info["shard"]
+        if not isinstance(shard, str) or not shard.startswith("shards/") or ".." in Path(shard).parts:
+            raise ValueError(f"task {task!r} names shard {shard!r}, not a file in shards/")
+        if not isinstance(info["samples"], int) or isinstance(info["samples"], bool) or info["samples"] <= 0:
+            raise ValueError(f"task {task!r} has samples {info['samples']!r}")
+        ctx = info["context"]
+        if not isinstance(ctx, dict):
+            raise TypeError(f"the context of task {task!r} is not an object")
+        _finite_array(ctx["tokens"], (T, layout.context_features), f"the context of task {task!r}", np.float32)
+        _finite_array(ctx["mask"], (T,), f"the context mask of task {task!r}", bool)
+        _finite_array(ctx["act_mask"], (layout.num_actions,), f"the action mask of task {task!r}", bool)
+
+
+def _shard_problem(arrays: dict[str, np.ndarray], layout: Layout) -> str | None:
+    """What is wrong with a shard's arrays (missing, mistyped, misshapen, non-finite), or None."""
+    T, S, TA = layout.max_tokens, len(layout.student_features), layout.num_actions
+    want = {"obs": (np.float32, (T, S)), "obs_mask": (np.bool_, (T,)), "act_mask": (np.bool_, (TA,)),
+            "mu": (np.float32, (TA,)), "action": (np.float32, (TA,))}
+    missing = [k for k in want if k not in arrays]
+    if missing:
+        return f"lacks array {missing[0]!r}"
+    rows = len(arrays["obs"]) if arrays["obs"].ndim else -1
+    if rows <= 0:
+        return "holds no rows"
+    for key, (dtype, shape) in want.items():
+        arr = arrays[key]
+        if arr.dtype != dtype:
+            return f"has {key!r} of dtype {arr.dtype}, expected {np.dtype(dtype)}"
+        if arr.shape != (rows, *shape):
+            return f"has {key!r} of shape {arr.shape}, expected {(rows, *shape)}"
+        if arr.dtype.kind == "f":
+            bad = ~np.isfinite(arr).reshape(rows, -1).all(axis=1)
+            if bad.any():
+                return f"has NaN or infinite values in {key!r} ({int(bad.sum())} row(s), first row {int(np.argmax(bad))})"
+    return None
 
 
 def load_expert_data(path: str | Path, tasks: Sequence[str] | None = None, samples_per_task: int | None = None) -> ExpertData:
@@ -235,6 +342,7 @@ def load_expert_data(path: str | Path, tasks: Sequence[str] | None = None, sampl
         raise DataError(f"{path} has no data for task(s) {missing[:5]}; collect them with `kdistill expert collect`.")
     if not tasks:
         raise DataError(f"{path} holds no finished task yet; run `kdistill expert collect` first.")
+    layout = Layout.from_dict(meta["layout"])
     parts: dict[str, list[np.ndarray]] = {k: [] for k in SHARD_KEYS}
     index = []
     for k, task in enumerate(tasks):
@@ -245,6 +353,9 @@ def load_expert_data(path: str | Path, tasks: Sequence[str] | None = None, sampl
             raise DataError(f"{shard_path} is missing; re-run `kdistill expert collect` to rebuild it.") from None
         except Exception as exc:
             raise DataError(f"{shard_path} is not a readable shard ({exc}); delete it and re-run `kdistill expert collect`.") from None
+        problem = _shard_problem(arrays, layout)
+        if problem:
+            raise DataError(f"{shard_path} {problem}; delete it and re-run `kdistill expert collect` to rebuild it.")
         n = len(arrays["obs"]) if samples_per_task is None else min(samples_per_task, len(arrays["obs"]))
         for key in SHARD_KEYS:
             parts[key].append(arrays[key][:n])

@@ -9,6 +9,7 @@ folded into the weights (it clips), so it is stored beside them. File layout: se
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ import numpy as np
 import torch
 
 from kdistill.domain import TaskContext
-from kdistill.errors import CheckpointError
-from kdistill.io import atomic_write_bytes, atomic_write_json, load_run_checkpoint
+from kdistill.errors import CheckpointError, KdistillError
+from kdistill.io import (NonFiniteError, atomic_write_bytes, atomic_write_json, first_non_finite, load_run_checkpoint,
+                         prepare_output_dir)
 from kdistill.runtime import FORMAT, export_paths
 from kdistill.students import StudentPolicy, context_tensors, load_student_policy
 
@@ -31,6 +33,35 @@ def fold_policy(policy: StudentPolicy, context: TaskContext) -> list[tuple[np.nd
     return [(w.detach().cpu().numpy().astype(np.float32), b.detach().cpu().numpy().astype(np.float32)) for w, b in layers]
 
 
+def _is_export_json(path: Path) -> bool:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+def check_export_target(out: str | Path, option: str = "--out") -> tuple[Path, Path]:
+    """The export's two paths, after checking they may be written: an existing file there is replaced only
+    when it is itself a kdistill export (kdistill overwrites only what it wrote)."""
+    weights_path, json_path = export_paths(out)
+    for p in (json_path, weights_path):
+        if p.is_dir():
+            raise KdistillError(f"{option} {out}: {p} is a folder; give a file stem such as {p.parent / 'policy'}.")
+    for parent in (json_path.parent, *json_path.parent.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise KdistillError(f"{option} {out}: {parent} is a file, not a folder; choose another --out.")
+            break
+    ours = json_path.is_file() and _is_export_json(json_path)
+    for p in (json_path, weights_path):
+        if p.exists() and not ours:
+            raise KdistillError(f"{option} {out}: {p} already exists and is not a kdistill export; choose another "
+                                f"--out (kdistill overwrites only exports it wrote).")
+    prepare_output_dir(json_path.parent, option)
+    return weights_path, json_path
+
+
 def export_policy(policy: StudentPolicy, task: str, context: TaskContext, out: str | Path,
                   source: str = "", domain: str = "") -> dict[str, Any]:
     """Write ``out`` (stem, ``.json`` or ``.safetensors``) for ``task``; returns the export's description."""
@@ -38,6 +69,11 @@ def export_policy(policy: StudentPolicy, task: str, context: TaskContext, out: s
 
     layout = policy.layout
     layers = fold_policy(policy, context)
+    bad = first_non_finite({f"layer{i}": w for i, (w, _) in enumerate(layers)}
+                           | {f"layer{i} bias": b for i, (_, b) in enumerate(layers)})
+    if bad is not None:
+        raise NonFiniteError(f"the student's generated MLP for {task!r} has NaN or infinity in {bad}; nothing was "
+                             f"exported. The student is damaged: distill it again.")
     norm = policy.normalizer
     tensors: dict[str, np.ndarray] = {}
     for i, (w, b) in enumerate(layers):

@@ -10,16 +10,46 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kdistill.errors import CheckpointError
+from kdistill.errors import CheckpointError, DataError, KdistillError
 
 FORMAT = "kdistill-checkpoint/1"
+OWNER_FILE = ".kdistill-owner.json"
+OWNER_FORMAT = "kdistill-owner/1"
+
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the kernel tells it (Linux), else set and restored."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give a new file."""
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    return 0o777 & ~current_umask()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -27,6 +57,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600; the result should be readable like any file the user writes
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -45,7 +77,31 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    """Write strict JSON; a NaN or infinity is refused (Python would write a token no JSON reader accepts)."""
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default, allow_nan=False)
+    except ValueError:
+        raise DataError(f"refusing to write {path}: it would hold a NaN or infinite number.") from None
+    atomic_write_text(path, text + "\n")
+
+
+def strict_jsonable(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None, so it dumps as strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return strict_jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
+        return strict_jsonable(obj.item())
+    return obj
+
+
+def dumps_strict(obj: Any, **kwargs) -> str:
+    return json.dumps(strict_jsonable(obj), default=_json_default, allow_nan=False, **kwargs)
 
 
 def _json_default(o):
@@ -64,8 +120,20 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist.") from None
-    except json.JSONDecodeError as exc:
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a folder, not a JSON file.") from None
+    except PermissionError:
+        raise CheckpointError(f"{path} is not readable (permission denied).") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is not valid JSON ({exc}); the file is corrupt.") from None
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """``read_json`` for files that must hold a JSON object."""
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(obj).__name__}, not an object; the file is corrupt.")
+    return obj
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
@@ -73,7 +141,7 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        f.write(json.dumps(record, default=_json_default) + "\n")
+        f.write(dumps_strict(record) + "\n")
         f.flush()
 
 
@@ -82,18 +150,37 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return out
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            out.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict):
+            out.append(record)
     return out
 
 
 def truncate_jsonl(path: str | os.PathLike, keep) -> None:
     """Rewrite a metrics log keeping only records for which ``keep(record)`` is true (used on resume)."""
     records = [r for r in read_jsonl(path) if keep(r)]
-    atomic_write_text(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in records))
+    atomic_write_text(path, "".join(dumps_strict(r) + "\n" for r in records))
+
+
+# non-finite values ---------------------------------------------------------------------------------
+
+def first_non_finite(arrays: dict[str, Any]) -> str | None:
+    """The name of the first floating-point array holding a NaN or infinity, or None."""
+    for name, value in arrays.items():
+        if hasattr(value, "detach"):
+            value = value.detach().cpu().numpy()
+        value = np.asarray(value)
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            return name
+    return None
+
+
+class NonFiniteError(DataError):
+    """Weights, data or a loss holding NaN or infinity."""
 
 
 # checkpoints ---------------------------------------------------------------------------------------
@@ -109,6 +196,9 @@ def save_checkpoint(folder: str | os.PathLike, tensors: dict[str, Any], meta: di
         if hasattr(v, "detach"):
             v = v.detach().cpu().contiguous().numpy()
         arrays[k] = np.ascontiguousarray(v)
+    bad = first_non_finite(arrays)
+    if bad is not None:
+        raise NonFiniteError(f"refusing to write checkpoint {folder}: tensor {bad!r} holds NaN or infinity.")
     blob = np_save(arrays) if arrays else np_save({"__empty__": np.zeros(0, np.float32)})
     atomic_write_bytes(folder / "weights.safetensors", blob)
     meta = dict(meta)
@@ -126,13 +216,22 @@ def load_checkpoint(folder: str | os.PathLike, as_torch: bool = True) -> tuple[d
     meta_path, weights_path = folder / "meta.json", folder / "weights.safetensors"
     if not meta_path.exists() or not weights_path.exists():
         raise CheckpointError(f"{folder} is not a complete kdistill checkpoint (needs meta.json and weights.safetensors).")
-    meta = read_json(meta_path)
+    meta = read_json_object(meta_path)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path} has format {meta.get('format')!r}, expected {FORMAT!r}.")
-    blob = weights_path.read_bytes()
+    try:
+        blob = weights_path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {weights_path} ({exc.strerror}).") from None
     if hashlib.sha256(blob).hexdigest() != meta.get("weights_sha256"):
         raise CheckpointError(f"{weights_path} does not match its meta.json (interrupted write?); use an earlier checkpoint.")
-    arrays = {k: v for k, v in np_load(blob).items() if k != "__empty__"}
+    try:
+        arrays = {k: v for k, v in np_load(blob).items() if k != "__empty__"}
+    except Exception as exc:  # safetensors raises its own error types for a malformed file
+        raise CheckpointError(f"{weights_path} is not a readable safetensors file ({exc}).") from None
+    bad = first_non_finite(arrays)
+    if bad is not None:
+        raise CheckpointError(f"{weights_path}: tensor {bad!r} holds NaN or infinity; use an earlier checkpoint.")
     if as_torch:
         import torch
 
@@ -163,12 +262,14 @@ def latest_checkpoint(run: str | os.PathLike) -> Path | None:
     run = Path(run)
     pointer = run / "latest.json"
     if pointer.exists():
+        # a damaged pointer falls back to scanning: the checkpoints themselves are the truth
         try:
             name = json.loads(pointer.read_text())["checkpoint"]
-            if (run / name / "meta.json").exists():
-                return run / name
-        except (json.JSONDecodeError, KeyError):
-            pass
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            name = None
+        if isinstance(name, str) and name.startswith("ckpt-") and "/" not in name and "\\" not in name \
+                and (run / name / "meta.json").exists():
+            return run / name
     for cand in sorted((p for p in run.glob("ckpt-*") if p.is_dir()), reverse=True):
         if (cand / "meta.json").exists():
             return cand
@@ -195,3 +296,99 @@ def load_run_checkpoint(run: str | os.PathLike, as_torch: bool = True) -> tuple[
             except CheckpointError:
                 continue
         raise
+
+
+# output folders ------------------------------------------------------------------------------------
+# A command deletes or overwrites only what it wrote itself. A folder a command creates carries a mark
+# (OWNER_FILE, naming the kind of folder); an existing folder is reused only when it carries the same
+# mark, is empty, or is recognisably a folder of that kind written before marks existed.
+
+def folder_owner(path: str | os.PathLike) -> str | None:
+    """The kind named by a folder's ownership mark, or None when it has none (or an unreadable one)."""
+    try:
+        mark = json.loads((Path(path) / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(mark, dict) and mark.get("format") == OWNER_FORMAT and isinstance(mark.get("kind"), str):
+        return mark["kind"]
+    return None
+
+
+def _kind_words(kind: str) -> str:
+    return kind.replace("-", " ")
+
+
+def check_writable(folder: str | os.PathLike, option: str = "--out") -> None:
+    """Raise a one-line error unless a file can be created in ``folder`` (checked by creating one)."""
+    folder = Path(folder)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".kdistill-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise KdistillError(f"{option} {folder} is not writable ({exc.strerror}); choose a folder you can write to.") from None
+
+
+def prepare_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Create ``path`` if needed and check that files can be written there (before any long work)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise KdistillError(f"{option} {path} is a file, not a folder; choose a folder.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KdistillError(f"{option} {path} cannot be created ({exc.strerror}); choose another folder.") from None
+    check_writable(path, option)
+    return path
+
+
+def claim_folder(path: str | os.PathLike, kind: str, option: str = "--out", legacy=None) -> Path:
+    """Make ``path`` a folder of ``kind`` that this command may write into, or raise a one-line error.
+
+    A new or empty folder gets the mark. A marked folder must be of the same kind. An unmarked folder with
+    files is taken only if ``legacy(path)`` says it is a folder of this kind (and then gets the mark).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise KdistillError(f"{option} {path} is a file, not a folder; choose a new folder.")
+    if path.is_dir():
+        owner = folder_owner(path)
+        if owner is not None:
+            if owner != kind:
+                raise KdistillError(f"{option} {path} holds a kdistill {_kind_words(owner)}, where "
+                                    f"{_kind_words(kind)} was to be written; choose another folder.")
+            check_writable(path, option)
+            return path
+        try:
+            entries = [p for p in path.iterdir() if p.name != OWNER_FILE]
+        except OSError as exc:
+            raise KdistillError(f"{option} {path} cannot be read ({exc.strerror}); choose another folder.") from None
+        if entries and not (legacy is not None and legacy(path)):
+            raise KdistillError(f"{option} {path} already holds files that are not kdistill {_kind_words(kind)}; "
+                                f"choose a new or empty folder (kdistill overwrites only what it wrote).")
+    else:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise KdistillError(f"{option} {path} cannot be created ({exc.strerror}); choose another folder.") from None
+    try:
+        atomic_write_json(path / OWNER_FILE, {"format": OWNER_FORMAT, "kind": kind})
+    except OSError as exc:
+        raise KdistillError(f"{option} {path} is not writable ({exc.strerror}); choose a folder you can write to.") from None
+    return path
+
+
+def looks_like_run(kind: str):
+    """A ``legacy`` test for ``claim_folder``: a run folder whose checkpoints are of ``kind`` (teacher/student)."""
+
+    def test(path: Path) -> bool:
+        ckpt = latest_checkpoint(path)
+        if ckpt is None:
+            return False
+        try:
+            meta = json.loads((ckpt / "meta.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(meta, dict) and meta.get("kind") == kind
+
+    return test

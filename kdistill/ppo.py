@@ -228,6 +228,7 @@ class PPOTrainer:
         self.episodes = 0
         self.recent_returns: collections.deque = collections.deque(maxlen=100)
         self.recent_lengths: collections.deque = collections.deque(maxlen=100)
+        self.unstable: collections.Counter = collections.Counter()  # episodes ended unstable, per task, this session
         self._obs: dict[str, np.ndarray] | None = None
 
     # checkpoints ----------------------------------------------------------------------------------
@@ -344,6 +345,8 @@ class PPOTrainer:
             buf["dones"][t] = torch.from_numpy(dones.astype(np.float32))
             buf["timeouts"][t] = torch.from_numpy((truncated & ~terminated).astype(np.float32))
             for info in infos:
+                if info.get("unstable"):
+                    self.unstable[info.get("task", "?")] += 1
                 ep = info.get("episode")
                 if ep is not None:
                     self.sampler.update(ep["task"], ep["length"])
@@ -375,6 +378,7 @@ class PPOTrainer:
             self.model.train()
             stats = ppo_update(self.model, self.optimizer, batch, info["keys"], cfg, self.generator)
             t2 = time.perf_counter()
+            self._check_finite(stats)
             self.iteration += 1
             self.env_steps += cfg.batch_size
             self.episodes += len(info["episode_returns"])
@@ -402,6 +406,20 @@ class PPOTrainer:
             if on_iteration is not None:
                 on_iteration(last)
         return last
+
+    def _check_finite(self, stats: dict[str, Any]) -> None:
+        """Stop before a diverged model reaches a checkpoint: the newest checkpoint stays the last good one."""
+        losses = {k: stats.get(k) for k in ("pg_loss", "v_loss")}
+        bad = [k for k, v in losses.items() if v is not None and not math.isfinite(v)]
+        if not bad and all(torch.isfinite(p).all() for p in self.model.parameters()):
+            return
+        from kdistill.io import NonFiniteError
+
+        what = f"the {bad[0].replace('_', ' ')} is {losses[bad[0]]}" if bad else "the weights hold NaN or infinity"
+        kept = latest_checkpoint(self.run_dir) if self.run_dir is not None else None
+        keep = f"the last good checkpoint {kept} is kept" if kept else "no checkpoint was written"
+        raise NonFiniteError(f"training diverged at iteration {self.iteration + 1}: {what}; stopped, and {keep} "
+                             f"(resume from it with --resume, or start a new run with another --seed).")
 
     def close(self) -> None:
         self.envs.close()

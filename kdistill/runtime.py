@@ -37,25 +37,101 @@ _DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "BOOL": np.boo
 
 
 def read_safetensors(blob: bytes) -> dict[str, np.ndarray]:
-    """Decode a safetensors blob into numpy arrays (a small reader, so deployment needs numpy only)."""
+    """Decode a safetensors blob into numpy arrays (a small reader, so deployment needs numpy only).
+
+    Every header entry is checked against the blob (dtype, shape, offsets inside the data, sizes that agree).
+    """
     if len(blob) < 8:
         raise DataError("the export's weights file is truncated; export it again.")
     (header_len,) = struct.unpack("<Q", blob[:8])
+    if header_len > len(blob) - 8:
+        raise DataError("the export's weights file is truncated (its header runs past the end); export it again.")
     try:
         header = json.loads(blob[8:8 + header_len])
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise DataError("the export's weights file has a corrupt header; export it again.") from None
+    if not isinstance(header, dict):
+        raise DataError("the export's weights file has a corrupt header; export it again.")
     base = 8 + header_len
+    size = len(blob) - base
     arrays = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
+        if not isinstance(info, dict) or not isinstance(info.get("dtype"), str):
+            raise DataError(f"the export's header entry for {name!r} is corrupt; export it again.")
         if info["dtype"] not in _DTYPES:
             raise DataError(f"the export holds tensor {name!r} of unsupported dtype {info['dtype']}.")
-        start, end = info["data_offsets"]
-        arrays[name] = np.frombuffer(blob, _DTYPES[info["dtype"]], count=(end - start) // np.dtype(_DTYPES[info["dtype"]]).itemsize,
-                                     offset=base + start).reshape(info["shape"])
+        shape, offsets = info.get("shape"), info.get("data_offsets")
+        if not (_int_list(shape) and all(d >= 0 for d in shape) and len(shape) <= 8
+                and _int_list(offsets) and len(offsets) == 2):
+            raise DataError(f"the export's header entry for {name!r} has a corrupt shape or offsets; export it again.")
+        start, end = offsets
+        dtype = np.dtype(_DTYPES[info["dtype"]])
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if not 0 <= start <= end <= size or end - start != count * dtype.itemsize:
+            raise DataError(f"the export's tensor {name!r} does not fit its data (shape {shape}, bytes "
+                            f"{start}-{end} of {size}); export it again.")
+        arrays[name] = np.frombuffer(blob, dtype, count=count, offset=base + start).reshape(shape)
     return arrays
+
+
+def _int_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _check_export(meta: dict, arrays: dict[str, np.ndarray], json_path: Path, weights_path: Path) -> None:
+    """Raise a DataError naming the file unless the export is complete and consistent."""
+
+    def bad(what: str, path: Path = json_path) -> DataError:
+        return DataError(f"{path} {what}; the export is damaged, export it again.")
+
+    layers, inp, norm, act_mask = meta.get("layers"), meta.get("input"), meta.get("normalizer"), meta.get("act_mask")
+    if not isinstance(layers, list) or not 1 <= len(layers) <= 256:
+        raise bad("has no valid 'layers' list")
+    if not isinstance(inp, dict) or not isinstance(inp.get("tokens"), int) or isinstance(inp.get("tokens"), bool) \
+            or inp["tokens"] <= 0 or not _int_list(inp.get("student_features")) or not inp["student_features"] \
+            or any(f < 0 for f in inp["student_features"]):
+        raise bad("has no valid 'input' (tokens, student_features)")
+    if not isinstance(norm, dict) or not _number(norm.get("clip")) or norm["clip"] <= 0 \
+            or not _number(norm.get("epsilon")) or norm["epsilon"] < 0:
+        raise bad("has no valid 'normalizer' (clip > 0, epsilon >= 0)")
+    if not isinstance(act_mask, list) or not act_mask or not all(isinstance(v, bool) for v in act_mask):
+        raise bad("has no valid 'act_mask' (a list of true/false)")
+    n = len(layers)
+    names = [f"layer{i}.{kind}" for i in range(n) for kind in ("weight", "bias")] + ["norm.mean", "norm.var"]
+    for name in names:
+        if name not in arrays:
+            raise bad(f"lacks tensor {name!r}", weights_path)
+        arr = arrays[name]
+        if arr.dtype.kind != "f":
+            raise bad(f"has tensor {name!r} of dtype {arr.dtype}, not floating point", weights_path)
+        if not np.isfinite(arr).all():
+            raise bad(f"has NaN or infinity in tensor {name!r}", weights_path)
+    width = None
+    for i in range(n):
+        w, b = arrays[f"layer{i}.weight"], arrays[f"layer{i}.bias"]
+        if w.ndim != 2 or b.ndim != 1 or b.shape[0] != w.shape[1] or 0 in w.shape:
+            raise bad(f"has layer {i} of weight shape {w.shape} and bias shape {b.shape}, which do not fit", weights_path)
+        if width is not None and w.shape[0] != width:
+            raise bad(f"has layer {i} taking {w.shape[0]} inputs after a layer of {width} outputs", weights_path)
+        width = w.shape[1]
+    in_size = arrays["layer0.weight"].shape[0]
+    want_in = inp["tokens"] * len(inp["student_features"])
+    if in_size != want_in or ("flat_size" in inp and inp["flat_size"] != in_size):
+        raise bad(f"says the input is {inp['tokens']} tokens x {len(inp['student_features'])} features "
+                  f"(= {want_in}) but the first layer takes {in_size}")
+    for name in ("norm.mean", "norm.var"):
+        if arrays[name].shape != (in_size,):
+            raise bad(f"has {name} of shape {arrays[name].shape}; the policy's input has {in_size} values", weights_path)
+    if (arrays["norm.var"] < 0).any() or (arrays["norm.var"] + norm["epsilon"] <= 0).any():
+        raise bad("has a normaliser variance that is negative or zero with epsilon 0", weights_path)
+    if len(act_mask) != width:
+        raise bad(f"has an act_mask of {len(act_mask)} slots but the last layer writes {width} actions")
 
 
 def export_paths(path: str | Path) -> tuple[Path, Path]:
@@ -175,27 +251,40 @@ class ExportedPolicy:
 
 
 def load(path: str | Path) -> ExportedPolicy:
-    """Load an export written by ``kdistill export`` (pass the .json, the .safetensors or their stem)."""
+    """Load an export written by ``kdistill export`` (pass the .json, the .safetensors or their stem).
+
+    A missing, damaged or inconsistent export raises ``DataError`` naming the file; nothing else is raised.
+    """
     weights_path, json_path = export_paths(path)
     for p in (json_path, weights_path):
-        if not p.exists():
-            raise DataError(f"{p} does not exist; write the export with `kdistill export`.")
+        if not p.is_file():
+            what = "is a folder, not a file" if p.is_dir() else "does not exist"
+            raise DataError(f"{p} {what}; write the export with `kdistill export`.")
     try:
-        meta = json.loads(json_path.read_text())
-    except json.JSONDecodeError as exc:
+        text = json_path.read_text()
+        blob = weights_path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read the export {json_path.name} ({exc.strerror}).") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{json_path} is not valid JSON (not UTF-8 text); export again.") from None
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as exc:
         raise DataError(f"{json_path} is not valid JSON ({exc}); export again.") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{json_path} does not hold a JSON object; export again.")
     if meta.get("format") != FORMAT:
         raise DataError(f"{json_path} has format {meta.get('format')!r}, expected {FORMAT!r}.")
-    blob = weights_path.read_bytes()
     if hashlib.sha256(blob).hexdigest() != meta.get("weights_sha256"):
         raise DataError(f"{weights_path} does not match {json_path.name} (another export, or damaged); export again.")
     arrays = read_safetensors(blob)
+    _check_export(meta, arrays, json_path, weights_path)
     n = len(meta["layers"])
-    try:
-        ws = [arrays[f"layer{i}.weight"] for i in range(n)]
-        bs = [arrays[f"layer{i}.bias"] for i in range(n)]
-        mean, var = arrays["norm.mean"], arrays["norm.var"]
-    except KeyError as exc:
-        raise DataError(f"{weights_path} lacks tensor {exc}; export again.") from None
+    ws = [arrays[f"layer{i}.weight"] for i in range(n)]
+    bs = [arrays[f"layer{i}.bias"] for i in range(n)]
     norm = meta["normalizer"]
-    return ExportedPolicy(ws, bs, mean, var, norm["clip"], norm["epsilon"], meta)
+    with np.errstate(all="ignore"):
+        policy = ExportedPolicy(ws, bs, arrays["norm.mean"], arrays["norm.var"], norm["clip"], norm["epsilon"], meta)
+    if not all(np.isfinite(a).all() for a in (policy._layers[0], policy._high, policy._mean32)):
+        raise DataError(f"{weights_path}: the normaliser and the first layer overflow float32 together; export again.")
+    return policy

@@ -65,6 +65,8 @@ def _not_unimal(path: Path, why: str) -> DataError:
 def _check_tree(torso: ET.Element, path: Path) -> tuple[int, int]:
     """Check the body tree; returns (limb bodies, hinge joints)."""
     bodies = list(torso.iter("body"))
+    if len(bodies) < 2:
+        raise _not_unimal(path, "the torso/0 body has no limbs")
     if len(bodies) > MAX_BODIES:
         raise DataError(f"{path} has {len(bodies)} bodies; UNIMAL robots have at most {MAX_BODIES} (torso + 11 limbs), "
                         "the number of limb slots the policies read.")
@@ -99,6 +101,19 @@ def _check_tree(torso: ET.Element, path: Path) -> tuple[int, int]:
     return len(bodies) - 1, dof
 
 
+def _check_no_file_references(root: ET.Element, path: Path) -> None:
+    """A robot file is self-contained: MuJoCo would read an ``<include>`` or a ``file=`` attribute from
+    anywhere on the machine (relative ones from the current folder), so neither is accepted."""
+    for elem in root.iter():
+        if elem.tag == "include":
+            raise _not_unimal(path, f"it has an <include file={elem.get('file')!r}>; robot files must not include "
+                                    "other files")
+        for attr in elem.attrib:
+            if attr.startswith("file") or attr.endswith("file") or attr in ("assetdir", "meshdir", "texturedir"):
+                raise _not_unimal(path, f"<{elem.tag}> has a {attr}= attribute; robot files must not refer to "
+                                        "other files")
+
+
 def _strip_materials(elem: ET.Element) -> None:
     for e in elem.iter():
         if e.get("material") is not None and e.get("material") not in MATERIALS:
@@ -117,6 +132,7 @@ def assemble(xml_path: str | Path, metadata: dict | None = None, name: str | Non
         raise DataError(f"cannot read {path} ({exc.strerror}).") from None
     if root.tag != "mujoco":
         raise _not_unimal(path, f"the root element is <{root.tag}>, not <mujoco>")
+    _check_no_file_references(root, path)
     worldbody = root.find("worldbody")
     torso = worldbody.find("body") if worldbody is not None else None
     if torso is None or torso.get("name") != "torso/0" or len(worldbody.findall("body")) != 1:

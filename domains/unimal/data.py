@@ -63,13 +63,42 @@ def find_robot_set(data_dir: str | os.PathLike | None = None) -> Path:
 
 
 def list_splits(root: Path) -> dict[str, list[str]]:
-    """Robot names per split present under ``root`` (sorted)."""
+    """Robot names per split present under ``root`` (sorted).
+
+    A split folder that exists but cannot be listed is an error, not an absent split; so is a robot name
+    in two splits with different files (which of the two a task name means would be a guess).
+    """
     out = {}
     for split in SPLITS:
         xml_dir = root / split / "xml"
         if xml_dir.is_dir():
-            out[split] = sorted(p.stem for p in xml_dir.glob("*.xml"))
+            try:
+                names = [e.name for e in os.scandir(xml_dir)]
+            except OSError as exc:
+                raise DataError(f"cannot list the robots in {xml_dir} ({exc.strerror}); fix its permissions or "
+                                f"re-install the robots with `kdistill data fetch unimal`.") from None
+            out[split] = sorted(n[:-4] for n in names if n.endswith(".xml") and not n.startswith("."))
+    _check_shared_names(root, out)
     return out
+
+
+def _same_file_contents(a: Path, b: Path) -> bool:
+    try:
+        return a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
+
+
+def _check_shared_names(root: Path, splits: dict[str, list[str]]) -> None:
+    names = list(splits)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            for name in sorted(set(splits[first]) & set(splits[second])):
+                for kind, ext in (("xml", ".xml"), ("metadata", ".json")):
+                    a, b = root / first / kind / f"{name}{ext}", root / second / kind / f"{name}{ext}"
+                    if (a.exists() or b.exists()) and not _same_file_contents(a, b):
+                        raise DataError(f"robot {name!r} is in both {first}/ and {second}/ of {root} with different "
+                                        f"{kind} files ({a.name}); rename one of them or remove the duplicate.")
 
 
 # installing ----------------------------------------------------------------------------------------
@@ -180,11 +209,29 @@ def _verify(staging: Path, manifest: dict[str, str], progress: Progress | None) 
                         f"Use the archive of {REPO} at commit {COMMIT[:7]}.")
 
 
+def _check_install_target(target: Path) -> None:
+    """An install replaces only an earlier install (it carries INSTALL_MARKER) or an empty folder."""
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise DataError(f"{target} exists and is not a folder; choose another --data-dir (nothing was changed).")
+    if not target.exists():
+        return
+    if (target / INSTALL_MARKER).is_file():
+        return
+    try:
+        empty = not any(target.iterdir())
+    except OSError as exc:
+        raise DataError(f"{target} cannot be read ({exc.strerror}); choose another --data-dir.") from None
+    if not empty:
+        raise DataError(f"{target} already holds files that kdistill did not install; choose an empty or new "
+                        f"--data-dir (nothing was changed, since installing replaces the whole folder).")
+
+
 def install(target: Path, source: str | os.PathLike | None = None, progress: Progress | None = None,
             url: str = ARCHIVE_URL) -> dict:
     """Install the robot set into ``target`` from ``source`` (folder or archive) or by downloading ``url``."""
     manifest = load_manifest()
     target = Path(target).expanduser().absolute()
+    _check_install_target(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.fetch-", dir=target.parent))
     try:

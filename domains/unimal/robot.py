@@ -37,6 +37,24 @@ _install_lock = threading.Lock()
 _warning_handler_installed = False
 
 
+_warnings_seen: dict[str, int] = {}
+
+
+def _mujoco_warning(msg: str) -> None:
+    # An exploding robot warns on every step it is stepped; the env already ends such an episode and reports
+    # it (info["unstable"]), so each kind of warning is logged once per process and the rest only counted.
+    kind = msg.split(" Time = ")[0]
+    count = _warnings_seen.get(kind, 0)
+    _warnings_seen[kind] = count + 1
+    if count == 0:
+        log.warning("MuJoCo: %s (repeats of this warning are not shown)", msg)
+
+
+def mujoco_warning_counts() -> dict[str, int]:
+    """How often each kind of MuJoCo warning was raised in this process."""
+    return dict(_warnings_seen)
+
+
 def _route_mujoco_warnings() -> None:
     """Send MuJoCo's warnings to Python logging instead of stdout and a MUJOCO_LOG.TXT in the cwd.
 
@@ -48,7 +66,7 @@ def _route_mujoco_warnings() -> None:
             return
         _warning_handler_installed = True
         if mujoco.get_mju_user_warning() is None:
-            mujoco.set_mju_user_warning(lambda msg: log.warning("MuJoCo: %s", msg))
+            mujoco.set_mju_user_warning(_mujoco_warning)
 
 
 def read_metadata(path: Path, name: str) -> dict:
@@ -73,8 +91,9 @@ class Robot:
         self.spec = spec
         try:
             self.model = mujoco.MjModel.from_xml_string(spec.arena_xml)
-        except ValueError as exc:
-            raise DataError(f"robot {spec.name!r} does not compile in MuJoCo: {str(exc).splitlines()[0]}") from None
+        except Exception as exc:  # MuJoCo reports compile errors as ValueError, and fatal ones as its own types
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DataError(f"robot {spec.name!r} does not compile in MuJoCo: {first}") from None
         m = self.model
         nb = m.nbody - 1  # agent bodies: all but the world body, in MuJoCo (pre-order DFS) order
         self.num_bodies = nb

@@ -111,7 +111,8 @@ def bench_cmd(domain_name: str, teacher_run: str | None, student_run: str | None
         subjects = build_subjects(domain, teacher_run, student_run, task, teacher_arch=teacher_arch,
                                   teacher_preset=teacher_preset, student_arch=student_arch,
                                   student_preset=student_preset, seed=seed)
-    with Progress(TextColumn("[bold]bench[/bold]"), BarColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+    with Progress(TextColumn("[bold]bench[/bold]"), BarColumn(), TextColumn("{task.description}", markup=False),
+                  TimeElapsedColumn(),
                   console=err_console, disable=as_json) as progress:
         bar = progress.add_task("counting", total=2 + len(config.batches))
         result = run_bench(subjects, config,
@@ -145,7 +146,7 @@ def bench_cmd(domain_name: str, teacher_run: str | None, student_run: str | None
         table.add_row(name, _si(mlp["measured"]["params"]), _si(mlp["analytic"]["params"]),
                       _si(path_flops.get(name, mlp["measured"]["flops"])), _si(mlp["analytic"]["flops"]),
                       *[_ms(lat[name][str(b)]["min_s"]) for b in batches])
-    table.add_row("[bold]ratio[/bold]", _ratio(ratios["params"]), _ratio(ratios["params_analytic"]),
+    table.add_row(Text("ratio", style="bold"), _ratio(ratios["params"]), _ratio(ratios["params_analytic"]),
                   _ratio(ratios["flops"]), _ratio(ratios["flops_analytic"]),
                   *[_ratio(ratios.get(f"latency_b{b}")) for b in batches])
     console.print(table)

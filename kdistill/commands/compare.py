@@ -150,7 +150,8 @@ def compare_cmd(domain_name: str, policies_spec: str, split_spec: str, num_tasks
     policies = {name: load_policy(path, domain=domain.name, device=device, seed=seed) for name, path in paths.items()}
     total = sum(len(t) for t in splits.values()) * len(policies)
     with Progress(TextColumn("[bold]compare[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("task evaluations"),
-                  TimeElapsedColumn(), TextColumn("{task.fields[last]}"), console=err_console, disable=as_json) as progress:
+                  TimeElapsedColumn(), TextColumn("{task.fields[last]}", markup=False), console=err_console,
+                  disable=as_json) as progress:
         bar = progress.add_task("compare", total=total, last="")
         result = compare_policies(
             domain, policies, splits, episodes=episodes, seed=seed, deterministic=not stochastic,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.text import Text
 
 from kdistill.cli import console, data_dir_option, err_console, json_option, print_json
 from kdistill.errors import KdistillError
@@ -53,9 +54,9 @@ class Step:
         if record.exists():
             result = json.loads(record.read_text())
             self.timings[name] = result.get("_wall_s", 0.0)
-            err_console.print(f"[dim]- {title}: done earlier ({record})[/dim]")
+            err_console.print(f"- {title}: done earlier ({record})", style="dim")
             return result
-        err_console.print(f"[bold]- {title}[/bold]  [dim]kdistill {' '.join(args)}[/dim]")
+        err_console.print(Text.assemble((f"- {title}", "bold"), "  ", (f"kdistill {' '.join(args)}", "dim")))
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "kdistill.cli", *args, "--json"], env=self.env,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if self.quiet else None, text=True)
@@ -122,16 +123,30 @@ def write_report(out: Path, outcome: dict[str, Any]) -> Path:
     return path
 
 
+def _is_unmarked_demo(path: Path) -> bool:
+    """A report folder of a demo run before folders carried ownership marks: its step records are there."""
+    try:
+        entries = {p.name for p in path.iterdir()}
+    except OSError:
+        return False
+    return "steps" in entries and (path / "steps").is_dir() and entries <= {
+        "steps", "teacher", "expert", "hnmlp", "blind", "compare-train", "compare-test", "export", "bench",
+        "report.md", "demo.json"}
+
+
 @click.command("demo")
 @click.argument("domain_name", metavar="DOMAIN")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Report folder (every step's output lands here). [default: runs/demo-DOMAIN]")
 @click.option("--teacher", "teacher_run", default=None, type=click.Path(exists=True),
               help="Teacher run to distil. [default: the domain's shipped teacher, else one is trained]")
-@click.option("--samples-per-task", type=int, default=None, help="Expert rows per task. [default: the domain's]")
-@click.option("--epochs", type=int, default=None, help="Distillation epochs. [default: the domain's]")
-@click.option("--episodes", type=int, default=None, help="Evaluation episodes per task. [default: the domain's]")
-@click.option("--test-tasks", type=int, default=None, help="Held-out tasks evaluated. [default: the domain's]")
+@click.option("--samples-per-task", type=click.IntRange(1), default=None,
+              help="Expert rows per task. [default: the domain's]")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Distillation epochs. [default: the domain's]")
+@click.option("--episodes", type=click.IntRange(1), default=None,
+              help="Evaluation episodes per task. [default: the domain's]")
+@click.option("--test-tasks", type=click.IntRange(1), default=None,
+              help="Held-out tasks evaluated. [default: the domain's]")
 @click.option("--no-bench", is_flag=True, help="Skip the cost benchmark.")
 @click.option("--fresh", is_flag=True, help="Delete the report folder first instead of continuing it.")
 @click.option("--quiet", is_flag=True, help="Hide the steps' own progress output.")
@@ -152,19 +167,30 @@ def demo_cmd(domain_name: str, out_dir: str | None, teacher_run: str | None, sam
     """
     from kdistill.plugins import get_domain
 
+    from kdistill.io import claim_folder, folder_owner
+
+    # everything is checked before the report folder is touched
     out = Path(out_dir or f"runs/demo-{domain_name}")
-    if fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
     domain = get_domain(domain_name, data_dir=data_dir)
     settings = dict(DEMO_KEYS)
     settings.update({k: v for k, v in domain.demo_defaults().items() if k in DEMO_KEYS})
     for key, value in (("samples_per_task", samples_per_task), ("distill_epochs", epochs),
                        ("eval_episodes", episodes), ("test_tasks", test_tasks)):
         if value is not None:
-            if value <= 0:
-                raise KdistillError(f"--{key.replace('_', '-')} must be positive, got {value}.")
             settings[key] = value
+    if teacher_run is not None:
+        from kdistill.io import load_run_checkpoint
+
+        _, given = load_run_checkpoint(teacher_run, as_torch=False)
+        if given.get("kind") != "teacher" or given.get("domain") != domain.name:
+            raise KdistillError(f"--teacher {teacher_run} holds a {given.get('domain')!r} {given.get('kind')!r} run, "
+                                f"not a {domain.name!r} teacher; pass a teacher run from `kdistill teacher train`.")
+    if fresh and out.exists():
+        if not out.is_dir() or (folder_owner(out) != "demo" and not _is_unmarked_demo(out)):
+            raise KdistillError(f"--fresh would delete {out}, which is not a folder written by `kdistill demo`; "
+                                f"nothing was deleted. Choose another --out.")
+        shutil.rmtree(out)
+    claim_folder(out, "demo", legacy=_is_unmarked_demo)
 
     env = dict(os.environ)
     data_args = ["--data-dir", data_dir] if data_dir else []

@@ -15,19 +15,24 @@ from kdistill.cli import console, err_console, json_option, print_json
 @click.option("--student-preset", default="paper", show_default=True,
               help="Student config preset (hnmlp: paper, paper-dropout, small; mlp: paper, small).")
 @click.option("--preset", default="paper", show_default=True, help="Distillation preset: paper, paper-long or demo.")
-@click.option("--epochs", type=int, default=None, help="Epochs over the training rows. [default: the preset's, 50]")
-@click.option("--batch", "batch_size", type=int, default=None, help="Rows per step. [default: 5120]")
-@click.option("--lr", type=float, default=None, help="Adam learning rate. [default: 1e-3]")
+@click.option("--epochs", type=click.IntRange(1), default=None,
+              help="Epochs over the training rows. [default: the preset's, 50]")
+@click.option("--batch", "batch_size", type=click.IntRange(1), default=None, help="Rows per step. [default: 5120]")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="Adam learning rate. [default: 1e-3]")
 @click.option("--loss", default=None, help="Loss: mse (balanced mean-action KL) or logp. [default: mse]")
-@click.option("--val-tasks", type=int, default=None, help="Tasks held out for the validation loss. [default: 0]")
-@click.option("--samples-per-task", type=int, default=None, help="Use only the first N rows of each task. [default: all]")
+@click.option("--val-tasks", type=click.IntRange(0), default=None,
+              help="Tasks held out for the validation loss. [default: 0]")
+@click.option("--samples-per-task", type=click.IntRange(1), default=None,
+              help="Use only the first N rows of each task. [default: all]")
 @click.option("--seed", type=int, default=None, help="Seed of the initialisation, shuffling and dropout. [default: 0]")
-@click.option("--checkpoint-every", type=int, default=None, help="Epochs between checkpoints. [default: 5]")
+@click.option("--checkpoint-every", type=click.IntRange(1), default=None, help="Epochs between checkpoints. [default: 5]")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoints, metrics.jsonl, loss_curve.png.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its newest checkpoint.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out from its newest checkpoint, with the run's own settings "
+                   "(--epochs and --checkpoint-every may be changed; other options must match the run).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device: cpu or cuda.")
-@click.option("--threads", type=int, default=None, help="Torch CPU threads. [default: all cores]")
+@click.option("--threads", type=click.IntRange(1), default=None, help="Torch CPU threads. [default: all cores]")
 @json_option
 def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: str, preset: str, epochs: int | None,
                 batch_size: int | None, lr: float | None, loss: str | None, val_tasks: int | None,
@@ -51,21 +56,41 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
     from kdistill.distill import DistillConfig, distill
     from kdistill.errors import KdistillError, unknown_name
 
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
     presets = DistillConfig.presets()
     if preset not in presets:
         raise unknown_name("distillation preset", preset, presets)
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "loss": loss, "val_tasks": val_tasks,
                  "samples_per_task": samples_per_task, "seed": seed, "checkpoint_every": checkpoint_every}
+    base = presets[preset]
+    saved = _saved_run(out) if resume else None
+    student_config = None
+    if saved is not None:
+        # --resume continues the run as it was started: its settings, unless an option is given explicitly
+        try:
+            base = base if given("preset") else DistillConfig(**saved["distill"])
+        except (TypeError, ValueError) as exc:
+            raise KdistillError(f"{out}: the newest checkpoint's distillation settings are unreadable ({exc}); "
+                                f"start a new --out folder.") from None
+        if not given("student"):
+            student = saved["arch"]
+        if not given("student_preset"):
+            student_config = saved["config"]
     try:
-        config = attrs.evolve(presets[preset], **{k: v for k, v in overrides.items() if v is not None})
-    except ValueError as exc:
+        config = attrs.evolve(base, **{k: v for k, v in overrides.items() if v is not None})
+    except (TypeError, ValueError) as exc:
         raise KdistillError(f"invalid distillation setting: {exc}.") from None
     set_torch_threads(threads)
     from kdistill.students import make_config, student_class
 
     cls = student_class(student)
-    student_config = None
-    if hasattr(cls, "Config"):
+    if hasattr(cls, "Config") and student_config is None:
         student_config = make_config(cls.Config, None, student_preset)
     result = distill(data_path, student, student_config, config, out=out, resume=resume, domain=domain_name,
                      device=check_device(device), progress=not as_json)
@@ -75,6 +100,25 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
         return
     val = f", validation loss {result['val_loss']:.5f} on {len(result['val_tasks'])} held-out tasks" if result["val_loss"] is not None else ""
     train_loss = "-" if result["train_loss"] is None else f"{result['train_loss']:.5f}"
-    console.print(f"[green]done[/green]: {student} student, {result['epochs']} epochs, {result['steps']:,} steps, "
+    console.print(f"done: {student} student, {result['epochs']} epochs, {result['steps']:,} steps, "
                   f"train loss {train_loss}{val}")
     err_console.print(f"run folder: {out} (loss_curve.png, metrics.jsonl)")
+
+
+def _saved_run(out: str) -> dict | None:
+    """The meta of the newest checkpoint in ``out``, or None when there is none yet."""
+    from pathlib import Path
+
+    from kdistill.errors import KdistillError
+    from kdistill.io import latest_checkpoint, read_json_object
+
+    ckpt = latest_checkpoint(Path(out)) if Path(out).is_dir() else None
+    if ckpt is None:
+        return None
+    meta = read_json_object(ckpt / "meta.json")
+    if meta.get("kind") != "student":
+        raise KdistillError(f"{out} holds a {meta.get('kind')!r} run, not a student; pass another --out.")
+    for key, kind in (("distill", dict), ("arch", str), ("config", dict)):
+        if not isinstance(meta.get(key), kind):
+            raise KdistillError(f"{ckpt / 'meta.json'} has no valid {key!r}; the run cannot be resumed, start a new --out.")
+    return meta

@@ -9,6 +9,7 @@ from typing import Any
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from kdistill.cli import console, data_dir_option, err_console, json_option, print_json
 from kdistill.errors import KdistillError
@@ -21,7 +22,7 @@ def _domain(name: str, data_dir: str | None):
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=err_console, transient=False)
 
 
@@ -90,7 +91,7 @@ def env_check_cmd(domain: str, split: str, names: tuple[str, ...], steps: int, d
         for col in ("split", "limbs", "dof", "steps/s", "episodes", "result"):
             table.add_column(col)
         for r in rows:
-            result = "[green]ok[/green]" if r.get("ok") else f"[red]{r.get('error')}[/red]"
+            result = Text("ok", style="green") if r.get("ok") else Text(str(r.get("error")), style="red")
             sps = r.get("steps_per_s")
             table.add_row(str(r["name"]), str(r.get("split", "")), str(r.get("limbs", "")), str(r.get("dof", "")),
                           f"{sps:,.0f}" if sps else "-", str(r.get("episodes", "")), result)

@@ -39,6 +39,7 @@ def eval_cmd(domain_name: str, policy_path: str, robots: str | None, split: str 
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
+    from rich.text import Text
 
     from kdistill.commands.teacher import check_device, resolve_tasks, set_torch_threads
     from kdistill.errors import KdistillError
@@ -55,7 +56,7 @@ def eval_cmd(domain_name: str, policy_path: str, robots: str | None, split: str 
     tasks = resolve_tasks(domain, robots, split or (None if robots else "train"), num_tasks)
     policy = load_policy(policy_path, domain=domain.name, device=check_device(device), seed=seed)
     with Progress(TextColumn("[bold]eval[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("tasks"),
-                  TimeElapsedColumn(), TextColumn("{task.fields[last]}"), console=err_console,
+                  TimeElapsedColumn(), TextColumn("{task.fields[last]}", markup=False), console=err_console,
                   disable=as_json) as progress:
         bar = progress.add_task("eval", total=len(tasks), last="")
         result = evaluate_policy(
@@ -84,7 +85,7 @@ def eval_cmd(domain_name: str, policy_path: str, robots: str | None, split: str 
                       f"{row['random_mean']:.1f}" if "random_mean" in row else "-")
     s = result["summary"]
     table.add_section()
-    table.add_row("[bold]mean over tasks[/bold]", f"[bold]{s['mean_return']:.1f}[/bold]", "", "",
+    table.add_row(Text("mean over tasks", style="bold"), Text(f"{s['mean_return']:.1f}", style="bold"), "", "",
                   f"{s['random_mean_return']:.1f}" if "random_mean_return" in s else "-")
     console.print(table)
     if out_dir is not None:

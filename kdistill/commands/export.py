@@ -14,7 +14,7 @@ from kdistill.cli import console, data_dir_option, json_option, print_json
 @click.option("--robot", "--task", "task", required=True, help="The task (robot) whose MLP to export.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
               help="Output stem: writes STEM.safetensors and STEM.json (a .json/.safetensors suffix is dropped).")
-@click.option("--check-samples", type=int, default=256, show_default=True,
+@click.option("--check-samples", type=click.IntRange(0), default=256, show_default=True,
               help="Random observations on which the export is compared with the student (0 = skip).")
 @json_option
 @data_dir_option
@@ -32,9 +32,10 @@ def export_cmd(domain_name: str, student_path: str, task: str, out: str, check_s
     import numpy as np
 
     from kdistill import runtime
-    from kdistill.export import export_policy, load_student_run
+    from kdistill.export import check_export_target, export_policy, load_student_run
     from kdistill.plugins import get_domain
 
+    check_export_target(out)
     domain = get_domain(domain_name, data_dir=data_dir)
     task = domain.tasks(names=[task])[0]
     policy = load_student_run(student_path, domain.name)
@@ -56,7 +57,7 @@ def export_cmd(domain_name: str, student_path: str, task: str, out: str, check_s
         print_json(info)
         return
     shapes = " -> ".join([str(info["layers"][0]["in"])] + [str(layer["out"]) for layer in info["layers"]])
-    console.print(f"[green]exported[/green] {info['student']} student for {task}: dense MLP {shapes}, "
+    console.print(f"exported {info['student']} student for {task}: dense MLP {shapes}, "
                   f"{info['num_params']:,} parameters, {info['flops']:,} FLOPs per step")
     if "check" in info:
         console.print(f"matches the student within {info['check']['max_abs_diff']:.2e} on {check_samples} random observations")

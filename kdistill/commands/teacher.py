@@ -43,8 +43,19 @@ def set_torch_threads(threads: int | None, workers: int = 0) -> int:
 def check_device(device: str) -> str:
     import torch
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise KdistillError(f"--device {device!r} is not a device name; use cpu or cuda (cuda:N for the N-th GPU).") from None
+    if dev.type == "cpu":
+        return device
+    if dev.type != "cuda":
+        raise KdistillError(f"--device {device!r} is not supported; use cpu or cuda.")
+    if not torch.cuda.is_available():
         raise KdistillError("--device cuda was asked for, but this torch has no CUDA device; use --device cpu.")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise KdistillError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                            f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
     return device
 
 
@@ -63,16 +74,16 @@ def teacher_group() -> None:
 @click.option("--teacher", default=None, help="Teacher architecture (e.g. metamorph, modumorph). [default: the domain's]")
 @click.option("--robots", default=None, help="Comma-separated tasks to train on (instead of --split).")
 @click.option("--split", default=None, help="Train on a split's tasks: train, test or all. [default: train]")
-@click.option("--num-tasks", type=int, default=None, help="Only the first N tasks of the selection.")
-@click.option("--steps", type=int, default=None, help="Total env steps of the run (required for a new run).")
+@click.option("--num-tasks", type=click.IntRange(1), default=None, help="Only the first N tasks of the selection.")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Total env steps of the run (required for a new run).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its newest checkpoint (settings are taken from it).")
 @click.option("--seed", type=int, default=None, help="Random seed. [default: 0]")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for the model: cpu or cuda.")
-@click.option("--workers", type=int, default=0, show_default=True,
+@click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
               help="Env worker processes (0 = step envs in this process; use several on many-core machines).")
-@click.option("--threads", type=int, default=None,
+@click.option("--threads", type=click.IntRange(1), default=None,
               help="Torch CPU threads. [default: 1 on machines of up to 4 cores, else cores minus workers, at most 8]")
-@click.option("--checkpoint-every", type=int, default=None, help="Iterations between checkpoints. [default: 10]")
+@click.option("--checkpoint-every", type=click.IntRange(1), default=None, help="Iterations between checkpoints. [default: 10]")
 @json_option
 @data_dir_option
 def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: str | None, teacher: str | None, robots: str | None,
@@ -90,7 +101,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
     most the work since the last one. --steps on --resume may raise the total (the learning-rate
     schedule then stretches to the new end).
     """
-    from kdistill.io import latest_checkpoint, read_json
+    from kdistill.io import claim_folder, latest_checkpoint, looks_like_run, read_json_object
     from kdistill.plugins import get_domain
     from kdistill.ppo import PPOConfig, RunSettings, find_teacher_spec, start_or_resume
 
@@ -99,7 +110,10 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
     if resume:
         ckpt = latest_checkpoint(run_dir) if run_dir.exists() else None
         if ckpt is not None:
-            saved = read_json(ckpt / "meta.json").get("run", {})
+            saved = read_json_object(ckpt / "meta.json").get("run", {})
+            if not isinstance(saved, dict) or not isinstance(saved.get("tasks"), list):
+                raise KdistillError(f"{ckpt / 'meta.json'} has no valid 'run' settings (tasks, seed, ...); "
+                                    f"it cannot be resumed, start a new --out folder.")
             if saved.get("domain") not in (None, domain_name):
                 raise KdistillError(f"{run_dir} is a run of domain {saved.get('domain')!r}, not {domain_name!r}; "
                                     f"resume it with that domain or choose a new --out folder.")
@@ -130,6 +144,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
                            seed=seed if seed is not None else saved.get("seed", 0), total_steps=steps,
                            checkpoint_every=checkpoint_every or saved.get("checkpoint_every", 10))
     check_device(device)
+    claim_folder(run_dir, "teacher-run", legacy=looks_like_run("teacher"))
     n_threads = set_torch_threads(threads, workers)
     trainer = start_or_resume(domain, settings, spec, presets[teacher_preset], ppo_presets[preset], run_dir, resume,
                               device=device, workers=workers)
@@ -141,7 +156,12 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
     if as_json:
         print_json(summary)
     else:
-        err_console.print(f"[green]done[/green]: {summary['env_steps']:,} env steps, mean return {summary['mean_return']}, "
+        unstable = summary["unstable_episodes"]
+        if unstable:
+            worst = ", ".join(f"{t} ({n})" for t, n in sorted(unstable.items(), key=lambda kv: -kv[1])[:5])
+            err_console.print(f"{sum(unstable.values())} episode(s) ended because the simulation went unstable: {worst}; "
+                              f"check these tasks with `kdistill env check {domain.name} --robots NAMES`.")
+        err_console.print(f"done: {summary['env_steps']:,} env steps, mean return {summary['mean_return']}, "
                           f"{summary['steps_per_s']:.0f} env steps/s; checkpoint {summary['checkpoint']}")
 
 
@@ -160,7 +180,7 @@ def _train_with_progress(trainer, run_dir: Path, quiet: bool) -> dict[str, Any]:
                        title=f"{trainer.settings.teacher} on {trainer.settings.domain} ({len(trainer.settings.tasks)} tasks)")
 
     with Progress(TextColumn("[bold]PPO[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("env steps"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}", markup=False),
                   console=err_console, disable=quiet, transient=False) as progress:
         bar = progress.add_task("train", total=total, completed=trainer.env_steps, status="")
 
@@ -185,4 +205,5 @@ def _train_with_progress(trainer, run_dir: Path, quiet: bool) -> dict[str, Any]:
         "rollout_s_mean": sum(t[0] for t in timings) / len(timings) if timings else None,
         "update_s_mean": sum(t[1] for t in timings) / len(timings) if timings else None,
         "learning_curve": str(run_dir / "learning_curve.png"),
+        "unstable_episodes": dict(getattr(trainer, "unstable", {})),
     }
