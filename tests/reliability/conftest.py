@@ -43,17 +43,20 @@ def cli(capsys, one_torch_thread):
 
 
 def assert_one_line_error(res: Result, *words: str, as_json: bool = False) -> str:
-    """Exit 2, exactly one line on stderr starting with ``error:`` and holding ``words``; no traceback."""
+    """Exit 2, and the error is one line on stderr starting with ``error:`` and holding ``words``, after any
+    progress display; no traceback. With ``as_json``, stdout is ``{"error": the same line}``."""
     lines = [line for line in res.err.splitlines() if line.strip()]
     assert res.code == 2, (res.code, res.err, res.out)
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.err
+    assert lines and lines[-1].startswith("error: "), res.err
+    assert sum(line.startswith("error") for line in lines) == 1, res.err
     assert "Traceback" not in res.err
+    line = lines[-1]
     for w in words:
-        assert w in lines[0], (w, lines[0])
+        assert w in line, (w, line)
     if as_json:
         doc = json.loads(res.out)
-        assert set(doc) == {"error"} and doc["error"] == lines[0][len("error: "):]
-    return lines[0]
+        assert set(doc) == {"error"} and doc["error"] == line[len("error: "):]
+    return line
 
 
 @pytest.fixture(scope="session")
