@@ -19,7 +19,7 @@ import torch
 from kdistill.domain import TaskContext
 from kdistill.errors import CheckpointError, KdistillError
 from kdistill.io import (NonFiniteError, atomic_write_bytes, atomic_write_json, first_non_finite, load_run_checkpoint,
-                         prepare_output_dir)
+                         malformed, prepare_output_dir)
 from kdistill.runtime import FORMAT, export_paths
 from kdistill.students import StudentPolicy, context_tensors, load_student_policy
 
@@ -116,7 +116,8 @@ def load_student_run(run: str | Path, domain: str | None = None) -> StudentPolic
         raise CheckpointError(f"{run} holds a {meta.get('kind')!r} checkpoint; export needs a student run from `kdistill distill`.")
     if domain is not None and meta.get("domain") != domain:
         raise CheckpointError(f"{run} is a {meta.get('domain')!r} student, not {domain!r}.")
-    return load_student_policy(tensors, meta)
+    with malformed(f"the checkpoint meta.json in {run}", "use another checkpoint or distill the student again."):
+        return load_student_policy(tensors, meta)
 
 
 def export_student(run: str | Path, task: str, context: TaskContext, out: str | Path, domain: str | None = None) -> dict[str, Any]:

@@ -8,6 +8,7 @@ or disagrees with its weights is never taken for a complete checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -164,6 +165,22 @@ def truncate_jsonl(path: str | os.PathLike, keep) -> None:
     """Rewrite a metrics log keeping only records for which ``keep(record)`` is true (used on resume)."""
     records = [r for r in read_jsonl(path) if keep(r)]
     atomic_write_text(path, "".join(dumps_strict(r) + "\n" for r in records))
+
+
+@contextlib.contextmanager
+def malformed(path: str | os.PathLike, hint: str):
+    """Turn what a damaged file makes code trip on (a missing key, a wrong type) into one CheckpointError
+    naming the file; kdistill's own errors pass through unchanged."""
+    try:
+        yield
+    except KdistillError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        if isinstance(exc, KeyError):
+            what = f"missing key {exc}"
+        else:
+            what = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path} is malformed ({what}); {hint}") from None
 
 
 # non-finite values ---------------------------------------------------------------------------------

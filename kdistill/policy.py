@@ -88,21 +88,51 @@ def build_teacher(meta: dict[str, Any]):
 def load_policy(path: str | Path, domain: str | None = None, device: str = "cpu", seed: int = 0) -> Policy:
     """Load the policy in ``path`` (a run folder or a checkpoint folder), checking its domain if given."""
     from kdistill.io import load_run_checkpoint
-    from kdistill.normalize import ObsNormalizer
 
     tensors, meta = load_run_checkpoint(path)
     if domain is not None and meta.get("domain") != domain:
         raise CheckpointError(f"{path} holds a policy for domain {meta.get('domain')!r}, not {domain!r}; "
                               f"pass a policy trained on {domain!r}.")
     kind = meta.get("kind")
-    if kind == "teacher":
-        from kdistill.ppo import load_model_state
+    try:
+        return _build_policy(kind, tensors, meta, path, device, seed)
+    except CheckpointError as exc:
+        if str(path) in str(exc):
+            raise
+        raise CheckpointError(f"{path}: {exc}") from None
 
-        model = build_teacher(meta)
-        load_model_state(model, tensors)
-        return TeacherPolicy(model, ObsNormalizer.from_state(meta["normalizer"]), meta, device=device, seed=seed)
-    if kind == "student":
-        from kdistill.students import load_student_policy
 
-        return load_student_policy(tensors, meta, device=device, seed=seed)
+def _build_policy(kind, tensors: dict, meta: dict, path, device: str, seed: int) -> Policy:
+    from kdistill.io import malformed
+
+    with malformed(f"the checkpoint meta.json in {path}", "use another checkpoint or train the policy again."):
+        if kind == "teacher":
+            from kdistill.ppo import load_model_state
+
+            model = build_teacher(meta)
+            load_model_state(model, tensors)
+            layout = Layout.from_dict(meta["layout"])
+            normalizer = checked_normalizer(meta["normalizer"], (layout.max_tokens, layout.obs_features))
+            return TeacherPolicy(model, normalizer, meta, device=device, seed=seed)
+        if kind == "student":
+            from kdistill.students import load_student_policy
+
+            return load_student_policy(tensors, meta, device=device, seed=seed)
     raise CheckpointError(f"{path} holds a policy of kind {kind!r}; kdistill loads 'teacher' and 'student' policies.")
+
+
+def checked_normalizer(state: Any, shape: tuple[int, ...]):
+    """An ObsNormalizer from saved state, checked: the layout's shape, finite statistics, a sane clip."""
+    from kdistill.normalize import ObsNormalizer
+
+    if not isinstance(state, dict):
+        raise ValueError("the normaliser state is not a JSON object")
+    norm = ObsNormalizer.from_state(state)
+    mean, var = np.asarray(norm.rms.mean), np.asarray(norm.rms.var)
+    if tuple(norm.shape) != tuple(shape) or mean.shape != tuple(shape) or var.shape != tuple(shape):
+        raise ValueError(f"the normaliser has shape {mean.shape}, expected {tuple(shape)} for the policy's layout")
+    if not (np.isfinite(mean).all() and np.isfinite(var).all() and (var >= 0).all()):
+        raise ValueError("the normaliser holds NaN, infinite or negative statistics")
+    if not (np.isfinite(norm.clip) and norm.clip > 0 and np.isfinite(norm.epsilon) and norm.epsilon >= 0):
+        raise ValueError("the normaliser's clip or epsilon is not a valid number")
+    return norm

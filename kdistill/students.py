@@ -449,8 +449,7 @@ def load_student_policy(tensors: dict, meta: dict, device: str = "cpu", seed: in
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"student weights do not fit a {arch!r} student with config {meta.get('config')}: {first}") from None
-    normalizer = ObsNormalizer.from_state(norm_state)
-    expected = (layout.max_tokens, layout.student_token_features)
-    if tuple(normalizer.shape) != expected:
-        raise CheckpointError(f"student normaliser has shape {tuple(normalizer.shape)}, expected {expected} for its layout.")
+    from kdistill.policy import checked_normalizer
+
+    normalizer = checked_normalizer(norm_state, (layout.max_tokens, layout.student_token_features))
     return StudentPolicy(student, normalizer, meta, device=device, seed=seed)

@@ -60,7 +60,7 @@ def _ratio(r: float | None) -> str:
 @click.option("--preset", "bench_preset", default="default", show_default=True,
               type=click.Choice(["default", "quick", "thorough"]),
               help="Timing effort: quick (seconds, batches 1,8), default, thorough (steadier on a busy machine).")
-@click.option("--threads", type=int, default=None, help="Threads for torch and BLAS (default 1: the single-thread comparison).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="Threads for torch and BLAS (default 1: the single-thread comparison).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for fresh models and random inputs.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Folder for bench.json and bench.png (default: bench-DOMAIN).")
@@ -92,7 +92,7 @@ def bench_cmd(domain_name: str, teacher_run: str | None, student_run: str | None
 
     from kdistill.bench import STUDENT_ROWS, TEACHER, BenchConfig, build_subjects, plot_latency, run_bench
     from kdistill.errors import KdistillError
-    from kdistill.io import atomic_write_json
+    from kdistill.io import atomic_write_json, prepare_output_dir
     from kdistill.plugins import get_domain
 
     config = BenchConfig.presets()[bench_preset]
@@ -111,6 +111,7 @@ def bench_cmd(domain_name: str, teacher_run: str | None, student_run: str | None
         subjects = build_subjects(domain, teacher_run, student_run, task, teacher_arch=teacher_arch,
                                   teacher_preset=teacher_preset, student_arch=student_arch,
                                   student_preset=student_preset, seed=seed)
+    prepare_output_dir(out)
     with Progress(TextColumn("[bold]bench[/bold]"), BarColumn(), TextColumn("{task.description}", markup=False),
                   TimeElapsedColumn(),
                   console=err_console, disable=as_json) as progress:

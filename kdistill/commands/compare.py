@@ -103,13 +103,13 @@ def plot_comparison(result: dict[str, Any], path: str | Path, title: str = "") -
               help="NAME=RUN pairs, comma-separated, e.g. teacher=runs/t,hnmlp=runs/h,mlp=runs/m. "
                    "A policy named 'teacher' is the reference for the fraction column.")
 @click.option("--split", "split_spec", default="train,test", show_default=True, help="Comma-separated splits.")
-@click.option("--num-tasks", type=int, default=None, help="Only the first N tasks of each split.")
-@click.option("--episodes", type=int, default=16, show_default=True, help="Episodes per task (one per env).")
+@click.option("--num-tasks", type=click.IntRange(1), default=None, help="Only the first N tasks of each split.")
+@click.option("--episodes", type=click.IntRange(1), default=16, show_default=True, help="Episodes per task (one per env).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the episodes' resets.")
 @click.option("--stochastic", is_flag=True, help="Sample actions instead of playing the mean action.")
 @click.option("--no-random", is_flag=True, help="Skip the random-policy row.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device: cpu or cuda.")
-@click.option("--threads", type=int, default=1, show_default=True,
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
               help="Torch CPU threads. More threads are much slower while the envs step on the same cores "
                    "(measured 7-13x slower with 2 on 2 cores): the batches here are small.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
@@ -133,7 +133,7 @@ def compare_cmd(domain_name: str, policies_spec: str, split_spec: str, num_tasks
 
     from kdistill.commands.teacher import check_device, resolve_tasks, set_torch_threads
     from kdistill.errors import KdistillError
-    from kdistill.io import atomic_write_json
+    from kdistill.io import atomic_write_json, prepare_output_dir
     from kdistill.plugins import get_domain
     from kdistill.policy import load_policy
 
@@ -148,6 +148,8 @@ def compare_cmd(domain_name: str, policies_spec: str, split_spec: str, num_tasks
     splits = {s: resolve_tasks(domain, None, s, num_tasks) for s in split_names}
     device = check_device(device)
     policies = {name: load_policy(path, domain=domain.name, device=device, seed=seed) for name, path in paths.items()}
+    if out_dir is not None:
+        prepare_output_dir(out_dir)  # before the evaluations, so their results cannot be lost to a bad --out
     total = sum(len(t) for t in splits.values()) * len(policies)
     with Progress(TextColumn("[bold]compare[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("task evaluations"),
                   TimeElapsedColumn(), TextColumn("{task.fields[last]}", markup=False), console=err_console,

@@ -15,13 +15,13 @@ from kdistill.cli import console, data_dir_option, err_console, json_option, pri
               help="Run folder (its newest checkpoint) or checkpoint folder of a teacher or student.")
 @click.option("--robots", default=None, help="Comma-separated tasks (instead of --split).")
 @click.option("--split", default=None, help="Evaluate a split's tasks: train, test or all. [default: train]")
-@click.option("--num-tasks", type=int, default=None, help="Only the first N tasks of the selection.")
-@click.option("--episodes", type=int, default=16, show_default=True, help="Episodes per task (one per env).")
+@click.option("--num-tasks", type=click.IntRange(1), default=None, help="Only the first N tasks of the selection.")
+@click.option("--episodes", type=click.IntRange(1), default=16, show_default=True, help="Episodes per task (one per env).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the episodes' resets.")
 @click.option("--stochastic", is_flag=True, help="Sample actions with the policy's std instead of the mean action.")
 @click.option("--no-random", is_flag=True, help="Skip the random-policy row.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device: cpu or cuda.")
-@click.option("--threads", type=int, default=1, show_default=True,
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
               help="Torch CPU threads. More threads are much slower while the envs step on the same cores: "
                    "the batches here are small.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
@@ -44,7 +44,7 @@ def eval_cmd(domain_name: str, policy_path: str, robots: str | None, split: str 
     from kdistill.commands.teacher import check_device, resolve_tasks, set_torch_threads
     from kdistill.errors import KdistillError
     from kdistill.evaluate import evaluate_policy
-    from kdistill.io import atomic_write_json
+    from kdistill.io import atomic_write_json, prepare_output_dir
     from kdistill.plots import task_bars
     from kdistill.plugins import get_domain
     from kdistill.policy import load_policy
@@ -55,6 +55,8 @@ def eval_cmd(domain_name: str, policy_path: str, robots: str | None, split: str 
     domain = get_domain(domain_name, data_dir=data_dir)
     tasks = resolve_tasks(domain, robots, split or (None if robots else "train"), num_tasks)
     policy = load_policy(policy_path, domain=domain.name, device=check_device(device), seed=seed)
+    if out_dir is not None:
+        prepare_output_dir(out_dir)  # before the evaluation, so its results cannot be lost to a bad --out
     with Progress(TextColumn("[bold]eval[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("tasks"),
                   TimeElapsedColumn(), TextColumn("{task.fields[last]}", markup=False), console=err_console,
                   disable=as_json) as progress:

@@ -31,6 +31,8 @@ def resolve_tasks(domain, robots: str | None, split: str | None, num_tasks: int 
 def set_torch_threads(threads: int | None, workers: int = 0) -> int:
     import torch
 
+    if threads is not None and threads < 1:
+        raise KdistillError(f"--threads must be at least 1, got {threads}.")
     if threads is None:
         cores = os.cpu_count() or 1
         # on a small machine one thread: torch's OpenMP threads spin, and if anything else wants a core
