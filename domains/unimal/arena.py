@@ -121,12 +121,24 @@ def _strip_materials(elem: ET.Element) -> None:
 
 
 def assemble(xml_path: str | Path, metadata: dict | None = None, name: str | None = None) -> RobotXml:
-    """Validate a robot file (and its metadata) and merge it into the flat-terrain arena."""
+    """Validate a robot file (and its metadata) and merge it into the flat-terrain arena.
+
+    Any way a damaged file can fail is a ``DataError`` naming the file.
+    """
+    try:
+        return _assemble(xml_path, metadata, name)
+    except DataError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError, RecursionError) as exc:
+        raise _not_unimal(Path(xml_path), f"its structure is unexpected ({type(exc).__name__}: {exc})") from None
+
+
+def _assemble(xml_path: str | Path, metadata: dict | None = None, name: str | None = None) -> RobotXml:
     path = Path(xml_path)
     name = name or path.stem
     try:
         root = ET.parse(path).getroot()
-    except ET.ParseError as exc:
+    except (ET.ParseError, LookupError, ValueError) as exc:  # LookupError: an unknown declared encoding
         raise DataError(f"{path} is not valid XML ({exc}); re-install the robots with `kdistill data fetch unimal`.") from None
     except OSError as exc:
         raise DataError(f"cannot read {path} ({exc.strerror}).") from None
@@ -145,7 +157,7 @@ def assemble(xml_path: str | Path, metadata: dict | None = None, name: str | Non
                 raise DataError(f"the metadata of robot {name!r} has no {key!r}; re-install the robots with `kdistill data fetch unimal`.")
             try:
                 said = int(metadata[key])
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 said = None
             if said != have:
                 raise DataError(f"the metadata of robot {name!r} says {key}={metadata[key]} but its XML has {have}; "
@@ -156,7 +168,8 @@ def assemble(xml_path: str | Path, metadata: dict | None = None, name: str | Non
     motors = list(actuator) if actuator is not None else []
     joint_names = [j.get("name") for j in torso.iter("joint")][1:]
     driven = [m.get("joint") for m in motors]
-    if any(m.tag != "motor" for m in motors) or sorted(driven) != sorted(joint_names):
+    if any(m.tag != "motor" for m in motors) or sorted(map(str, driven)) != sorted(map(str, joint_names)) \
+            or None in driven:
         raise _not_unimal(path, "every limb joint needs exactly one <motor>, and motors may drive nothing else")
 
     pos = _floats(torso.get("pos", "0 0 0"), "torso pos", path)

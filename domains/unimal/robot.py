@@ -86,6 +86,15 @@ class Robot:
     """One UNIMAL robot in the flat-terrain arena (read-only once built; safe to share between threads)."""
 
     def __init__(self, spec: RobotXml):
+        try:
+            self._build(spec)
+        except DataError:
+            raise
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as exc:
+            raise DataError(f"robot {spec.name!r} is not a UNIMAL robot ({type(exc).__name__}: {exc}); re-install the "
+                            "robots with `kdistill data fetch unimal`.") from None
+
+    def _build(self, spec: RobotXml) -> None:
         _route_mujoco_warnings()
         self.name = spec.name
         self.spec = spec
@@ -148,9 +157,14 @@ class Robot:
         self.qpos_flat = (joint_body * F.OBS_FEATURES + base + F.J_QPOS).astype(np.int64)
         self.qvel_flat = (joint_body * F.OBS_FEATURES + base + F.J_QVEL).astype(np.int64)
         self.qpos_low = jrange[:, 0].copy()
-        self.qpos_inv_span = 1.0 / (jrange[:, 1] - jrange[:, 0])
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            self.qpos_inv_span = 1.0 / (jrange[:, 1] - jrange[:, 0])
 
         self.context = self._context(bodies, geoms, joint_body, joint_slot, gear_of_joint).astype(np.float32)
+        if not (np.isfinite(self.obs_template).all() and np.isfinite(self.context).all()
+                and np.isfinite(self.qpos_inv_span).all() and math.isfinite(self.orig_height)):
+            raise DataError(f"robot {spec.name!r} has non-finite or degenerate values (e.g. a joint range of zero "
+                            "width); re-install the robots with `kdistill data fetch unimal`.")
         # constant per robot and shared by all its simulations: read-only
         for arr in (self.obs_mask, self.act_mask, self.context):
             arr.flags.writeable = False
