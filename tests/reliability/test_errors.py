@@ -213,3 +213,54 @@ def test_an_unexpected_exception_is_still_one_line(cli, pipeline, monkeypatch):
         from kdistill.cli import main
 
         main(["--debug", "eval", "cartpole", "--policy", str(pipeline["teacher"]), "--num-tasks", "1"])
+
+
+@pytest.mark.parametrize("damage", ["weights truncated", "header corrupt", "offsets past the end", "tensor missing",
+                                    "json not an object", "layers missing", "act_mask too short", "tokens wrong",
+                                    "clip negative", "weights of another export"])
+def test_tampered_exports_are_one_data_error(pipeline, copy_of, damage):
+    import hashlib
+    import struct
+
+    from kdistill import runtime
+    from kdistill.errors import DataError
+    from safetensors.numpy import save
+
+    stem = copy_of(pipeline["export"].with_suffix(".json")).with_suffix("")
+    weights, meta_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    weights.write_bytes(pipeline["export"].with_suffix(".safetensors").read_bytes())
+    blob, meta = weights.read_bytes(), json.loads(meta_path.read_text())
+    if damage == "weights truncated":
+        blob = blob[: len(blob) // 2]
+    elif damage == "header corrupt":
+        blob = blob[:8] + b"#" + blob[9:]
+    elif damage == "offsets past the end":
+        (n,) = struct.unpack("<Q", blob[:8])
+        header = json.loads(blob[8:8 + n])
+        name = next(k for k in header if k != "__metadata__")
+        header[name]["data_offsets"] = [0, 10**9]
+        head = json.dumps(header).encode()
+        blob = struct.pack("<Q", len(head)) + head + blob[8 + n:]
+    elif damage == "tensor missing":
+        arrays = dict(load_file(str(weights)))
+        del arrays["norm.var"]
+        blob = save(arrays)
+    elif damage == "json not an object":
+        meta = [meta]
+    elif damage == "layers missing":
+        del meta["layers"]
+    elif damage == "act_mask too short":
+        meta["act_mask"] = meta["act_mask"][:-1]
+    elif damage == "tokens wrong":
+        meta["input"]["tokens"] += 1
+    elif damage == "clip negative":
+        meta["normalizer"]["clip"] = -1
+    else:
+        blob = save({k: v * 2 for k, v in load_file(str(weights)).items()})
+    if damage != "weights of another export" and isinstance(meta, dict):
+        meta["weights_sha256"] = hashlib.sha256(blob).hexdigest()
+    weights.write_bytes(blob)
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(DataError) as info:
+        runtime.load(stem)
+    assert "\n" not in str(info.value) and ("export" in str(info.value) or stem.name in str(info.value))
