@@ -11,13 +11,14 @@ from kdistill import hookimpl
 @hookimpl
 def register_commands(register):
     # core command modules, one per verb group
-    from kdistill.commands import bench, compare, demo, distill, env_data, evaluate, expert, export, teacher
+    from kdistill.commands import bench, compare, demo, distill, env_data, evaluate, expert, experts, export, teacher
 
     register("data", env_data.data_group)
     register("env", env_data.env_group)
     register("teacher", teacher.teacher_group)
     register("eval", evaluate.eval_cmd)
     register("expert", expert.expert_group)
+    register("experts", experts.experts_group)
     register("distill", distill.distill_cmd)
     register("compare", compare.compare_cmd)
     register("export", export.export_cmd)

@@ -65,3 +65,28 @@ def task_bars(result: dict[str, Any], path: str | os.PathLike, title: str = "eva
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     save_figure(fig, path)
+
+
+def task_curves_grid(curves: dict[str, dict[str, list]], path: str | os.PathLike, title: str = "per-task learning curves") -> None:
+    """One small panel per task: training-episode return (line) and evaluation return (dots) against env steps.
+
+    ``curves[task]`` holds ``steps``/``returns`` (training) and ``eval_steps``/``eval_returns``.
+    """
+    import math
+
+    plt = _pyplot()
+    names = list(curves)
+    cols = max(1, math.ceil(math.sqrt(len(names))))
+    rows = max(1, math.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 1.45 * rows), squeeze=False, sharex=True)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names):
+        c = curves[name]
+        ax.plot(c.get("steps", []), c.get("returns", []), color="tab:blue", lw=0.8)
+        ax.plot(c.get("eval_steps", []), c.get("eval_returns", []), ".", color="tab:orange", ms=2.5)
+        ax.set_title(name[-22:], fontsize=5)
+        ax.tick_params(labelsize=4)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{title} (blue: training episodes, orange: deterministic evaluation)", fontsize=8)
+    save_figure(fig, path)

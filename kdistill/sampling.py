@@ -22,11 +22,15 @@ from kdistill.errors import CheckpointError, KdistillError
 
 
 class TaskSampler:
-    """Base interface: ``sample(rng) -> task``; the rest is for samplers that learn from episodes."""
+    """Base interface: ``sample(rng, slot) -> task``; the rest is for samplers that learn from episodes.
+
+    Vector envs pass the index of the sub-env slot that is starting an episode, so a sampler can pin
+    tasks to slots (``PinnedSampler``); samplers that draw at random ignore it.
+    """
 
     tasks: list[str]
 
-    def sample(self, rng: np.random.Generator) -> str:
+    def sample(self, rng: np.random.Generator, slot: int | None = None) -> str:
         return self.tasks[int(rng.choice(len(self.tasks), p=self.probs()))]
 
     def probs(self) -> np.ndarray:
@@ -60,6 +64,31 @@ class UniformSampler(TaskSampler):
 
     def __init__(self, tasks: Sequence[str]):
         self.tasks = _check_tasks(tasks)
+
+
+class PinnedSampler(TaskSampler):
+    """Slot ``i`` always plays ``slot_tasks[i]``: one vector env holds every task's own envs.
+
+    It consumes no randomness, so what a slot plays does not depend on the other slots.
+    """
+
+    def __init__(self, tasks: Sequence[str], slot_tasks: Sequence[str]):
+        self.tasks = _check_tasks(tasks)
+        known = set(self.tasks)
+        unknown = [t for t in slot_tasks if t not in known]
+        if unknown:
+            raise KdistillError(f"slot task {unknown[0]!r} is not one of the sampler's tasks.")
+        self.slot_tasks = list(slot_tasks)
+
+    def sample(self, rng: np.random.Generator, slot: int | None = None) -> str:
+        if slot is None or not 0 <= slot < len(self.slot_tasks):
+            raise KdistillError(f"a pinned task sampler needs a slot index in [0, {len(self.slot_tasks)}), got {slot}; "
+                                f"the vector env must pass slot= to sample().")
+        return self.slot_tasks[slot]
+
+    def probs(self) -> np.ndarray:
+        counts = np.array([self.slot_tasks.count(t) for t in self.tasks], np.float64)
+        return counts / counts.sum()
 
 
 class FixedProbsSampler(TaskSampler):

@@ -5,6 +5,8 @@ every reset through a task sampler, and takes an idle env of that task from a po
 with ``domain.make_env`` when none is idle), so a run over 100 tasks holds about ``num_envs`` envs,
 not one per task and slot. Every episode is reset with a seed drawn from the vector env's own
 generator: what a slot plays depends only on that generator, never on which pooled env it got.
+``reset(seed)`` also takes one seed per slot; each slot then draws from its own generator, so what a
+slot plays is independent of every other slot (the per-task expert trainer relies on this).
 
 ``SubprocVecEnv`` splits the slots over worker processes; each worker steps a whole chunk of envs
 per message, so the pipe cost is paid once per chunk, not once per env. Task probabilities are
@@ -32,13 +34,24 @@ def concat_obs(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+def slot_seeds(seed, num_envs: int) -> list[int] | None:
+    """``seed`` as one seed per slot when it is a sequence (checked against ``num_envs``), else None."""
+    if seed is None or isinstance(seed, (int, np.integer)):
+        return None
+    seeds = [int(s) for s in seed]
+    if len(seeds) != num_envs:
+        raise KdistillError(f"reset got {len(seeds)} slot seeds for a vector env of {num_envs} envs.")
+    return seeds
+
+
 class VecEnv:
     """Base class: ``num_envs`` sub-envs stepped together, with auto-reset (see docs/design.md)."""
 
     num_envs: int
     tasks: list[str]
 
-    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+    def reset(self, seed: int | Sequence[int] | None = None) -> dict[str, np.ndarray]:
+        """Start every slot's episode; ``seed`` is one int for the whole env or one int per slot."""
         raise NotImplementedError
 
     def step(self, actions: np.ndarray):
@@ -71,6 +84,7 @@ class SyncVecEnv(VecEnv):
         if list(self.sampler.tasks) != self.tasks:
             raise KdistillError("the task sampler was built for other tasks than the vector env; pass the same list to both.")
         self.rng = np.random.default_rng(seed)
+        self._slot_rngs: list[np.random.Generator] | None = None
         self._pool: dict[str, list[Any]] = {t: [] for t in self.tasks}
         self._envs: list[Any] = [None] * self.num_envs
         self._slot_task: list[str] = [""] * self.num_envs
@@ -91,17 +105,21 @@ class SyncVecEnv(VecEnv):
     def _start_episode(self, i: int) -> dict[str, np.ndarray]:
         if self._envs[i] is not None:
             self._pool[self._slot_task[i]].append(self._envs[i])
-        task = self.sampler.sample(self.rng)
+        rng = self.rng if self._slot_rngs is None else self._slot_rngs[i]
+        task = self.sampler.sample(rng, slot=i)
         pool = self._pool[task]
         env = pool.pop() if pool else self.env_factory(task)
-        obs, _ = env.reset(seed=int(self.rng.integers(2**31 - 1)))
+        obs, _ = env.reset(seed=int(rng.integers(2**31 - 1)))
         self._envs[i], self._slot_task[i] = env, task
         self._returns[i], self._lengths[i] = 0.0, 0
         return obs
 
-    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
-        if seed is not None:
-            self.rng = np.random.default_rng(seed)
+    def reset(self, seed: int | Sequence[int] | None = None) -> dict[str, np.ndarray]:
+        per_slot = slot_seeds(seed, self.num_envs)
+        if per_slot is not None:
+            self._slot_rngs = [np.random.default_rng(s) for s in per_slot]
+        elif seed is not None:
+            self.rng, self._slot_rngs = np.random.default_rng(seed), None
         self._obs = [self._start_episode(i) for i in range(self.num_envs)]
         return stack_obs(self._obs)
 
@@ -229,8 +247,12 @@ class SubprocVecEnv(VecEnv):
             conn.send((cmd, arg))
         return [self._recv(k) for k in range(len(self._conns))]
 
-    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
-        if seed is None:
+    def reset(self, seed: int | Sequence[int] | None = None) -> dict[str, np.ndarray]:
+        per_slot = slot_seeds(seed, self.num_envs)
+        if per_slot is not None:
+            bounds = np.cumsum([0] + self.chunk_sizes)
+            seeds = [per_slot[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        elif seed is None:
             seeds = [None] * len(self._conns)
         else:
             seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(len(self._conns))]

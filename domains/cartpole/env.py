@@ -15,7 +15,7 @@ from gymnasium import spaces
 
 from kdistill.errors import KdistillError
 from kdistill.sampling import UniformSampler
-from kdistill.vec import VecEnv
+from kdistill.vec import VecEnv, slot_seeds
 
 from domains.cartpole.physics import (
     PARAM_NAMES,
@@ -120,6 +120,7 @@ class CartPoleVecEnv(VecEnv):
         self._table = np.stack([params[t].as_array() for t in self.tasks])  # (K, 6) raw parameters
         self._contexts = self.ranges.normalise(self._table)  # (K, 6)
         self._rng = np.random.default_rng(seed)
+        self._slot_rngs: list[np.random.Generator] | None = None
         self._which = np.zeros(self.num_envs, np.int64)  # task index per sub-env
         self._state = np.zeros((self.num_envs, NUM_FEATURES))
         self._steps = np.zeros(self.num_envs, np.int64)
@@ -128,9 +129,12 @@ class CartPoleVecEnv(VecEnv):
         self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
 
     # the contract -----------------------------------------------------------------------------------
-    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
-        if seed is not None:
-            self._rng = np.random.default_rng(seed)
+    def reset(self, seed=None) -> dict[str, np.ndarray]:
+        per_slot = slot_seeds(seed, self.num_envs)
+        if per_slot is not None:
+            self._slot_rngs = [np.random.default_rng(s) for s in per_slot]
+        elif seed is not None:
+            self._rng, self._slot_rngs = np.random.default_rng(seed), None
         self._restart(np.arange(self.num_envs))
         return self._obs()
 
@@ -163,9 +167,15 @@ class CartPoleVecEnv(VecEnv):
         return [self.tasks[k] for k in self._which]
 
     def _restart(self, idx: np.ndarray) -> None:
-        for i in idx:
-            self._which[i] = self._task_index[self.sampler.sample(self._rng)]
-        self._state[idx] = initial_state(self._rng, len(idx), self.dynamics)
+        if self._slot_rngs is not None:  # one generator per slot: a slot's episodes ignore the others
+            for i in idx:
+                rng = self._slot_rngs[i]
+                self._which[i] = self._task_index[self.sampler.sample(rng, slot=int(i))]
+                self._state[i] = initial_state(rng, 1, self.dynamics)[0]
+        else:
+            for i in idx:
+                self._which[i] = self._task_index[self.sampler.sample(self._rng, slot=int(i))]
+            self._state[idx] = initial_state(self._rng, len(idx), self.dynamics)
         self._steps[idx] = 0
         self._returns[idx] = 0.0
 

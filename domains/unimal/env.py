@@ -79,7 +79,7 @@ class _Uniform:
     def __init__(self, tasks: Sequence[str]):
         self.tasks = list(tasks)
 
-    def sample(self, rng: np.random.Generator) -> str:
+    def sample(self, rng: np.random.Generator, slot: int | None = None) -> str:
         return self.tasks[int(rng.integers(len(self.tasks)))]
 
 

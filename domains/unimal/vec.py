@@ -11,8 +11,8 @@ Contract (docs/design.md, "Vector envs"): ``reset(seed) -> obs``; ``step(actions
 rewards, terminated, truncated, infos``. A sub-env whose episode ended is reset in the same step:
 its returned observation is already the first of its next episode and its info holds
 ``"episode": {"task", "return", "length"}``. Each sub-env picks its robot at every reset with
-``sampler.sample(rng)`` using its own random generator, so a run is reproducible from its seed
-whatever the number of threads.
+``sampler.sample(rng, slot=i)`` using its own random generator, so a run is reproducible from its seed
+whatever the number of threads; ``reset`` takes one seed for all slots or one seed per slot.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from domains.unimal.env import (MAX_EPISODE_STEPS, RESET_NOISE, STAND_HEIGHT_RAT
                                 action_space, observation_space)
 from domains.unimal.robot import Sim
 from kdistill.errors import KdistillError
-from kdistill.vec import VecEnv
+from kdistill.vec import VecEnv, slot_seeds
 
 
 class UnimalVecEnv(VecEnv):
@@ -68,13 +68,14 @@ class UnimalVecEnv(VecEnv):
         self._seed(seed)
 
     # internals -------------------------------------------------------------------------------------------
-    def _seed(self, seed: int | None) -> None:
-        children = np.random.SeedSequence(seed).spawn(self.num_envs)
+    def _seed(self, seed) -> None:
+        per_slot = slot_seeds(seed, self.num_envs)
+        children = per_slot if per_slot is not None else np.random.SeedSequence(seed).spawn(self.num_envs)
         self.rngs = [np.random.default_rng(s) for s in children]
 
     def _begin_episode(self, i: int) -> None:
         """Give sub-env ``i`` a robot from the sampler and reset it."""
-        name = self.sampler.sample(self.rngs[i])
+        name = self.sampler.sample(self.rngs[i], slot=i)
         robot = self._robots.get(name)
         if robot is None:
             raise KdistillError(f"the task sampler returned {name!r}, which is not one of this vector env's robots.")
@@ -126,7 +127,7 @@ class UnimalVecEnv(VecEnv):
                 "context": self._context.copy()}
 
     # contract --------------------------------------------------------------------------------------------
-    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+    def reset(self, seed=None) -> dict[str, np.ndarray]:
         if seed is not None:
             self._seed(seed)
         for i in range(self.num_envs):

@@ -1,0 +1,163 @@
+"""``kdistill experts``: train one small MLP expert per task (batched PPO), and export their actors."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kdistill.cli import console, data_dir_option, err_console, json_option, print_json
+from kdistill.errors import KdistillError
+
+
+@click.group("experts")
+def experts_group() -> None:
+    """Per-task experts: one small state-only MLP per task, all trained in one process."""
+
+
+@experts_group.command("train")
+@click.argument("domain_name", metavar="DOMAIN")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Run folder: checkpoints, metrics.jsonl, tasks/*.jsonl, learning_curves.png.")
+@click.option("--preset", default=None, help="Config preset: sb3 (Stable-Baselines3's PPO defaults) or tiny. [default: sb3]")
+@click.option("--tasks", "task_names", default=None, help="Comma-separated tasks (instead of --split).")
+@click.option("--split", default=None, help="Train on a split's tasks: train, test or all. [default: train]")
+@click.option("--num-tasks", type=int, default=None, help="Only the first N tasks of the selection.")
+@click.option("--steps-per-task", type=int, default=None, help="Env steps per task at most. [default: 1,500,000]")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its newest checkpoint (settings are taken from it).")
+@click.option("--seed", type=int, default=None, help="Random seed. [default: 0]")
+@click.option("--workers", type=int, default=0, show_default=True,
+              help="Env worker processes (0 = step the envs in this process, on threads; use several on many cores).")
+@click.option("--threads", type=int, default=None, help="Torch CPU threads for the updates. [default: up to 2]")
+@click.option("--checkpoint-every", type=int, default=None, help="Updates between checkpoints. [default: 10]")
+@click.option("--max-updates", type=int, default=None, help="Stop after this many updates in this call (the run stays resumable).")
+@json_option
+@data_dir_option
+def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | None, split: str | None,
+              num_tasks: int | None, steps_per_task: int | None, resume: bool, seed: int | None, workers: int,
+              threads: int | None, checkpoint_every: int | None, max_updates: int | None, as_json: bool,
+              data_dir: str | None) -> None:
+    """Train one expert per task of DOMAIN with PPO, all tasks batched in one process.
+
+    \b
+    Example:
+      kdistill experts train unimal --split train --out runs/experts
+      kdistill experts train unimal --out runs/experts --resume       # continue after an interruption
+
+    Each task has its own normalisers, learned std and evaluation record; a task whose evaluation
+    return stops improving stops early. The summary reports the trainer's env steps/s next to the
+    raw stepping rate of the same envs with random actions, measured in the same call.
+    """
+    import os
+
+    import torch
+
+    from kdistill.commands.teacher import resolve_tasks
+    from kdistill.errors import unknown_name
+    from kdistill.io import latest_checkpoint, read_json
+    from kdistill.plugins import get_domain
+    from kdistill.rl.experts import ExpertConfig, ExpertRunSettings, random_step_rate, start_or_resume
+
+    run_dir = Path(out)
+    saved: dict[str, Any] = {}
+    if resume:
+        ckpt = latest_checkpoint(run_dir) if run_dir.exists() else None
+        if ckpt is None:
+            raise KdistillError(f"{run_dir} holds no expert checkpoint to resume; drop --resume to start a new run.")
+        saved = read_json(ckpt / "meta.json").get("run", {})
+        if saved.get("domain") not in (None, domain_name):
+            raise KdistillError(f"{run_dir} is a run of domain {saved.get('domain')!r}, not {domain_name!r}; "
+                                f"resume it with that domain or choose a new --out folder.")
+    for name, value in (("--workers", workers), ("--threads", threads), ("--checkpoint-every", checkpoint_every),
+                        ("--steps-per-task", steps_per_task), ("--max-updates", max_updates)):
+        if value is not None and value < (0 if name == "--workers" else 1):
+            raise KdistillError(f"{name} must be {'non-negative' if name == '--workers' else 'positive'}, got {value}.")
+    domain = get_domain(domain_name, data_dir=data_dir)
+    if saved:
+        if task_names or split or num_tasks:
+            if resolve_tasks(domain, task_names, split, num_tasks) != list(saved["tasks"]):
+                raise KdistillError(f"{run_dir} trains other tasks ({len(saved['tasks'])}); resume without "
+                                    f"--tasks/--split/--num-tasks or choose a new --out folder.")
+        tasks = list(saved["tasks"])
+    else:
+        tasks = resolve_tasks(domain, task_names, split or (None if task_names else "train"), num_tasks)
+    preset = preset or saved.get("preset") or "sb3"
+    presets = ExpertConfig.presets()
+    if preset not in presets:
+        raise unknown_name("expert preset", preset, presets)
+    if saved and steps_per_task is not None and steps_per_task != saved.get("steps_per_task"):
+        raise KdistillError(f"{run_dir} was started with --steps-per-task {saved.get('steps_per_task')}; resume without it.")
+    settings = ExpertRunSettings(domain=domain.name, tasks=tasks, preset=preset,
+                                 seed=seed if seed is not None else saved.get("seed", 0),
+                                 steps_per_task=steps_per_task or saved.get("steps_per_task") or 1_500_000,
+                                 checkpoint_every=checkpoint_every or saved.get("checkpoint_every", 10))
+    config = presets[preset]
+    n_threads = threads or max(1, min(2, os.cpu_count() or 1))
+    torch.set_num_threads(n_threads)
+    raw_rate = random_step_rate(domain, tasks, config.envs_per_task, steps=max(20, 20_000 // max(1, len(tasks))),
+                                workers=workers)
+    trainer = start_or_resume(domain, settings, config, run_dir, resume, workers=workers)
+    try:
+        summary = _train_with_progress(trainer, run_dir, as_json, max_updates)
+    finally:
+        trainer.close()
+    summary.update(raw_random_steps_per_s=raw_rate, threads=n_threads, workers=workers, preset=preset,
+                   ratio_to_raw=(summary["steps_per_s"] / raw_rate) if raw_rate else None)
+    if as_json:
+        print_json(summary)
+    else:
+        err_console.print(f"[green]done[/green]: {summary['env_steps']:,} env steps over {len(tasks)} tasks "
+                          f"({summary['active_tasks']} still training); {summary['steps_per_s']:.0f} env steps/s "
+                          f"against {raw_rate:.0f} stepping randomly ({summary['ratio_to_raw']:.2f}); "
+                          f"mean best evaluation {summary['mean_best_return']}")
+
+
+def write_curves(trainer, run_dir: Path) -> None:
+    from kdistill.io import read_jsonl
+    from kdistill.plots import task_curves_grid
+    from kdistill.rl.experts import task_file
+
+    curves = {}
+    for k, task in enumerate(trainer.tasks):
+        recs = read_jsonl(run_dir / "tasks" / f"{task_file(task)}.jsonl")
+        pts = [(r["env_steps"], r["mean_return"]) for r in recs if r.get("mean_return") is not None]
+        curves[task] = {"steps": [p[0] for p in pts], "returns": [p[1] for p in pts],
+                        "eval_steps": [e[0] for e in trainer.evals[k]], "eval_returns": [e[1] for e in trainer.evals[k]]}
+    task_curves_grid(curves, run_dir / "learning_curves.png",
+                     title=f"{len(trainer.tasks)} experts on {trainer.settings.domain}")
+
+
+def _train_with_progress(trainer, run_dir: Path, quiet: bool, max_updates: int | None) -> dict[str, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from kdistill.io import latest_checkpoint
+
+    budget = trainer.settings.steps_per_task * len(trainer.tasks)
+    start_steps, t_start = int(trainer.env_steps.sum()), time.perf_counter()
+    with Progress(TextColumn("[bold]experts[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("env steps"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+                  console=err_console, disable=quiet) as progress:
+        bar = progress.add_task("train", total=budget, completed=start_steps, status="")
+
+        def on_update(m: dict[str, Any]) -> None:
+            best = "-" if m["mean_best_return"] is None else f"{m['mean_best_return']:.0f}"
+            progress.update(bar, completed=m["env_steps"],
+                            status=f"{m['steps_per_s']:.0f} steps/s  {m['active_tasks']} training  best eval {best}")
+            if m.get("checkpoint"):
+                write_curves(trainer, run_dir)
+
+        last = trainer.train(on_update=on_update, stop_after_updates=max_updates)
+    wall = time.perf_counter() - t_start
+    done = int(trainer.env_steps.sum()) - start_steps
+    ckpt = latest_checkpoint(run_dir)
+    write_curves(trainer, run_dir)
+    table = trainer.task_table()
+    return {
+        "run": str(run_dir), "checkpoint": str(ckpt) if ckpt else None, "env_steps": int(trainer.env_steps.sum()),
+        "updates": trainer.updates, "wall_s": wall, "run_wall_s": trainer.wall_s,
+        "steps_per_s": done / wall if wall > 0 and done else 0.0,
+        "active_tasks": int(trainer.active.sum()), "mean_best_return": trainer.mean_best_return(),
+        "last_update": last, "learning_curves": str(run_dir / "learning_curves.png"), "tasks": table,
+    }

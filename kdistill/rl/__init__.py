@@ -1,0 +1,1 @@
+"""Reinforcement learning: PPO and the per-task expert trainer."""

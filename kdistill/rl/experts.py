@@ -1,0 +1,749 @@
+"""Per-task experts: one small MLP actor-critic per task, all trained together by PPO in one process.
+
+Every task owns its rows of stacked parameters (a leading task axis on every weight), so a rollout
+step and a gradient step are a handful of batched matmuls whatever the number of tasks. Tasks never
+share a statistic: each has its own observation and reward normalisers, advantage normalisation,
+learned log-std, gradient-norm clip, random generator and evaluation record, and the loss is the
+sum of per-task losses, so every task follows the gradient of its own loss. A task trained alone
+and the same task trained beside others therefore take the same steps from the same seeds.
+
+The update is Stable-Baselines3's PPO for one task (clipped surrogate, unclipped value loss with
+weight 0.5, minibatch advantage normalisation, no entropy bonus, Adam with eps 1e-5, global
+gradient-norm clip 0.5, orthogonal initialisation), with the time-limit convention of
+``kdistill.rl``'s GAE (a truncated step's return is its own value).
+
+Experts read the state only: the features the domain's students read (``layout.student_features``)
+of every token slot, flattened, with padded slots zeroed. A task is evaluated every ``eval_every``
+env steps with the deterministic mean action on fixed starts; its best evaluated actor is kept, and
+a task whose best return has not improved for ``patience`` evaluations stops, so the remaining wall
+time goes to the tasks still learning.
+
+Resume is exact in the way of ``kdistill.ppo``: a checkpoint is taken at an update boundary, after
+which every env is reset from seeds derived from (run seed, task, env, update). A checkpoint is
+also taken whenever the set of training tasks changes.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import attrs
+import numpy as np
+import torch
+
+from kdistill.errors import CheckpointError, KdistillError
+from kdistill.io import append_jsonl, latest_checkpoint, load_run_checkpoint, save_run_checkpoint, truncate_jsonl
+from kdistill.ppo import compute_gae
+
+_pos = attrs.validators.gt(0)
+_nonneg = attrs.validators.ge(0)
+
+
+@attrs.frozen
+class ExpertConfig:
+    """Settings of the per-task PPO. ``sb3`` follows Stable-Baselines3's defaults for MuJoCo locomotion."""
+
+    envs_per_task: int = attrs.field(default=2, validator=_pos)
+    num_steps: int = attrs.field(default=2048, validator=_pos)  # per env per update
+    epochs: int = attrs.field(default=10, validator=_pos)
+    minibatch_size: int = attrs.field(default=64, validator=_pos)  # per task
+    lr: float = attrs.field(default=3e-4, validator=_pos)
+    gamma: float = attrs.field(default=0.99, validator=[_nonneg, attrs.validators.le(1)])
+    gae_lambda: float = attrs.field(default=0.95, validator=[_nonneg, attrs.validators.le(1)])
+    clip_eps: float = attrs.field(default=0.2, validator=_pos)
+    value_coef: float = attrs.field(default=0.5, validator=_nonneg)
+    max_grad_norm: float = attrs.field(default=0.5, validator=_pos)
+    adam_eps: float = attrs.field(default=1e-5, validator=_pos)
+    hidden: tuple[int, ...] = attrs.field(default=(64, 64), converter=tuple)
+    init_log_std: float = 0.0
+    obs_clip: float = attrs.field(default=10.0, validator=_pos)
+    reward_clip: float = attrs.field(default=10.0, validator=_pos)
+    eval_every: int = attrs.field(default=100_000, validator=_pos)  # env steps per task, rounded up to updates
+    eval_episodes: int = attrs.field(default=5, validator=_pos)
+    patience: int = attrs.field(default=5, validator=_nonneg)  # evaluations without improvement; 0 = never stop
+    min_delta: float = attrs.field(default=0.05, validator=_nonneg)  # relative gain of the best return that counts
+    min_steps: int = attrs.field(default=600_000, validator=_nonneg)  # no task stops before this many env steps
+
+    def __attrs_post_init__(self):
+        if self.batch_size % self.minibatch_size:
+            raise ValueError(f"the per-task batch of {self.batch_size} samples (envs_per_task x num_steps) must be a "
+                             f"multiple of minibatch_size {self.minibatch_size}")
+        if not self.hidden or any(h <= 0 for h in self.hidden):
+            raise ValueError(f"hidden must be positive layer widths, got {self.hidden}")
+
+    @property
+    def batch_size(self) -> int:
+        """Samples per task per update."""
+        return self.envs_per_task * self.num_steps
+
+    @property
+    def eval_every_updates(self) -> int:
+        return max(1, math.ceil(self.eval_every / self.batch_size))
+
+    @classmethod
+    def presets(cls) -> dict[str, "ExpertConfig"]:
+        return {
+            "sb3": cls(),
+            # seconds per update: for tests and smoke runs
+            "tiny": cls(num_steps=64, epochs=2, minibatch_size=32, eval_every=128, eval_episodes=2, min_steps=0,
+                        patience=0, hidden=(16, 16)),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        d = attrs.asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+
+@attrs.frozen
+class ExpertRunSettings:
+    """What defines an expert run besides its config; stored in every checkpoint and reused by ``--resume``."""
+
+    domain: str
+    tasks: tuple[str, ...] = attrs.field(converter=tuple)
+    preset: str
+    seed: int
+    steps_per_task: int = attrs.field(validator=_pos)
+    checkpoint_every: int = attrs.field(default=10, validator=_pos)  # updates
+
+    def to_dict(self) -> dict[str, Any]:
+        d = attrs.asdict(self)
+        d["tasks"] = list(self.tasks)
+        return d
+
+
+def task_key(task: str) -> int:
+    """A stable integer per task name: a task's seeds do not depend on which other tasks run beside it."""
+    return zlib.crc32(task.encode())
+
+
+def _derived_seed(*words: int) -> int:
+    return int(np.random.SeedSequence([int(w) for w in words]).generate_state(1)[0])
+
+
+# the stacked actor-critic --------------------------------------------------------------------------
+
+class StackedMLP(torch.nn.Module):
+    """``K`` independent tanh MLPs: weights ``(K, in, out)``, inputs ``(K, B, in)``."""
+
+    def __init__(self, num_tasks: int, sizes: Sequence[int]):
+        super().__init__()
+        self.sizes = list(sizes)
+        self.weights = torch.nn.ParameterList(
+            torch.nn.Parameter(torch.zeros(num_tasks, a, b)) for a, b in zip(self.sizes[:-1], self.sizes[1:]))
+        self.biases = torch.nn.ParameterList(
+            torch.nn.Parameter(torch.zeros(num_tasks, 1, b)) for b in self.sizes[1:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b, x, w)
+            if i < last:
+                x = torch.tanh(x)
+        return x
+
+    @torch.no_grad()
+    def init_task(self, k: int, generator: torch.Generator, out_gain: float, input_mask: torch.Tensor | None) -> None:
+        """Orthogonal init (gain sqrt 2 for hidden layers, ``out_gain`` for the last), zero biases.
+
+        Inputs that are always zero (padded slots, ``input_mask`` True) get zero weights: they would
+        never receive a gradient, and zero rows keep checkpoints small and compressible.
+        """
+        last = len(self.weights) - 1
+        for i, w in enumerate(self.weights):
+            gain = out_gain if i == last else math.sqrt(2.0)
+            fresh = torch.empty(w.shape[2], w.shape[1])  # (out, in), torch's layout
+            torch.nn.init.orthogonal_(fresh, gain=gain, generator=generator)
+            w[k] = fresh.t()
+            if i == 0 and input_mask is not None:
+                w[k, input_mask] = 0.0
+            self.biases[i][k] = 0.0
+
+
+class StackedActorCritic(torch.nn.Module):
+    """Per task: a Gaussian actor (state-independent learned log-std) and a separate critic."""
+
+    def __init__(self, num_tasks: int, in_features: int, num_actions: int, hidden: Sequence[int]):
+        super().__init__()
+        self.actor = StackedMLP(num_tasks, [in_features, *hidden, num_actions])
+        self.critic = StackedMLP(num_tasks, [in_features, *hidden, 1])
+        self.log_std = torch.nn.Parameter(torch.zeros(num_tasks, 1, num_actions))
+
+    def init_task(self, k: int, generator: torch.Generator, init_log_std: float, input_mask: torch.Tensor) -> None:
+        self.actor.init_task(k, generator, 0.01, input_mask)
+        self.critic.init_task(k, generator, 1.0, input_mask)
+        with torch.no_grad():
+            self.log_std[k] = init_log_std
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        return self.critic(x).squeeze(-1)
+
+
+def masked_gaussian_log_prob(mu: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor,
+                             act_mask: torch.Tensor) -> torch.Tensor:
+    """Log-density summed over the real action dims; ``act_mask`` ``(K, 1, A)`` is True where padded."""
+    logp = -0.5 * ((actions - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+    return logp.masked_fill(act_mask, 0.0).sum(-1)
+
+
+# per-task running statistics -----------------------------------------------------------------------
+
+class StackedRunningMeanStd:
+    """``RunningMeanStd`` with a leading task axis; ``update(x)`` takes ``(K, B, *shape)``."""
+
+    def __init__(self, num_tasks: int, shape=(), epsilon: float = 1e-4):
+        self.mean = np.zeros((num_tasks, *shape), np.float64)
+        self.var = np.ones((num_tasks, *shape), np.float64)
+        self.count = np.full(num_tasks, float(epsilon))
+
+    def update(self, x: np.ndarray, rows: np.ndarray) -> None:
+        x = np.asarray(x, np.float64)
+        batch_mean, batch_var, n = x.mean(axis=1), x.var(axis=1), x.shape[1]
+        mean, var, count = self.mean[rows], self.var[rows], self.count[rows]
+        total = count + n
+        c = count.reshape(-1, *([1] * (mean.ndim - 1)))
+        t = total.reshape(c.shape)
+        delta = batch_mean - mean
+        self.mean[rows] = mean + delta * n / t
+        self.var[rows] = (var * c + batch_var * n + delta**2 * c * n / t) / t
+        self.count[rows] = total
+
+
+# the trainer ---------------------------------------------------------------------------------------
+
+class ExpertTrainer:
+    """Trains one expert per task of ``settings.tasks``; checkpoints into ``run_dir`` when given."""
+
+    def __init__(self, domain, settings: ExpertRunSettings, config: ExpertConfig, workers: int = 0,
+                 run_dir: str | Path | None = None):
+        self.domain, self.settings, self.config = domain, settings, config
+        self.workers = int(workers)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.layout = layout = domain.layout
+        self.tasks = list(settings.tasks)
+        if len(set(self.tasks)) != len(self.tasks):
+            raise KdistillError("the task list names a task twice; pass each task once.")
+        self.features = np.asarray(layout.student_features, np.int64)
+        self.in_features = layout.max_tokens * len(self.features)
+        self.num_actions = layout.num_actions
+        K = len(self.tasks)
+        self.max_updates = max(1, math.ceil(settings.steps_per_task / config.batch_size))
+
+        # masks are constant per task: read them from the domain's context
+        contexts = [domain.context(t) for t in self.tasks]
+        self.token_mask = np.stack([np.asarray(c.mask, bool) for c in contexts])  # (K, T) True = padded
+        self.act_mask = torch.from_numpy(np.stack([np.asarray(c.act_mask, bool) for c in contexts]))  # (K, A)
+        self.input_mask = torch.from_numpy(np.repeat(self.token_mask, len(self.features), axis=1))  # (K, D)
+
+        self.generators = [torch.Generator().manual_seed(_derived_seed(settings.seed, task_key(t), 1)) for t in self.tasks]
+        full = StackedActorCritic(K, self.in_features, self.num_actions, config.hidden)
+        for k in range(K):
+            init_gen = torch.Generator().manual_seed(_derived_seed(settings.seed, task_key(self.tasks[k]), 0))
+            full.init_task(k, init_gen, config.init_log_std, self.input_mask[k])
+        self.obs_rms = StackedRunningMeanStd(K, (self.in_features,))
+        self.rew_rms = StackedRunningMeanStd(K)
+        self.rew_ret = np.zeros((K, config.envs_per_task))
+
+        self.active = np.ones(K, bool)
+        self.env_steps = np.zeros(K, np.int64)
+        self.episodes = np.zeros(K, np.int64)
+        self.updates = 0  # updates of the tasks still training (all active tasks share it)
+        self.task_updates = np.zeros(K, np.int64)
+        self.recent_returns = [collections.deque(maxlen=20) for _ in range(K)]
+        self.evals: list[list[list[float]]] = [[] for _ in range(K)]  # per task: [env_steps, mean return]
+        self.best_return = np.full(K, -np.inf)
+        self.best_step = np.zeros(K, np.int64)
+        self.since_best = np.zeros(K, np.int64)
+        self.stop_reason: list[str | None] = [None] * K
+        self.best_actor = {name: p.detach().clone() for name, p in full.actor.state_dict().items()}
+        self.best_actor["log_std"] = full.log_std.detach().clone()
+        self.best_obs_mean = self.obs_rms.mean.copy()
+        self.best_obs_var = self.obs_rms.var.copy()
+        self.wall_s = 0.0
+
+        self._rows = np.arange(K)
+        self.model = full
+        self.optimizer = self._new_optimizer()
+        self.envs = None
+        self._obs: np.ndarray | None = None  # normalised features of the running episodes, (n, E, D)
+        self._act_mask_rows = self.act_mask.unsqueeze(1)
+
+    # the active set -------------------------------------------------------------------------------
+    def _new_optimizer(self) -> torch.optim.Adam:
+        # fused: one pass over the stacked weights instead of several (the update is dominated by it)
+        return torch.optim.Adam(self.model.parameters(), lr=self.config.lr, eps=self.config.adam_eps, fused=True)
+
+    def _narrow_to(self, rows: np.ndarray) -> None:
+        """Keep training only ``rows`` (indices into the current active rows' model and optimiser)."""
+        keep = torch.as_tensor(rows, dtype=torch.long)
+        old_state = self.optimizer.state_dict()
+        new_model = StackedActorCritic(len(rows), self.in_features, self.num_actions, self.config.hidden)
+        with torch.no_grad():
+            for (name, p_new), p_old in zip(new_model.named_parameters(), self.model.parameters()):
+                p_new.copy_(p_old.index_select(0, keep))
+        self.model = new_model
+        self.optimizer = self._new_optimizer()
+        state = {}
+        for pid, s in old_state["state"].items():
+            state[pid] = {"step": s["step"].clone(), "exp_avg": s["exp_avg"].index_select(0, keep).clone(),
+                          "exp_avg_sq": s["exp_avg_sq"].index_select(0, keep).clone()}
+        self.optimizer.load_state_dict({"state": state, "param_groups": old_state["param_groups"]})
+
+    def _rebuild_envs(self) -> None:
+        self.close()
+        active = [self.tasks[k] for k in self._rows]
+        self.envs = pinned_vec_env(self.domain, active, self.config.envs_per_task, self.workers)
+
+    # observations ---------------------------------------------------------------------------------
+    def _features(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """``(n*E, T, F)`` raw observations -> ``(n, E, D)`` state features, padded slots zeroed."""
+        x = obs["obs"][:, :, self.features].astype(np.float64)
+        x[np.asarray(obs["obs_mask"], bool)] = 0.0
+        return x.reshape(len(self._rows), self.config.envs_per_task, self.in_features)
+
+    def _normalise(self, x: np.ndarray, update: bool) -> np.ndarray:
+        rows = self._rows
+        if update:
+            self.obs_rms.update(x, rows)
+        mean, var = self.obs_rms.mean[rows][:, None], self.obs_rms.var[rows][:, None]
+        clip = self.config.obs_clip
+        return np.clip((x - mean) / np.sqrt(var + 1e-8), -clip, clip).astype(np.float32)
+
+    def _scale_rewards(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
+        rows = self._rows
+        ret = self.rew_ret[rows] * self.config.gamma + rewards
+        self.rew_rms.update(ret, rows)
+        out = np.clip(rewards / np.sqrt(self.rew_rms.var[rows][:, None] + 1e-8), -self.config.reward_clip,
+                      self.config.reward_clip)
+        ret[dones] = 0.0
+        self.rew_ret[rows] = ret
+        return out.astype(np.float32)
+
+    def _reset_envs(self) -> None:
+        E = self.config.envs_per_task
+        seeds = [_derived_seed(self.settings.seed, task_key(self.tasks[k]), 2, e, self.updates)
+                 for k in self._rows for e in range(E)]
+        raw = self.envs.reset(seed=seeds)
+        self._obs = self._normalise(self._features(raw), update=True)
+        self.rew_ret[self._rows] = 0.0
+
+    # rollout and update ---------------------------------------------------------------------------
+    def rollout(self) -> tuple[dict[str, torch.Tensor], list[list[float]]]:
+        cfg, n, E, S = self.config, len(self._rows), self.config.envs_per_task, self.config.num_steps
+        if self.envs is None:
+            self._rebuild_envs()
+        if self._obs is None:
+            self._reset_envs()
+        D, A = self.in_features, self.num_actions
+        act_mask = self.act_mask[self._rows].unsqueeze(1)  # (n, 1, A)
+        buf = {"obs": torch.empty(S, n, E, D), "actions": torch.empty(S, n, E, A)}
+        for key in ("rewards", "dones", "timeouts", "values", "logp"):
+            buf[key] = torch.empty(S, n, E)
+        returns: list[list[float]] = [[] for _ in range(n)]
+        gens = [self.generators[k] for k in self._rows]
+        for t in range(S):
+            x = torch.from_numpy(self._obs)
+            with torch.no_grad():
+                mu = self.model.actor(x)
+                value = self.model.value(x)
+                std = self.model.log_std.exp()
+                noise = torch.stack([torch.randn((E, A), generator=g) for g in gens])
+                actions = mu + std * noise
+                logp = masked_gaussian_log_prob(mu, self.model.log_std, actions, act_mask)
+            buf["obs"][t], buf["actions"][t], buf["values"][t], buf["logp"][t] = x, actions, value, logp
+            env_actions = actions.clamp(-1.0, 1.0).reshape(n * E, A).numpy()
+            raw, rewards, terminated, truncated, infos = self.envs.step(env_actions)
+            dones = (terminated | truncated).reshape(n, E)
+            scaled = self._scale_rewards(np.asarray(rewards, np.float64).reshape(n, E), dones)
+            buf["rewards"][t] = torch.from_numpy(scaled)
+            buf["dones"][t] = torch.from_numpy(dones.astype(np.float32))
+            buf["timeouts"][t] = torch.from_numpy((truncated & ~terminated).reshape(n, E).astype(np.float32))
+            for slot, info in enumerate(infos):
+                ep = info.get("episode")
+                if ep is not None:
+                    returns[slot // E].append(float(ep["return"]))
+            self._obs = self._normalise(self._features(raw), update=True)
+        with torch.no_grad():
+            last_value = self.model.value(torch.from_numpy(self._obs))
+        flat = {k: v.reshape(S, n * E) for k, v in buf.items() if k in ("rewards", "dones", "timeouts", "values")}
+        ret, _ = compute_gae(flat["rewards"], flat["values"], flat["dones"], flat["timeouts"],
+                             last_value.reshape(n * E), cfg.gamma, cfg.gae_lambda)
+        # per task, sample s*E + e: the order a single-task run has
+        def per_task(v: torch.Tensor) -> torch.Tensor:
+            return v.reshape(S, n, E, *v.shape[3:]).transpose(0, 1).reshape(n, S * E, *v.shape[3:])
+
+        batch = {"obs": per_task(buf["obs"]), "actions": per_task(buf["actions"]), "logp": per_task(buf["logp"]),
+                 "values": per_task(buf["values"]), "returns": per_task(ret.reshape(S, n, E))}
+        return batch, returns
+
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        cfg = self.config
+        n, N = batch["obs"].shape[:2]
+        mb = cfg.minibatch_size
+        act_mask = self.act_mask[self._rows].unsqueeze(1)
+        gens = [self.generators[k] for k in self._rows]
+        rows = torch.arange(n).unsqueeze(1)
+        advantages = batch["returns"] - batch["values"]
+        params = list(self.model.parameters())
+        sums = collections.defaultdict(lambda: torch.zeros(n))
+        steps = 0
+        for _ in range(cfg.epochs):
+            order = torch.stack([torch.randperm(N, generator=g) for g in gens])
+            for start in range(0, N, mb):
+                idx = order[:, start:start + mb]
+                x = batch["obs"][rows, idx]
+                adv = advantages[rows, idx]
+                adv = (adv - adv.mean(1, keepdim=True)) / (adv.std(1, keepdim=True) + 1e-8)
+                mu = self.model.actor(x)
+                value = self.model.value(x)
+                logp = masked_gaussian_log_prob(mu, self.model.log_std, batch["actions"][rows, idx], act_mask)
+                log_ratio = logp - batch["logp"][rows, idx]
+                ratio = log_ratio.exp()
+                pg = -torch.min(ratio * adv, ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv).mean(1)
+                vf = ((batch["returns"][rows, idx] - value) ** 2).mean(1)
+                loss = pg + cfg.value_coef * vf  # (n,): each task's own loss
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.sum().backward()
+                grad_norm = self._clip_grad_per_task(params, cfg.max_grad_norm)
+                self.optimizer.step()
+                with torch.no_grad():
+                    sums["pg_loss"] += pg
+                    sums["v_loss"] += vf
+                    sums["approx_kl"] += ((ratio - 1) - log_ratio).mean(1)
+                    sums["clip_frac"] += ((ratio - 1).abs() > cfg.clip_eps).float().mean(1)
+                    sums["grad_norm"] += grad_norm
+                steps += 1
+        out = {k: (v / steps).numpy() for k, v in sums.items()}
+        out["std"] = self.model.log_std.detach().exp().masked_fill(act_mask, float("nan")).nanmean((1, 2)).numpy()
+        return out
+
+    @staticmethod
+    def _clip_grad_per_task(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+        sq = sum(p.grad.reshape(p.shape[0], -1).pow(2).sum(1) for p in params)
+        norm = sq.sqrt()
+        coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+        for p in params:
+            p.grad.mul_(coef.view(-1, *([1] * (p.dim() - 1))))
+        return norm
+
+    # evaluation -----------------------------------------------------------------------------------
+    def evaluate(self) -> np.ndarray:
+        """Mean deterministic return of each active task over ``eval_episodes`` fixed starts."""
+        cfg, n, E = self.config, len(self._rows), self.config.eval_episodes
+        active = [self.tasks[k] for k in self._rows]
+        envs = pinned_vec_env(self.domain, active, E, self.workers)
+        try:
+            seeds = [_derived_seed(self.settings.seed, task_key(t), 3, e) for t in active for e in range(E)]
+            raw = envs.reset(seed=seeds)
+            done = np.zeros(n * E, bool)
+            returns = np.zeros(n * E)
+            mean, var = self.obs_rms.mean[self._rows][:, None], self.obs_rms.var[self._rows][:, None]
+            while not done.all():
+                x = self._features_n(raw, n, E)
+                x = np.clip((x - mean) / np.sqrt(var + 1e-8), -cfg.obs_clip, cfg.obs_clip).astype(np.float32)
+                with torch.no_grad():
+                    mu = self.model.actor(torch.from_numpy(x)).clamp(-1.0, 1.0)
+                raw, rewards, terminated, truncated, infos = envs.step(mu.reshape(n * E, -1).numpy())
+                returns[~done] += np.asarray(rewards, np.float64)[~done]
+                done |= np.asarray(terminated) | np.asarray(truncated)
+        finally:
+            envs.close()
+        return returns.reshape(n, E).mean(1)
+
+    def _features_n(self, obs: dict[str, np.ndarray], n: int, per_task: int) -> np.ndarray:
+        x = obs["obs"][:, :, self.features].astype(np.float64)
+        x[np.asarray(obs["obs_mask"], bool)] = 0.0
+        return x.reshape(n, per_task, self.in_features)
+
+    def _record_eval(self, means: np.ndarray) -> list[int]:
+        """Update the best snapshots and patience counters; return the active rows that should stop."""
+        cfg = self.config
+        stop = []
+        for j, k in enumerate(self._rows):
+            value = float(means[j])
+            self.evals[k].append([int(self.env_steps[k]), value])
+            best = self.best_return[k]
+            if not np.isfinite(best) or value > best + cfg.min_delta * abs(best):
+                self.since_best[k] = 0
+            else:
+                self.since_best[k] += 1
+            if value > best:
+                self.best_return[k], self.best_step[k] = value, self.env_steps[k]
+                self._snapshot(j, k)
+            if self.env_steps[k] >= self.settings.steps_per_task:
+                self.stop_reason[k] = "budget"
+                stop.append(j)
+            elif cfg.patience and self.env_steps[k] >= cfg.min_steps and self.since_best[k] >= cfg.patience:
+                self.stop_reason[k] = "plateau"
+                stop.append(j)
+        return stop
+
+    def _snapshot(self, j: int, k: int) -> None:
+        for name, p in self.model.actor.state_dict().items():
+            self.best_actor[name][k] = p[j]
+        self.best_actor["log_std"][k] = self.model.log_std.detach()[j]
+        self.best_obs_mean[k] = self.obs_rms.mean[k]
+        self.best_obs_var[k] = self.obs_rms.var[k]
+
+    # the loop -------------------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return not self.active.any()
+
+    def train(self, on_update: Callable[[dict[str, Any]], None] | None = None,
+              stop_after_updates: int | None = None) -> dict[str, Any]:
+        """Update until every task has stopped (or ``stop_after_updates`` more updates); returns the last metrics."""
+        cfg = self.config
+        last: dict[str, Any] = {}
+        done_here = 0
+        while not self.done and (stop_after_updates is None or done_here < stop_after_updates):
+            t0 = time.perf_counter()
+            batch, returns = self.rollout()
+            t1 = time.perf_counter()
+            stats = self.update(batch)
+            t2 = time.perf_counter()
+            self.updates += 1
+            done_here += 1
+            rows = self._rows.copy()
+            self.env_steps[rows] += cfg.batch_size
+            self.task_updates[rows] += 1
+            for j, k in enumerate(rows):
+                self.episodes[k] += len(returns[j])
+                self.recent_returns[k].extend(returns[j])
+            evaluated = False
+            stopping: list[int] = []
+            budget_done = [j for j, k in enumerate(rows) if self.env_steps[k] >= self.settings.steps_per_task]
+            if self.updates % cfg.eval_every_updates == 0 or budget_done:
+                stopping = self._record_eval(self.evaluate())
+                evaluated = True
+            t3 = time.perf_counter()
+            self.wall_s += t3 - t0
+            self._log_tasks(rows, stats, returns, evaluated)
+            last = {"update": self.updates, "env_steps": int(self.env_steps.sum()), "active_tasks": len(rows),
+                    "rollout_s": t1 - t0, "update_s": t2 - t1, "eval_s": t3 - t2,
+                    "steps_per_s": len(rows) * cfg.batch_size / (t3 - t0),
+                    "train_steps_per_s": len(rows) * cfg.batch_size / (t2 - t0),
+                    "mean_recent_return": self.mean_recent_return(),
+                    "mean_best_return": self.mean_best_return(), "evaluated": evaluated,
+                    "stopped": [self.tasks[rows[j]] for j in stopping]}
+            if self.run_dir is not None:
+                append_jsonl(self.run_dir / "metrics.jsonl", last)
+            if stopping:
+                self.active[[rows[j] for j in stopping]] = False
+                keep = np.array([j for j in range(len(rows)) if j not in set(stopping)], np.int64)
+                self._narrow_to(keep)
+                self._rows = rows[keep]
+                self.close()
+            if stopping or self.updates % self.settings.checkpoint_every == 0 or self.done:
+                self.save()
+                self._obs = None  # episodes restart after a checkpoint, in a resumed run too
+                last["checkpoint"] = True
+            if on_update is not None:
+                on_update(last)
+        return last
+
+    def _log_tasks(self, rows: np.ndarray, stats: dict[str, np.ndarray], returns: list[list[float]], evaluated: bool) -> None:
+        if self.run_dir is None:
+            return
+        folder = self.run_dir / "tasks"
+        for j, k in enumerate(rows):
+            rec = {"update": int(self.task_updates[k]), "env_steps": int(self.env_steps[k]),
+                   "episodes": len(returns[j]),
+                   "mean_return": float(np.mean(returns[j])) if returns[j] else None,
+                   **{name: float(v[j]) for name, v in stats.items()}}
+            if evaluated:
+                rec["eval_return"] = self.evals[k][-1][1]
+            append_jsonl(folder / f"{task_file(self.tasks[k])}.jsonl", rec)
+
+    def mean_recent_return(self) -> float | None:
+        vals = [float(np.mean(r)) for r in self.recent_returns if r]
+        return float(np.mean(vals)) if vals else None
+
+    def mean_best_return(self) -> float | None:
+        finite = self.best_return[np.isfinite(self.best_return)]
+        return float(finite.mean()) if finite.size else None
+
+    def task_table(self) -> list[dict[str, Any]]:
+        return [{"task": t, "env_steps": int(self.env_steps[k]), "episodes": int(self.episodes[k]),
+                 "best_return": float(self.best_return[k]) if np.isfinite(self.best_return[k]) else None,
+                 "best_step": int(self.best_step[k]), "evals": len(self.evals[k]),
+                 "last_eval": self.evals[k][-1][1] if self.evals[k] else None,
+                 "status": "training" if self.active[k] else f"stopped ({self.stop_reason[k]})"}
+                for k, t in enumerate(self.tasks)]
+
+    # checkpoints ----------------------------------------------------------------------------------
+    def meta(self) -> dict[str, Any]:
+        return {
+            "kind": "experts",
+            "domain": self.settings.domain,
+            "arch": "stacked-mlp",
+            "config": self.config.to_dict(),
+            "run": self.settings.to_dict(),
+            "layout": self.layout.to_dict(),
+            "in_features": self.in_features,
+            "counters": {"updates": self.updates, "env_steps": int(self.env_steps.sum()), "wall_s": self.wall_s},
+            "tasks": [{"name": t, "active": bool(self.active[k]), "env_steps": int(self.env_steps[k]),
+                       "updates": int(self.task_updates[k]), "episodes": int(self.episodes[k]),
+                       "best_return": float(self.best_return[k]) if np.isfinite(self.best_return[k]) else None,
+                       "best_step": int(self.best_step[k]), "since_best": int(self.since_best[k]),
+                       "stop_reason": self.stop_reason[k], "evals": self.evals[k],
+                       "recent_returns": list(self.recent_returns[k])}
+                      for k, t in enumerate(self.tasks)],
+            "optimizer_groups": [{k: v for k, v in g.items() if k != "params"}
+                                 for g in self.optimizer.state_dict()["param_groups"]],
+        }
+
+    def policy_tensors(self) -> dict[str, Any]:
+        """What an expert policy needs: each task's best actor and the normaliser it was evaluated with."""
+        out: dict[str, Any] = {f"best.{k}": v for k, v in self.best_actor.items()}
+        out["best.obs_mean"], out["best.obs_var"] = self.best_obs_mean, self.best_obs_var
+        return out
+
+    def tensors(self) -> dict[str, Any]:
+        out = self.policy_tensors()
+        out.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
+        for pid, state in self.optimizer.state_dict()["state"].items():
+            for name, value in state.items():
+                out[f"optim.{pid}.{name}"] = torch.as_tensor(value)
+        out["obs_rms.mean"], out["obs_rms.var"], out["obs_rms.count"] = self.obs_rms.mean, self.obs_rms.var, self.obs_rms.count
+        out["rew_rms.mean"], out["rew_rms.var"], out["rew_rms.count"] = self.rew_rms.mean, self.rew_rms.var, self.rew_rms.count
+        out["rew_ret"] = self.rew_ret
+        out["rng"] = torch.stack([g.get_state() for g in self.generators])
+        return out
+
+    def save(self) -> Path | None:
+        if self.run_dir is None:
+            return None
+        return save_run_checkpoint(self.run_dir, self.updates, self.tensors(), self.meta())
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        check_expert_compatible(meta, self.settings, self.config)
+        self.active = np.array([t["active"] for t in meta["tasks"]], bool)
+        self._rows = np.flatnonzero(self.active)
+        self.model = StackedActorCritic(len(self._rows), self.in_features, self.num_actions, self.config.hidden)
+        from kdistill.ppo import load_model_state
+
+        load_model_state(self.model, tensors)
+        self.optimizer = self._new_optimizer()
+        optim_state: dict[int, dict[str, torch.Tensor]] = collections.defaultdict(dict)
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, pid, name = key.split(".", 2)
+                optim_state[int(pid)][name] = value
+        groups = [dict(g, params=list(range(len(list(self.model.parameters()))))) for g in meta["optimizer_groups"]]
+        self.optimizer.load_state_dict({"state": dict(optim_state), "param_groups": groups})
+        for name in self.best_actor:
+            self.best_actor[name] = tensors[f"best.{name}"].clone()
+        self.best_obs_mean = tensors["best.obs_mean"].numpy().copy()
+        self.best_obs_var = tensors["best.obs_var"].numpy().copy()
+        for name in ("mean", "var", "count"):
+            setattr(self.obs_rms, name, tensors[f"obs_rms.{name}"].numpy().copy())
+            setattr(self.rew_rms, name, tensors[f"rew_rms.{name}"].numpy().copy())
+        self.rew_ret = tensors["rew_ret"].numpy().copy()
+        for g, state in zip(self.generators, tensors["rng"]):
+            g.set_state(state.clone())
+        self.updates = int(meta["counters"]["updates"])
+        self.wall_s = float(meta["counters"].get("wall_s", 0.0))
+        for k, rec in enumerate(meta["tasks"]):
+            self.env_steps[k], self.task_updates[k], self.episodes[k] = rec["env_steps"], rec["updates"], rec["episodes"]
+            self.best_return[k] = rec["best_return"] if rec["best_return"] is not None else -np.inf
+            self.best_step[k], self.since_best[k] = rec["best_step"], rec["since_best"]
+            self.stop_reason[k] = rec["stop_reason"]
+            self.evals[k] = [list(e) for e in rec["evals"]]
+            self.recent_returns[k].clear()
+            self.recent_returns[k].extend(rec["recent_returns"])
+        self.close()
+        self._obs = None
+
+    def close(self) -> None:
+        if self.envs is not None:
+            self.envs.close()
+            self.envs = None
+        self._obs = None
+
+
+def task_file(task: str) -> str:
+    """A file name for a task's per-task log (task names may hold characters a file name cannot)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in task)
+    return safe if safe == task else f"{safe}-{task_key(task):08x}"
+
+
+def check_expert_compatible(meta: dict[str, Any], settings: ExpertRunSettings, config: ExpertConfig) -> None:
+    if meta.get("kind") != "experts":
+        raise CheckpointError(f"the checkpoint is a {meta.get('kind')!r} run, not a per-task expert run; "
+                              f"pass an experts run folder or choose a new --out folder.")
+    run = meta.get("run", {})
+    for what, saved, wanted in (("domain", meta.get("domain"), settings.domain), ("tasks", run.get("tasks"), list(settings.tasks)),
+                                ("seed", run.get("seed"), settings.seed), ("config", meta.get("config"), config.to_dict())):
+        if saved != wanted:
+            raise CheckpointError(f"the checkpoint's {what} differs from this run's; resume with the run's own settings "
+                                  f"or write to a new --out folder.")
+
+
+def start_or_resume(domain, settings: ExpertRunSettings, config: ExpertConfig, run_dir, resume: bool,
+                    workers: int = 0) -> ExpertTrainer:
+    """A trainer for ``run_dir``: fresh, or continued from its newest complete checkpoint."""
+    run_dir = Path(run_dir)
+    existing = latest_checkpoint(run_dir) if run_dir.exists() else None
+    if existing is not None and not resume:
+        raise KdistillError(f"{run_dir} already holds an expert run (checkpoint {existing.name}); pass --resume to "
+                            f"continue it or choose a new --out folder.")
+    trainer = ExpertTrainer(domain, settings, config, workers=workers, run_dir=run_dir)
+    if existing is not None:
+        tensors, meta = load_run_checkpoint(run_dir)
+        trainer.restore(tensors, meta)
+        updates = trainer.updates
+        truncate_jsonl(run_dir / "metrics.jsonl", lambda r: r.get("update", 0) <= updates)
+        for k, task in enumerate(trainer.tasks):
+            path = run_dir / "tasks" / f"{task_file(task)}.jsonl"
+            if path.exists():
+                n = int(trainer.task_updates[k])
+                truncate_jsonl(path, lambda r, n=n: r.get("update", 0) <= n)
+    else:
+        for path in [run_dir / "metrics.jsonl", *sorted((run_dir / "tasks").glob("*.jsonl"))] if run_dir.exists() else []:
+            if path.exists():
+                truncate_jsonl(path, lambda r: False)
+    return trainer
+
+
+def pinned_vec_env(domain, tasks: Sequence[str], envs_per_task: int, workers: int = 0):
+    """A vector env whose slots ``k*E .. k*E+E-1`` always play ``tasks[k]``, in-process or over workers."""
+    from kdistill.sampling import PinnedSampler
+    from kdistill.vec import SubprocVecEnv
+
+    tasks = list(tasks)
+    slot_tasks = [t for t in tasks for _ in range(envs_per_task)]
+    n = len(slot_tasks)
+    if workers <= 0:
+        return domain.make_vec_env(tasks, n, sampler=PinnedSampler(tasks, slot_tasks))
+    w = max(1, min(int(workers), n))
+    sizes = [n // w + (1 if i < n % w else 0) for i in range(w)]
+    bounds = np.cumsum([0] + sizes)
+
+    def make_chunk(index: int, num: int, _sampler):
+        chunk = slot_tasks[bounds[index]:bounds[index + 1]]
+        return domain.make_vec_env(tasks, num, sampler=PinnedSampler(tasks, chunk))
+
+    return SubprocVecEnv(make_chunk, tasks, sizes, sampler=PinnedSampler(tasks, slot_tasks))
+
+
+def random_step_rate(domain, tasks: Sequence[str], envs_per_task: int, steps: int = 50, seed: int = 0,
+                     workers: int = 0) -> float:
+    """Env steps/s of the same pinned vector env stepped with uniform random actions (no policy)."""
+    envs = pinned_vec_env(domain, tasks, envs_per_task, workers)
+    rng = np.random.default_rng(seed)
+    try:
+        envs.reset(seed=seed)
+        n = envs.num_envs
+        start = time.perf_counter()
+        for _ in range(steps):
+            envs.step(rng.uniform(-1.0, 1.0, (n, domain.layout.num_actions)).astype(np.float32))
+        wall = time.perf_counter() - start
+    finally:
+        envs.close()
+    return n * steps / wall

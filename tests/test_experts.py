@@ -1,0 +1,220 @@
+"""The batched per-task expert trainer: per-task independence, exact resume, early stop, pinned envs, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import attrs
+import numpy as np
+import pytest
+import torch
+
+from kdistill.normalize import RunningMeanStd
+from kdistill.rl.experts import (ExpertConfig, ExpertRunSettings, ExpertTrainer, StackedActorCritic,
+                                 StackedRunningMeanStd, pinned_vec_env, start_or_resume)
+from kdistill.sampling import PinnedSampler
+
+TINY = ExpertConfig.presets()["tiny"]
+
+
+@pytest.fixture(scope="module")
+def unimal(unimal_dir):
+    from domains.unimal.domain import UnimalDomain
+
+    return UnimalDomain(data_dir=unimal_dir)
+
+
+@pytest.fixture
+def cartpole():
+    from kdistill.plugins import get_domain
+
+    return get_domain("cartpole")
+
+
+def make(domain, tasks, config=TINY, seed=0, run_dir=None, steps=10**6, every=10):
+    settings = ExpertRunSettings(domain=domain.name, tasks=tasks, preset="tiny", seed=seed, steps_per_task=steps,
+                                 checkpoint_every=every)
+    return ExpertTrainer(domain, settings, config, run_dir=run_dir)
+
+
+def params_of(trainer, row):
+    return {name: p.detach()[row].clone() for name, p in trainer.model.named_parameters()}
+
+
+@pytest.mark.parametrize("domain_name", ["unimal", "cartpole"])
+def test_batched_run_equals_separate_runs(domain_name, request, one_torch_thread):
+    domain = request.getfixturevalue(domain_name)
+    tasks = domain.tasks("train")[:3]
+    batched = make(domain, tasks)
+    batched.train(stop_after_updates=3)
+    for k, task in enumerate(tasks):
+        alone = make(domain, [task])
+        alone.train(stop_after_updates=3)
+        mine, theirs = params_of(batched, k), params_of(alone, 0)
+        for name in mine:
+            torch.testing.assert_close(mine[name], theirs[name], rtol=1e-4, atol=1e-5, msg=f"{task}: {name}")
+        np.testing.assert_allclose([e[1] for e in batched.evals[k]], [e[1] for e in alone.evals[0]], rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(batched.obs_rms.mean[k], alone.obs_rms.mean[0], rtol=1e-3, atol=1e-5)
+        assert batched.env_steps[k] == alone.env_steps[0] == 3 * TINY.batch_size
+    # the tasks did learn different things: independence is not trivially true
+    p = params_of(batched, 0)["actor.weights.1"]
+    assert not torch.allclose(p, params_of(batched, 1)["actor.weights.1"])
+
+
+def test_resume_is_exact(unimal, tmp_path, one_torch_thread):
+    tasks = unimal.tasks("train")[:2]
+    straight = make(unimal, tasks, run_dir=tmp_path / "a", every=2)
+    straight.train(stop_after_updates=4)
+    first = make(unimal, tasks, run_dir=tmp_path / "b", every=2)
+    first.train(stop_after_updates=2)
+    first.close()
+    resumed = start_or_resume(unimal, first.settings, TINY, tmp_path / "b", resume=True)
+    assert resumed.updates == 2
+    resumed.train(stop_after_updates=2)
+    for name, p in straight.model.named_parameters():
+        assert torch.equal(p, dict(resumed.model.named_parameters())[name]), name
+    assert straight.evals == resumed.evals
+    np.testing.assert_array_equal(straight.obs_rms.var, resumed.obs_rms.var)
+    # per-task logs hold each update exactly once
+    recs = [json.loads(line) for line in (tmp_path / "b" / "tasks").glob("*.jsonl").__next__().read_text().splitlines()]
+    assert [r["update"] for r in recs] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_other_settings(unimal, tmp_path, one_torch_thread):
+    from kdistill.errors import CheckpointError, KdistillError
+
+    tasks = unimal.tasks("train")[:2]
+    make(unimal, tasks, run_dir=tmp_path / "r", every=1).train(stop_after_updates=1)
+    other = ExpertRunSettings(domain="unimal", tasks=tasks, preset="tiny", seed=1, steps_per_task=10**6)
+    with pytest.raises(CheckpointError, match="seed"):
+        start_or_resume(unimal, other, TINY, tmp_path / "r", resume=True)
+    with pytest.raises(KdistillError, match="--resume"):
+        start_or_resume(unimal, attrs.evolve(other, seed=0), TINY, tmp_path / "r", resume=False)
+
+
+def test_plateaued_task_stops_and_others_continue(cartpole, one_torch_thread):
+    tasks = cartpole.tasks("train")[:3]
+    config = attrs.evolve(TINY, patience=2, min_delta=0.05, min_steps=0)
+    trainer = make(cartpole, tasks, config=config)
+    trainer.train(stop_after_updates=1)
+    # task 0 plateaus, task 1 keeps improving by more than 5 %, task 2 improves by less
+    history = {0: [100.0, 100.0, 100.0], 1: [100.0, 120.0, 150.0], 2: [100.0, 103.0, 104.0]}
+    stopped = []
+    for step in range(3):
+        stopped.append(trainer._record_eval(np.array([history[k][step] for k in range(3)])))
+    assert stopped[:2] == [[], []] and stopped[2] == [0, 2]
+    assert trainer.stop_reason == ["plateau", None, "plateau"]
+    assert trainer.best_return.tolist() == [100.0, 150.0, 104.0]
+    # stopping narrows the model to the remaining task and keeps its weights and optimiser state
+    before = params_of(trainer, 1)
+    moments = trainer.optimizer.state_dict()["state"][0]["exp_avg"][1].clone()
+    trainer._narrow_to(np.array([1]))
+    after = params_of(trainer, 0)
+    for name in before:
+        assert torch.equal(before[name], after[name])
+    assert torch.equal(trainer.optimizer.state_dict()["state"][0]["exp_avg"][0], moments)
+
+
+def test_budget_stops_every_task(cartpole, one_torch_thread):
+    tasks = cartpole.tasks("train")[:2]
+    trainer = make(cartpole, tasks, steps=2 * TINY.batch_size)
+    trainer.train()
+    assert trainer.done and trainer.stop_reason == ["budget", "budget"]
+    assert trainer.env_steps.tolist() == [2 * TINY.batch_size] * 2
+    assert all(len(e) >= 1 for e in trainer.evals)
+
+
+def test_gradient_clip_is_per_task():
+    torch.manual_seed(0)
+    model = StackedActorCritic(3, 5, 2, (4,))
+    for k in range(3):
+        model.init_task(k, torch.Generator().manual_seed(k), 0.0, torch.zeros(5, dtype=torch.bool))
+    scale = torch.tensor([1.0, 100.0, 0.01])
+    x = torch.randn(3, 7, 5)
+    (model.actor(x).pow(2).sum((1, 2)) * scale).sum().backward()
+    expected = []
+    for k in range(3):
+        grads = [p.grad[k].clone() for p in model.actor.parameters()]
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+        coef = min(1.0, 0.5 / (float(norm) + 1e-6))
+        expected.append([g * coef for g in grads])
+    ExpertTrainer._clip_grad_per_task(list(model.actor.parameters()), 0.5)
+    for k in range(3):
+        for p, want in zip(model.actor.parameters(), expected[k]):
+            torch.testing.assert_close(p.grad[k], want)
+    assert any(c < 1.0 for c in [0.5 / float(torch.sqrt(sum(g.pow(2).sum() for g in e)) + 1e-6) for e in expected])
+
+
+def test_stacked_running_stats_match_one_task_stats():
+    rng = np.random.default_rng(0)
+    stacked = StackedRunningMeanStd(3, (4,))
+    single = [RunningMeanStd((4,)) for _ in range(3)]
+    for _ in range(5):
+        x = rng.normal(size=(3, 6, 4)) * np.array([1.0, 5.0, 0.1])[:, None, None]
+        rows = np.array([0, 2]) if _ % 2 else np.arange(3)
+        stacked.update(x[rows], rows)
+        for k in rows:
+            single[k].update(x[k])
+    for k in range(3):
+        np.testing.assert_allclose(stacked.mean[k], single[k].mean)
+        np.testing.assert_allclose(stacked.var[k], single[k].var)
+        assert stacked.count[k] == pytest.approx(single[k].count)
+
+
+def test_pinned_slots_play_their_task_independently(unimal):
+    tasks = unimal.tasks("train")[:3]
+    envs = pinned_vec_env(unimal, tasks, 2)
+    assert isinstance(envs.sampler, PinnedSampler)
+    try:
+        seeds = [11, 12, 21, 22, 31, 32]
+        envs.reset(seed=seeds)
+        first = [envs.step(np.zeros((6, 24), np.float32))[0]["obs"] for _ in range(3)]
+        assert envs.task_names() == [t for t in tasks for _ in range(2)]
+    finally:
+        envs.close()
+    alone = pinned_vec_env(unimal, tasks[1:2], 2)
+    try:
+        alone.reset(seed=[21, 22])
+        mine = [alone.step(np.zeros((2, 24), np.float32))[0]["obs"] for _ in range(3)]
+    finally:
+        alone.close()
+    for a, b in zip(first, mine):
+        np.testing.assert_array_equal(a[2:4], b)
+    with pytest.raises(Exception, match="slot"):
+        PinnedSampler(tasks, tasks).sample(np.random.default_rng(0))
+
+
+def test_padded_inputs_have_zero_weights(unimal):
+    tasks = unimal.tasks("train")[:2]
+    trainer = make(unimal, tasks)
+    w = trainer.model.actor.weights[0].detach()
+    for k in range(2):
+        mask = trainer.input_mask[k]
+        assert mask.any() and not mask.all()
+        assert torch.all(w[k][mask] == 0) and torch.all(w[k][~mask].abs().sum(1) > 0)
+
+
+def test_cli_train_json_and_resume(tmp_path, unimal_dir, monkeypatch):
+    from click.testing import CliRunner
+
+    from kdistill.cli import app
+
+    monkeypatch.setenv("KDISTILL_UNIMAL_DIR", str(unimal_dir))
+    out = tmp_path / "run"
+    runner = CliRunner()
+    args = ["experts", "train", "unimal", "--num-tasks", "2", "--preset", "tiny", "--steps-per-task", "256",
+            "--out", str(out), "--json", "--threads", "1"]
+    res = runner.invoke(app, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["env_steps"] == 2 * 256 and summary["active_tasks"] == 0
+    assert summary["raw_random_steps_per_s"] > 0 and summary["ratio_to_raw"] > 0
+    assert len(summary["tasks"]) == 2 and all(t["best_return"] is not None for t in summary["tasks"])
+    assert (out / "learning_curves.png").stat().st_size > 0
+    from kdistill.errors import KdistillError
+
+    again = runner.invoke(app, args)
+    assert isinstance(again.exception, KdistillError) and "--resume" in str(again.exception)
+    resumed = runner.invoke(app, ["experts", "train", "unimal", "--out", str(out), "--resume", "--seed", "0", "--json"])
+    assert resumed.exit_code == 0, resumed.output  # nothing left to train: the summary of the finished run
+    assert json.loads(resumed.stdout)["env_steps"] == 2 * 256
