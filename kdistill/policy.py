@@ -118,7 +118,12 @@ def _build_policy(kind, tensors: dict, meta: dict, path, device: str, seed: int)
             from kdistill.students import load_student_policy
 
             return load_student_policy(tensors, meta, device=device, seed=seed)
-    raise CheckpointError(f"{path} holds a policy of kind {kind!r}; kdistill loads 'teacher' and 'student' policies.")
+        if kind == "experts":
+            from kdistill.rl.experts import ExpertSetPolicy
+
+            return ExpertSetPolicy(tensors, meta, seed=seed)
+    raise CheckpointError(f"{path} holds a policy of kind {kind!r}; kdistill loads 'teacher', 'student' and 'experts' "
+                          f"policies.")
 
 
 def checked_normalizer(state: Any, shape: tuple[int, ...]):

@@ -218,3 +218,41 @@ def test_cli_train_json_and_resume(tmp_path, unimal_dir, monkeypatch):
     resumed = runner.invoke(app, ["experts", "train", "unimal", "--out", str(out), "--resume", "--seed", "0", "--json"])
     assert resumed.exit_code == 0, resumed.output  # nothing left to train: the summary of the finished run
     assert json.loads(resumed.stdout)["env_steps"] == 2 * 256
+
+
+def test_exported_experts_act_like_their_best_actors(cartpole, tmp_path, one_torch_thread):
+    from kdistill.errors import KdistillError
+    from kdistill.policy import load_policy
+    from kdistill.rl.experts import export_experts
+
+    tasks = cartpole.tasks("train")[:3]
+    trainer = make(cartpole, tasks, run_dir=tmp_path / "run", steps=3 * TINY.batch_size)
+    trainer.train()
+    export_experts(tmp_path / "run", tmp_path / "experts")
+    policy = load_policy(tmp_path / "experts", domain="cartpole")
+    assert policy.kind == "experts" and policy.tasks == tasks
+    envs = pinned_vec_env(cartpole, tasks, 4)
+    try:
+        obs = envs.reset(seed=list(range(12)))
+    finally:
+        envs.close()
+    task_index = np.repeat(np.arange(3), 4)
+    mixed = policy.act_tasks(obs, task_index)
+    for k, task in enumerate(tasks):
+        rows = slice(4 * k, 4 * k + 4)
+        policy.prepare(task)
+        one = policy.act({key: v[rows] for key, v in obs.items()})
+        np.testing.assert_array_equal(one, mixed[rows])
+        # by hand: features of the real slots, the task's best normaliser, its best actor
+        x = obs["obs"][rows][:, :, list(cartpole.layout.student_features)].reshape(4, -1).astype(np.float64)
+        x = np.clip((x - trainer.best_obs_mean[k]) / np.sqrt(trainer.best_obs_var[k] + 1e-8), -10, 10)
+        h = torch.from_numpy(x.astype(np.float32))
+        n_layers = len(trainer.model.actor.weights)
+        for i in range(n_layers):
+            h = h @ trainer.best_actor[f"weights.{i}"][k] + trainer.best_actor[f"biases.{i}"][k]
+            h = torch.tanh(h) if i < n_layers - 1 else h
+        np.testing.assert_allclose(one, h.clamp(-1, 1).numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(KdistillError, match="no expert for task"):
+        policy.prepare(cartpole.tasks("test")[0])
+    with pytest.raises(KdistillError, match="another folder|not kdistill|holds"):
+        export_experts(tmp_path / "run", tmp_path / "run")

@@ -161,3 +161,26 @@ def _train_with_progress(trainer, run_dir: Path, quiet: bool, max_updates: int |
         "active_tasks": int(trainer.active.sum()), "mean_best_return": trainer.mean_best_return(),
         "last_update": last, "learning_curves": str(run_dir / "learning_curves.png"), "tasks": table,
     }
+
+
+@experts_group.command("export")
+@click.argument("run", type=click.Path())
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Folder for the experts' actors and normalisers (safetensors + meta.json).")
+@json_option
+def export_cmd(run: str, out: str, as_json: bool) -> None:
+    """Write each task's best actor and its normaliser from expert RUN: a loadable policy of kind 'experts'.
+
+    \b
+    Example:
+      kdistill experts export runs/experts --out domains/unimal/pretrained/experts-flat
+      kdistill eval unimal --policy domains/unimal/pretrained/experts-flat --split train
+    """
+    from kdistill.rl.experts import export_experts
+
+    summary = export_experts(run, out)
+    if as_json:
+        print_json(summary)
+    else:
+        console.print(f"wrote {summary['tasks']} experts ({summary['env_steps']:,} env steps of training, mean best "
+                      f"evaluation {summary['mean_best_return']:.1f}) to {summary['out']}", markup=False)

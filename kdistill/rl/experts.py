@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from kdistill.errors import CheckpointError, KdistillError
-from kdistill.io import append_jsonl, latest_checkpoint, load_run_checkpoint, save_run_checkpoint, truncate_jsonl
+from kdistill.io import append_jsonl, claim_folder, latest_checkpoint, load_run_checkpoint, save_run_checkpoint, truncate_jsonl
+from kdistill.policy import Policy
 from kdistill.ppo import compute_gae
 
 _pos = attrs.validators.gt(0)
@@ -693,6 +694,7 @@ def start_or_resume(domain, settings: ExpertRunSettings, config: ExpertConfig, r
     if existing is not None and not resume:
         raise KdistillError(f"{run_dir} already holds an expert run (checkpoint {existing.name}); pass --resume to "
                             f"continue it or choose a new --out folder.")
+    claim_folder(run_dir, "experts-run", legacy=lambda p: latest_checkpoint(p) is not None)
     trainer = ExpertTrainer(domain, settings, config, workers=workers, run_dir=run_dir)
     if existing is not None:
         tensors, meta = load_run_checkpoint(run_dir)
@@ -747,3 +749,109 @@ def random_step_rate(domain, tasks: Sequence[str], envs_per_task: int, steps: in
     finally:
         envs.close()
     return n * steps / wall
+
+
+# the trained experts as a policy ---------------------------------------------------------------------
+
+class ExpertSetPolicy(Policy):
+    """Each task's best evaluated actor with its frozen normaliser: ``prepare(task)`` picks the expert.
+
+    ``act_tasks(obs, task_index)`` acts on a batch that mixes tasks (each row by its own expert).
+    """
+
+    kind = "experts"
+
+    def __init__(self, tensors: dict[str, Any], meta: dict[str, Any], seed: int = 0):
+        from kdistill.domain import Layout
+
+        self.meta = meta
+        self.domain = meta["domain"]
+        self.layout = Layout.from_dict(meta["layout"])
+        self.tasks = [t["name"] for t in meta["tasks"]]
+        self._index = {t: k for k, t in enumerate(self.tasks)}
+        config = meta["config"]
+        self.obs_clip = float(config["obs_clip"])
+        self.features = np.asarray(self.layout.student_features, np.int64)
+        D = self.layout.max_tokens * len(self.features)
+        sizes = [D, *config["hidden"], self.layout.num_actions]
+        self.actor = StackedMLP(len(self.tasks), sizes)
+        state = {k[len("best."):]: torch.as_tensor(v) for k, v in tensors.items()
+                 if k.startswith("best.") and k[len("best."):] in self.actor.state_dict()}
+        try:
+            self.actor.load_state_dict(state)
+            self.log_std = torch.as_tensor(tensors["best.log_std"]).reshape(len(self.tasks), -1)
+            self.mean = np.asarray(tensors["best.obs_mean"], np.float64).reshape(len(self.tasks), D)
+            self.var = np.asarray(tensors["best.obs_var"], np.float64).reshape(len(self.tasks), D)
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"the expert weights do not fit their meta.json ({str(exc).splitlines()[0]}); "
+                                  f"export the experts again.") from None
+        for name, arr in (("weights", torch.cat([p.detach().flatten() for p in self.actor.parameters()]).numpy()),
+                          ("normaliser", np.concatenate([self.mean.ravel(), self.var.ravel()]))):
+            if not np.isfinite(arr).all():
+                raise CheckpointError(f"the experts' {name} hold NaN or infinite values; use an earlier checkpoint.")
+        self.actor.eval().requires_grad_(False)
+        self.rng = np.random.default_rng(seed)
+        self._task: int | None = None
+
+    def task_row(self, task: str) -> int:
+        if task not in self._index:
+            raise KdistillError(f"these experts have no expert for task {task!r} (they cover {len(self.tasks)} tasks, "
+                                f"e.g. {self.tasks[0]!r}); use tasks they were trained on.")
+        return self._index[task]
+
+    def prepare(self, task: str, context=None) -> None:
+        self._task = self.task_row(task)
+
+    def act(self, obs: dict[str, np.ndarray], deterministic: bool = True) -> np.ndarray:
+        if self._task is None:
+            raise KdistillError("call prepare(task) before act() on an expert set.")
+        return self.act_tasks(obs, np.full(len(obs["obs"]), self._task), deterministic)
+
+    def act_tasks(self, obs: dict[str, np.ndarray], task_index: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        """Mean (or sampled) actions of rows whose expert is ``task_index`` (rows into ``self.tasks``)."""
+        task_index = np.asarray(task_index, np.int64)
+        x = np.asarray(obs["obs"])[:, :, self.features].astype(np.float64)
+        x[np.asarray(obs["obs_mask"], bool)] = 0.0
+        x = x.reshape(len(x), -1)
+        x = np.clip((x - self.mean[task_index]) / np.sqrt(self.var[task_index] + 1e-8), -self.obs_clip, self.obs_clip)
+        out = np.empty((len(x), self.layout.num_actions), np.float32)
+        with torch.no_grad():
+            for k in np.unique(task_index):
+                rows = np.flatnonzero(task_index == k)
+                w = [(wt[k], b[k]) for wt, b in zip(self.actor.weights, self.actor.biases)]
+                h = torch.from_numpy(x[rows].astype(np.float32))
+                for i, (wt, b) in enumerate(w):
+                    h = torch.addmm(b, h, wt)
+                    if i < len(w) - 1:
+                        h = torch.tanh(h)
+                mu = h.numpy()
+                if not deterministic:
+                    mu = mu + self.log_std[k].exp().numpy() * self.rng.standard_normal(mu.shape)
+                out[rows] = mu
+        return np.clip(out, -1.0, 1.0)
+
+    @property
+    def action_std(self) -> float:
+        return float(self.log_std.exp().mean())
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "domain": self.domain, "arch": "stacked-mlp", "tasks": len(self.tasks),
+                "env_steps": self.meta.get("counters", {}).get("env_steps")}
+
+
+def export_experts(run: str | Path, out: str | Path) -> dict[str, Any]:
+    """Write the best actors and normalisers of an expert run (no critic, no optimiser) as a checkpoint folder."""
+    from kdistill.io import save_checkpoint
+
+    tensors, meta = load_run_checkpoint(run)
+    if meta.get("kind") != "experts":
+        raise CheckpointError(f"{run} is a {meta.get('kind')!r} run, not a per-task expert run; pass an experts run folder.")
+    policy = ExpertSetPolicy(tensors, meta)  # validates shapes and finiteness before anything is written
+    claim_folder(out, "experts")
+    keep = {k: v for k, v in tensors.items() if k.startswith("best.")}
+    out_meta = {k: v for k, v in meta.items() if k != "optimizer_groups"}
+    out_meta["tasks"] = [{k: v for k, v in t.items() if k != "recent_returns"} for t in meta["tasks"]]
+    out_meta["exported_from"] = str(run)
+    save_checkpoint(out, keep, out_meta)
+    return {"out": str(out), "tasks": len(policy.tasks), "env_steps": meta["counters"]["env_steps"],
+            "mean_best_return": float(np.mean([t["best_return"] for t in meta["tasks"] if t["best_return"] is not None]))}
