@@ -218,6 +218,11 @@ def test_cli_train_json_and_resume(tmp_path, unimal_dir, monkeypatch):
     resumed = runner.invoke(app, ["experts", "train", "unimal", "--out", str(out), "--resume", "--seed", "0", "--json"])
     assert resumed.exit_code == 0, resumed.output  # nothing left to train: the summary of the finished run
     assert json.loads(resumed.stdout)["env_steps"] == 2 * 256
+    status = runner.invoke(app, ["experts", "status", str(out), "--json"])
+    assert status.exit_code == 0, status.output
+    report = json.loads(status.stdout)
+    assert report["training"] == 0 and [t["name"] for t in report["per_task"]] == [t["task"] for t in summary["tasks"]]
+    assert report["mean_best_return"] == pytest.approx(summary["mean_best_return"])
 
 
 def test_exported_experts_act_like_their_best_actors(cartpole, tmp_path, one_torch_thread):

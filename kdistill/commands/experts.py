@@ -184,3 +184,52 @@ def export_cmd(run: str, out: str, as_json: bool) -> None:
     else:
         console.print(f"wrote {summary['tasks']} experts ({summary['env_steps']:,} env steps of training, mean best "
                       f"evaluation {summary['mean_best_return']:.1f}) to {summary['out']}", markup=False)
+
+
+@experts_group.command("status")
+@click.argument("run", type=click.Path())
+@json_option
+def status_cmd(run: str, as_json: bool) -> None:
+    """Per-task progress of expert RUN (or exported experts): env steps, best evaluation, status.
+
+    Reads only the newest complete checkpoint's meta.json, so it is safe while the run trains.
+    """
+    import numpy as np
+    from rich.table import Table
+
+    from kdistill.io import latest_checkpoint, read_json_object
+
+    path = Path(run)
+    meta_path = path / "meta.json" if (path / "meta.json").exists() else None
+    if meta_path is None:
+        ckpt = latest_checkpoint(path) if path.is_dir() else None
+        if ckpt is None:
+            raise KdistillError(f"{path} holds no expert checkpoint yet; pass an experts run folder (or wait for its first checkpoint).")
+        meta_path = ckpt / "meta.json"
+    meta = read_json_object(meta_path)
+    if meta.get("kind") != "experts":
+        raise KdistillError(f"{path} is a {meta.get('kind')!r} checkpoint, not per-task experts.")
+    tasks = meta["tasks"]
+    best = [t["best_return"] for t in tasks if t.get("best_return") is not None]
+    summary = {"run": str(path), "tasks": len(tasks), "training": sum(bool(t["active"]) for t in tasks),
+               "env_steps": meta["counters"]["env_steps"], "updates": meta["counters"]["updates"],
+               "wall_s": meta["counters"].get("wall_s"),
+               "mean_best_return": float(np.mean(best)) if best else None,
+               "tasks_at_least_1000": sum(b >= 1000 for b in best)}
+    if as_json:
+        print_json({**summary, "per_task": [{k: v for k, v in t.items() if k not in ("evals", "recent_returns")}
+                                            for t in tasks]})
+        return
+    table = Table(title=f"{summary['tasks']} experts, {summary['env_steps']:,} env steps, "
+                        f"{summary['training']} still training")
+    for col in ("task", "env steps", "best eval", "at step", "last eval", "status"):
+        table.add_column(col, justify="left" if col in ("task", "status") else "right")
+    for t in tasks:
+        last = t["evals"][-1][1] if t.get("evals") else None
+        status = "training" if t["active"] else f"stopped ({t.get('stop_reason')})"
+        table.add_row(t["name"], f"{t['env_steps']:,}", "-" if t["best_return"] is None else f"{t['best_return']:.0f}",
+                      f"{t['best_step']:,}", "-" if last is None else f"{last:.0f}", status)
+    console.print(table)
+    mb = summary["mean_best_return"]
+    console.print(f"mean best evaluation {'-' if mb is None else f'{mb:.1f}'}; "
+                  f"{summary['tasks_at_least_1000']} tasks at 1,000 or more", markup=False)
