@@ -62,8 +62,12 @@ class Step:
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if self.quiet else None, text=True)
         wall = time.perf_counter() - start
         if proc.returncode != 0:
-            raise KdistillError(f"demo step {name!r} failed (exit {proc.returncode}): kdistill {' '.join(args)}; "
-                                f"run it alone to see why, then re-run the demo to continue.")
+            try:
+                why = f" ({json.loads(proc.stdout)['error']})"
+            except (ValueError, KeyError, TypeError):
+                why = ""
+            raise KdistillError(f"demo step {name!r} failed (exit {proc.returncode}){why}: kdistill {' '.join(args)}; "
+                                f"run it alone to see more, then re-run the demo to continue.")
         try:
             result = json.loads(proc.stdout)
         except json.JSONDecodeError:
