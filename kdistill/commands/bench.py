@@ -89,6 +89,7 @@ def bench_cmd(domain_name: str, teacher_run: str | None, student_run: str | None
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
     from kdistill.bench import STUDENT_ROWS, TEACHER, BenchConfig, build_subjects, plot_latency, run_bench
     from kdistill.errors import KdistillError
