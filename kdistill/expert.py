@@ -130,6 +130,10 @@ def _check_existing(meta: dict, expected: dict, out: Path) -> None:
         have = meta.get(key)
         if have == want:
             continue
+        if key == "teacher_sha256" and have is None:
+            raise DataError(
+                f"{out} was collected before expert sets recorded their teacher checkpoint, so adding to it could mix "
+                f"two teachers' rows; collect into another --out folder.")
         if key == "teacher_sha256":
             raise DataError(
                 f"{out} was collected from another teacher checkpoint (weights sha256 {str(have)[:12]}, now "
