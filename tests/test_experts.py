@@ -261,3 +261,33 @@ def test_exported_experts_act_like_their_best_actors(cartpole, tmp_path, one_tor
         policy.prepare(cartpole.tasks("test")[0])
     with pytest.raises(KdistillError, match="another folder|not kdistill|holds"):
         export_experts(tmp_path / "run", tmp_path / "run")
+
+
+def test_snapshot_continues_in_a_new_folder(cartpole, tmp_path, one_torch_thread):
+    from kdistill.errors import KdistillError
+    from kdistill.rl.experts import snapshot_run
+
+    tasks = cartpole.tasks("train")[:2]
+    first = make(cartpole, tasks, run_dir=tmp_path / "a", every=2)
+    first.train(stop_after_updates=2)
+    summary = snapshot_run(tmp_path / "a", tmp_path / "snap")
+    full = sum(p.stat().st_size for p in (tmp_path / "a").rglob("*.safetensors"))
+    assert summary["updates"] == 2 and summary["bytes"] < full
+    with pytest.raises(KdistillError, match="--resume"):
+        start_or_resume(cartpole, first.settings, TINY, tmp_path / "a", resume=False, resume_from=tmp_path / "snap")
+    other = attrs.evolve(first.settings, seed=5)
+    with pytest.raises(Exception, match="seed"):
+        start_or_resume(cartpole, other, TINY, tmp_path / "c", resume=False, resume_from=tmp_path / "snap")
+    cont = start_or_resume(cartpole, first.settings, TINY, tmp_path / "b", resume=False, resume_from=tmp_path / "snap")
+    assert cont.optimizer_restarted and cont.updates == 2 and cont.env_steps.tolist() == first.env_steps.tolist()
+    for name, p in first.model.named_parameters():
+        assert torch.equal(p, dict(cont.model.named_parameters())[name])
+    assert cont.evals == first.evals and (tmp_path / "b" / "tasks").is_dir()
+    cont.train(stop_after_updates=2)
+    assert cont.updates == 4 and latest_updates(tmp_path / "b") == 4
+
+
+def latest_updates(run):
+    from kdistill.io import latest_checkpoint, read_json
+
+    return read_json(latest_checkpoint(run) / "meta.json")["counters"]["updates"]

@@ -27,6 +27,8 @@ def experts_group() -> None:
 @click.option("--num-tasks", type=int, default=None, help="Only the first N tasks of the selection.")
 @click.option("--steps-per-task", type=int, default=None, help="Env steps per task at most. [default: 1,500,000]")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its newest checkpoint (settings are taken from it).")
+@click.option("--resume-from", "resume_from", default=None, type=click.Path(file_okay=False),
+              help="Seed a new --out folder from a snapshot (`kdistill experts snapshot`) and continue from it.")
 @click.option("--seed", type=int, default=None, help="Random seed. [default: 0]")
 @click.option("--workers", type=int, default=0, show_default=True,
               help="Env worker processes (0 = step the envs in this process, on threads; use several on many cores).")
@@ -36,7 +38,8 @@ def experts_group() -> None:
 @json_option
 @data_dir_option
 def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | None, split: str | None,
-              num_tasks: int | None, steps_per_task: int | None, resume: bool, seed: int | None, workers: int,
+              num_tasks: int | None, steps_per_task: int | None, resume: bool, resume_from: str | None,
+              seed: int | None, workers: int,
               threads: int | None, checkpoint_every: int | None, max_updates: int | None, as_json: bool,
               data_dir: str | None) -> None:
     """Train one expert per task of DOMAIN with PPO, all tasks batched in one process.
@@ -62,10 +65,13 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
 
     run_dir = Path(out)
     saved: dict[str, Any] = {}
-    if resume:
-        ckpt = latest_checkpoint(run_dir) if run_dir.exists() else None
+    if resume and resume_from:
+        raise KdistillError("pass either --resume (continue --out) or --resume-from (seed a new --out), not both.")
+    if resume or resume_from:
+        where = Path(resume_from) if resume_from else run_dir
+        ckpt = latest_checkpoint(where) if where.is_dir() else None
         if ckpt is None:
-            raise KdistillError(f"{run_dir} holds no expert checkpoint to resume; drop --resume to start a new run.")
+            raise KdistillError(f"{where} holds no expert checkpoint to resume from; drop --resume to start a new run.")
         saved = read_json(ckpt / "meta.json").get("run", {})
         if saved.get("domain") not in (None, domain_name):
             raise KdistillError(f"{run_dir} is a run of domain {saved.get('domain')!r}, not {domain_name!r}; "
@@ -98,7 +104,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
     torch.set_num_threads(n_threads)
     raw_rate = random_step_rate(domain, tasks, config.envs_per_task, steps=max(20, 20_000 // max(1, len(tasks))),
                                 workers=workers)
-    trainer = start_or_resume(domain, settings, config, run_dir, resume, workers=workers)
+    trainer = start_or_resume(domain, settings, config, run_dir, resume, workers=workers, resume_from=resume_from)
     try:
         summary = _train_with_progress(trainer, run_dir, as_json, max_updates)
     finally:
@@ -184,6 +190,28 @@ def export_cmd(run: str, out: str, as_json: bool) -> None:
     else:
         console.print(f"wrote {summary['tasks']} experts ({summary['env_steps']:,} env steps of training, mean best "
                       f"evaluation {summary['mean_best_return']:.1f}) to {summary['out']}", markup=False)
+
+
+@experts_group.command("snapshot")
+@click.argument("run", type=click.Path())
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Folder for the snapshot.")
+@json_option
+def snapshot_cmd(run: str, out: str, as_json: bool) -> None:
+    """Copy expert RUN's newest checkpoint without Adam's moments (about half the size), with its logs.
+
+    \b
+    Continue it elsewhere (Adam's moments restart; everything else is exact):
+      kdistill experts snapshot runs/experts --out domains/unimal/pretrained/experts-flat-run
+      kdistill experts train unimal --out runs/experts --resume-from domains/unimal/pretrained/experts-flat-run
+    """
+    from kdistill.rl.experts import snapshot_run
+
+    summary = snapshot_run(run, out)
+    if as_json:
+        print_json(summary)
+    else:
+        console.print(f"snapshot of update {summary['updates']} ({summary['env_steps']:,} env steps), "
+                      f"{summary['bytes'] / 1e6:.1f} MB, in {summary['out']}", markup=False)
 
 
 @experts_group.command("status")

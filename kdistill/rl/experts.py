@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from kdistill.errors import CheckpointError, KdistillError
-from kdistill.io import append_jsonl, claim_folder, latest_checkpoint, load_run_checkpoint, save_run_checkpoint, truncate_jsonl
+from kdistill.io import (append_jsonl, atomic_write_json, claim_folder, latest_checkpoint, load_run_checkpoint,
+                         read_json_object, save_run_checkpoint, truncate_jsonl)
 from kdistill.policy import Policy
 from kdistill.ppo import compute_gae
 
@@ -636,8 +637,11 @@ class ExpertTrainer:
             if key.startswith("optim."):
                 _, pid, name = key.split(".", 2)
                 optim_state[int(pid)][name] = value
-        groups = [dict(g, params=list(range(len(list(self.model.parameters()))))) for g in meta["optimizer_groups"]]
-        self.optimizer.load_state_dict({"state": dict(optim_state), "param_groups": groups})
+        # a snapshot (``snapshot_run``) carries no Adam moments: Adam then starts afresh, the one inexact resume
+        self.optimizer_restarted = not optim_state
+        if optim_state:
+            groups = [dict(g, params=list(range(len(list(self.model.parameters()))))) for g in meta["optimizer_groups"]]
+            self.optimizer.load_state_dict({"state": dict(optim_state), "param_groups": groups})
         for name in self.best_actor:
             self.best_actor[name] = tensors[f"best.{name}"].clone()
         self.best_obs_mean = tensors["best.obs_mean"].numpy().copy()
@@ -686,11 +690,59 @@ def check_expert_compatible(meta: dict[str, Any], settings: ExpertRunSettings, c
                                   f"or write to a new --out folder.")
 
 
+def snapshot_run(run: str | Path, out: str | Path) -> dict[str, Any]:
+    """A compact copy of an expert run's newest checkpoint, without Adam's moments, plus its logs.
+
+    Small enough to keep in version control between machines or sessions; ``start_or_resume(...,
+    resume_from=out)`` continues from it in a new run folder, with Adam restarting (see ``restore``).
+    """
+    import shutil
+
+    run, out = Path(run), Path(out)
+    tensors, meta = load_run_checkpoint(run, as_torch=False)
+    if meta.get("kind") != "experts":
+        raise CheckpointError(f"{run} is a {meta.get('kind')!r} run, not a per-task expert run; pass an experts run folder.")
+    claim_folder(out, "experts-run")
+    keep = {k: v for k, v in tensors.items() if not k.startswith("optim.")}
+    meta = {**meta, "snapshot_of": str(run)}
+    for old in out.glob("ckpt-*"):
+        shutil.rmtree(old)
+    save_run_checkpoint(out, meta["counters"]["updates"], keep, meta, keep=1)
+    for rel in ["metrics.jsonl", *(f"tasks/{p.name}" for p in sorted((run / "tasks").glob("*.jsonl")))]:
+        if (run / rel).exists():
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run / rel, out / rel)
+    return {"out": str(out), "updates": meta["counters"]["updates"], "env_steps": meta["counters"]["env_steps"],
+            "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())}
+
+
 def start_or_resume(domain, settings: ExpertRunSettings, config: ExpertConfig, run_dir, resume: bool,
-                    workers: int = 0) -> ExpertTrainer:
-    """A trainer for ``run_dir``: fresh, or continued from its newest complete checkpoint."""
+                    workers: int = 0, resume_from: str | Path | None = None) -> ExpertTrainer:
+    """A trainer for ``run_dir``: fresh, or continued from its newest complete checkpoint.
+
+    ``resume_from``: a snapshot (``snapshot_run``) that seeds an empty ``run_dir`` before resuming.
+    """
+    import shutil
+
     run_dir = Path(run_dir)
     existing = latest_checkpoint(run_dir) if run_dir.exists() else None
+    if resume_from is not None:
+        source = latest_checkpoint(resume_from) if Path(resume_from).is_dir() else None
+        if source is None:
+            raise KdistillError(f"--resume-from {resume_from} holds no expert checkpoint; pass a snapshot folder.")
+        if existing is not None:
+            raise KdistillError(f"{run_dir} already holds an expert run; --resume-from seeds only a new --out folder "
+                                f"(use --resume to continue {run_dir}).")
+        check_expert_compatible(read_json_object(source / "meta.json"), settings, config)
+        claim_folder(run_dir, "experts-run")
+        shutil.copytree(source, run_dir / source.name)
+        for rel in ["metrics.jsonl", *(f"tasks/{p.name}" for p in sorted((Path(resume_from) / "tasks").glob("*.jsonl")))]:
+            if (Path(resume_from) / rel).exists():
+                (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(Path(resume_from) / rel, run_dir / rel)
+        atomic_write_json(run_dir / "latest.json", {"checkpoint": source.name,
+                                                    "step": int(read_json_object(source / "meta.json")["counters"]["updates"])})
+        existing, resume = latest_checkpoint(run_dir), True
     if existing is not None and not resume:
         raise KdistillError(f"{run_dir} already holds an expert run (checkpoint {existing.name}); pass --resume to "
                             f"continue it or choose a new --out folder.")
