@@ -160,6 +160,9 @@ class SyncVecEnv(VecEnv):
 # worker processes ---------------------------------------------------------------------------------
 
 def _worker(conn, make_chunk: Callable[[int, int, TaskSampler], VecEnv], index: int, num_envs: int, tasks: list[str]) -> None:
+    from kdistill.procs import die_with_parent
+
+    die_with_parent()  # also when the parent is not the CLI (a script using SubprocVecEnv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and closes us
     sampler = FixedProbsSampler(tasks)
     env = None

@@ -291,3 +291,16 @@ def latest_updates(run):
     from kdistill.io import latest_checkpoint, read_json
 
     return read_json(latest_checkpoint(run) / "meta.json")["counters"]["updates"]
+
+
+def test_a_diverged_task_stops_the_run_and_keeps_the_last_checkpoint(cartpole, tmp_path, one_torch_thread):
+    from kdistill.io import NonFiniteError
+
+    tasks = cartpole.tasks("train")[:2]
+    trainer = make(cartpole, tasks, run_dir=tmp_path / "run", every=1)
+    trainer.train(stop_after_updates=1)
+    with torch.no_grad():
+        trainer.model.actor.weights[1][1, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match=tasks[1]):
+        trainer.train(stop_after_updates=1)
+    assert latest_updates(tmp_path / "run") == 1

@@ -32,8 +32,8 @@ def experts_group() -> None:
 @click.option("--seed", type=int, default=None, help="Random seed. [default: 0]")
 @click.option("--workers", type=int, default=0, show_default=True,
               help="Env worker processes (0 = step the envs in this process, on threads; use several on many cores).")
-@click.option("--threads", type=int, default=None, help="Torch CPU threads for the updates. [default: up to 2]")
-@click.option("--checkpoint-every", type=int, default=None, help="Updates between checkpoints. [default: 10]")
+@click.option("--threads", type=click.IntRange(1), default=None, help="Torch CPU threads for the updates. [default: up to 2]")
+@click.option("--checkpoint-every", type=click.IntRange(1), default=None, help="Updates between checkpoints. [default: 10]")
 @click.option("--max-updates", type=int, default=None, help="Stop after this many updates in this call (the run stays resumable).")
 @json_option
 @data_dir_option

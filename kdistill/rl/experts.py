@@ -508,6 +508,7 @@ class ExpertTrainer:
             batch, returns = self.rollout()
             t1 = time.perf_counter()
             stats = self.update(batch)
+            self._check_finite(stats)
             t2 = time.perf_counter()
             self.updates += 1
             done_here += 1
@@ -548,6 +549,23 @@ class ExpertTrainer:
             if on_update is not None:
                 on_update(last)
         return last
+
+    def _check_finite(self, stats: dict[str, np.ndarray]) -> None:
+        """Stop before a diverged task reaches a checkpoint: the newest checkpoint stays the last good one."""
+        bad_loss = ~(np.isfinite(stats["pg_loss"]) & np.isfinite(stats["v_loss"]))
+        bad_weights = ~torch.stack([torch.isfinite(p.detach()).reshape(p.shape[0], -1).all(1)
+                                    for p in self.model.parameters()]).all(0).numpy()
+        bad = np.flatnonzero(bad_loss | bad_weights)
+        if not bad.size:
+            return
+        from kdistill.io import NonFiniteError
+
+        names = [self.tasks[self._rows[j]] for j in bad]
+        kept = latest_checkpoint(self.run_dir) if self.run_dir is not None else None
+        keep = f"the last good checkpoint {kept} is kept" if kept else "no checkpoint was written"
+        raise NonFiniteError(f"training diverged at update {self.updates + 1} for {len(names)} task(s) "
+                             f"({', '.join(names[:3])}): a loss or weight is NaN or infinite; stopped, and {keep} "
+                             f"(resume it with --resume, or start a new run with another --seed).")
 
     def _log_tasks(self, rows: np.ndarray, stats: dict[str, np.ndarray], returns: list[list[float]], evaluated: bool) -> None:
         if self.run_dir is None:
