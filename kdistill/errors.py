@@ -24,6 +24,13 @@ class DataError(KdistillError):
     """Input data (robot files, datasets, checkpoints) is missing or malformed."""
 
 
+class MissingDataError(DataError):
+    """A domain's data is not installed at all (nothing at the data location): ``Domain.fetch_data`` can install it.
+
+    Commands that need the data install it on first use when they see this error (``kdistill.tasks.ensure_data``).
+    """
+
+
 class CheckpointError(KdistillError):
     """A checkpoint is missing, corrupt, or belongs to another domain or config."""
 

@@ -23,7 +23,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from kdistill.errors import DataError
+from kdistill.errors import DataError, MissingDataError
 
 ENV_VAR = "KDISTILL_UNIMAL_DIR"
 SPLITS = ("train", "test")
@@ -56,10 +56,18 @@ def find_robot_set(data_dir: str | os.PathLike | None = None) -> Path:
     """The robot-set folder to read, or a DataError naming the fetch command and the env var."""
     path, origin = default_location(data_dir)
     if not path.is_dir():
-        raise DataError(f"no UNIMAL robots at {path} (from {origin}); {FETCH_HINT}.")
+        raise MissingDataError(f"no UNIMAL robots at {path} (from {origin}); {FETCH_HINT}.")
     if not any((path / s / "xml").is_dir() for s in SPLITS):
-        raise DataError(f"{path} (from {origin}) holds no UNIMAL robot set (train/xml or test/xml); {FETCH_HINT}.")
+        # an empty folder can be installed into (MissingDataError); one holding other files cannot
+        raise (MissingDataError if _is_empty(path) else DataError)(f"{path} (from {origin}) holds no UNIMAL robot set (train/xml or test/xml); {FETCH_HINT}.")
     return path
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        return not any(path.iterdir())
+    except OSError:
+        return False
 
 
 def list_splits(root: Path) -> dict[str, list[str]]:

@@ -14,6 +14,7 @@ the episode as terminated with ``info["unstable"] = True`` and reward 0.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +26,7 @@ from domains.unimal import features as F
 from domains.unimal.data import find_robot_set, list_splits
 from domains.unimal.arena import assemble
 from domains.unimal.robot import Robot, Sim, read_metadata
-from kdistill.errors import UnknownNameError, closest, unknown_name
+from kdistill.errors import DataError, MissingDataError, UnknownNameError, closest, unknown_name
 
 MAX_EPISODE_STEPS = 1000
 STAND_HEIGHT_RATIO = 0.5  # ft: falling below this fraction of the original height ends the episode
@@ -36,12 +37,24 @@ _robots_lock = threading.Lock()
 
 
 class RobotLibrary:
-    """The robots of one data folder, compiled on first use and cached for the process."""
+    """The robots of one data folder, plus any folders of robot files added with ``add_folder``; each robot
+    is compiled on first use and cached for the process.
 
-    def __init__(self, data_dir: str | Path | None = None):
-        self.root = find_robot_set(data_dir).resolve()
-        self.splits = list_splits(self.root)
+    With ``allow_missing=True`` a missing robot set is not an error (the library then holds only the robots of
+    the folders added to it).
+    """
+
+    def __init__(self, data_dir: str | Path | None = None, allow_missing: bool = False):
+        try:
+            self.root: Path | None = find_robot_set(data_dir).resolve()
+        except MissingDataError:
+            if not allow_missing:
+                raise
+            self.root = None
+        self.splits = list_splits(self.root) if self.root is not None else {}
         self._where: dict[str, str] = {}
+        self._files: dict[str, tuple[Path, Path]] = {}  # robots from added folders: (xml, metadata)
+        self.folders: list[Path] = []
         for split, names in self.splits.items():
             for name in names:
                 self._where.setdefault(name, split)
@@ -50,16 +63,55 @@ class RobotLibrary:
     def names(self) -> list[str]:
         return list(self._where)
 
+    def add_folder(self, folder: str | Path) -> list[str]:
+        """Add a folder of robot files; returns its robot names (sorted). Nothing is compiled here.
+
+        The folder holds ``xml/NAME.xml`` with ``metadata/NAME.json``, or ``NAME.xml`` files with their metadata
+        beside them (``NAME.json``) or in ``metadata/``. A name that is already known with other files is an error.
+        """
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            raise DataError(f"--robots-dir {folder}: no such folder; pass a folder of UNIMAL robot files "
+                            f"(NAME.xml with metadata NAME.json).")
+        xml_dir = folder / "xml" if (folder / "xml").is_dir() else folder
+        meta_dir = folder / "metadata" if (folder / "metadata").is_dir() else xml_dir
+        try:
+            names = sorted(e.name[:-4] for e in os.scandir(xml_dir)
+                           if e.name.endswith(".xml") and not e.name.startswith(".") and e.is_file())
+        except OSError as exc:
+            raise DataError(f"cannot list the robots in {xml_dir} ({exc.strerror}); fix its permissions.") from None
+        if not names:
+            raise DataError(f"--robots-dir {folder} holds no UNIMAL robot files (NAME.xml, with NAME.json beside it "
+                            f"or in metadata/, or xml/ and metadata/ folders).")
+        resolved = folder.resolve()
+        for name in names:
+            files = (xml_dir / f"{name}.xml", meta_dir / f"{name}.json")
+            if name in self._where:
+                old = self.paths(name)
+                if all(_same_bytes(a, b) for a, b in zip(old, files)):
+                    continue
+                raise DataError(f"robot {name!r} of {folder} is also in {self._where[name]} with different files; "
+                                f"rename one of them (task names must be unique).")
+            self._where[name] = str(resolved)
+            self._files[name] = files
+        if resolved not in self.folders:
+            self.folders.append(resolved)
+        return names
+
     def split_of(self, name: str) -> str:
         if name not in self._where:
             guess = closest(str(name), self._where)
             hint = f" Did you mean {guess!r}?" if guess else ""
+            where = [f"{self.root}/{{{','.join(self.splits)}}}/xml"] if self.root is not None else []
+            where += [str(f) for f in self.folders]
             raise UnknownNameError(f"unknown UNIMAL robot {name!r}.{hint} The robots are the .xml files in "
-                                   f"{self.root}/{{{','.join(self.splits)}}}/xml ({len(self._where)} robots).")
+                                   f"{' and '.join(where) or 'no folder'} ({len(self._where)} robots).")
         return self._where[name]
 
     def paths(self, name: str) -> tuple[Path, Path]:
         split = self.split_of(name)
+        if name in self._files:
+            return self._files[name]
         return self.root / split / "xml" / f"{name}.xml", self.root / split / "metadata" / f"{name}.json"
 
     def get(self, name: str) -> Robot:
@@ -73,6 +125,13 @@ class RobotLibrary:
                     robot = Robot(assemble(xml, read_metadata(meta, name), name=name))
                     _robots[key] = robot
         return robot
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    try:
+        return a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
 
 
 class _Uniform:
