@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import attrs
 import numpy as np
@@ -23,7 +23,7 @@ import torch
 
 from kdistill.domain import Layout
 from kdistill.errors import CheckpointError, DataError, KdistillError
-from kdistill.expert import ExpertData, load_expert_data, read_expert_meta
+from kdistill.expert import ExpertData, load_expert_sets, read_expert_meta
 from kdistill.io import (NonFiniteError, append_jsonl, claim_folder, latest_checkpoint, load_checkpoint, looks_like_run,
                          read_jsonl, save_run_checkpoint, truncate_jsonl)
 from kdistill.students import (Student, build_student, context_tensors, loss_function, student_class,
@@ -73,10 +73,12 @@ def split_tasks(tasks: list[str], val_tasks: int, seed: int) -> tuple[list[str],
 
 
 class TorchData:
-    """Expert rows as tensors, plus each task's context, ready for batching on ``device``."""
+    """Expert rows as tensors, plus each task's context (and full observation, if loaded), ready for batching."""
 
     def __init__(self, data: ExpertData, device: str | torch.device = "cpu"):
         self.tasks = data.tasks
+        self.static = torch.from_numpy(data.static).to(device) if data.static is not None else None
+        self.features = torch.as_tensor(Layout.from_dict(data.meta["layout"]).student_features, dtype=torch.long)
         self.obs = torch.from_numpy(data.obs)
         self.obs_mask = torch.from_numpy(data.obs_mask)
         self.act_mask = torch.from_numpy(data.act_mask)
@@ -103,7 +105,49 @@ def student_mu(student: Student, data: TorchData, batch: dict[str, torch.Tensor]
     return student.forward_with(params, batch["obs"], batch["obs_mask"], local)
 
 
-def evaluate_loss(student: Student, data: TorchData, loss_fn, batch_size: int) -> float:
+def teacher_mu(model, data: TorchData, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A context-reading teacher architecture's mean actions on a batch: its full observation is the task's
+    ``static`` one with the row's student features written in (see ``kdistill.expert``)."""
+    ti = batch["task_index"]
+    full = data.static.index_select(0, ti).clone()
+    full[..., data.features.to(full.device)] = batch["obs"]
+    feed = {"obs": full, "obs_mask": batch["obs_mask"], "act_mask": batch["act_mask"],
+            "context": data.context.index_select(0, ti)}
+    return model.mu(feed)
+
+
+def teacher_spec_for(name: str):
+    """The teacher architecture called ``name`` when it is one (and no student has that name), else None."""
+    from kdistill.plugins import get_plugins
+    from kdistill.students import STUDENTS
+
+    if name in STUDENTS:
+        return None
+    plugins = get_plugins()
+    if name in plugins.students or name not in plugins.teachers:
+        return None
+    return plugins.teachers.get(name)
+
+
+def teacher_student_config(spec, config: Any, preset: str | None):
+    """A teacher architecture's config from a dict (a resumed run's), else its ``preset`` (default ``cpu``)."""
+    from kdistill.errors import unknown_name
+
+    if isinstance(config, dict):
+        try:
+            return spec.config_cls(**config)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"the run's {spec.name} config does not fit ({exc}); start a new --out.") from None
+    if config is not None:
+        return config
+    presets = spec.config_cls.presets()
+    preset = preset or ("cpu" if "cpu" in presets else next(iter(presets)))
+    if preset not in presets:
+        raise unknown_name(f"{spec.name} preset", preset, presets)
+    return presets[preset]
+
+
+def evaluate_loss(student: Student, data: TorchData, loss_fn, batch_size: int, mu_fn=None) -> float:
     """Mean loss over all rows of ``data`` (eval mode, no gradients), weighted by rows."""
     was_training = student.training
     student.eval()
@@ -112,7 +156,7 @@ def evaluate_loss(student: Student, data: TorchData, loss_fn, batch_size: int) -
         for start in range(0, len(data), batch_size):
             idx = torch.arange(start, min(start + batch_size, len(data)))
             batch = data.batch(idx)
-            total += float(loss_fn(student_mu(student, data, batch), batch)) * len(idx)
+            total += float(loss_fn((mu_fn or student_mu)(student, data, batch), batch)) * len(idx)
             n += len(idx)
     student.train(was_training)
     return total / max(n, 1)
@@ -166,9 +210,14 @@ def plot_loss_curve(records: list[dict], path: Path, title: str = "") -> None:
     save_figure(fig, path)
 
 
-def _check_resume(meta: dict, arch: str, student_config: dict, config: DistillConfig, data_path: str, run: Path) -> None:
-    if meta.get("kind") != "student":
-        raise CheckpointError(f"{run} holds a {meta.get('kind')!r} run, not a student; pass another --out.")
+def _check_resume(meta: dict, arch: str, student_config: dict, config: DistillConfig, data_path: str, run: Path,
+                  kind: str = "student", extra: dict | None = None) -> None:
+    if meta.get("kind") != kind or "distill" not in meta:
+        raise CheckpointError(f"{run} holds a {meta.get('kind')!r} run, not a distilled {kind}; pass another --out.")
+    for key, want in (extra or {}).items():
+        have = meta.get(key)
+        if have != want and not (have in (None, []) and want in (None, [])):  # older runs lack the key
+            raise CheckpointError(f"{run} was distilled with another {key.replace('_', ' ')}; use it or another --out.")
     if meta.get("arch") != arch or meta.get("config") != student_config:
         raise CheckpointError(f"{run} holds a {meta.get('arch')!r} student with config {meta.get('config')}; "
                               f"it cannot resume as {arch!r} {student_config}. Pass another --out.")
@@ -191,28 +240,43 @@ def _diverged(run: Path | None, epoch: int, step: int, what: str) -> NonFiniteEr
 
 def distill(data_path: str | Path, student: str = "hnmlp", student_config: Any = None, config: DistillConfig = DistillConfig(),
             out: str | Path | None = None, resume: bool = False, domain: str | None = None, device: str = "cpu",
-            progress: bool = False, on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
+            progress: bool = False, on_epoch: Callable[[dict], None] | None = None,
+            extra_data: Sequence[str | Path] = (), init_from: str | Path | None = None,
+            student_preset: str | None = None) -> dict[str, Any]:
     """Distill the expert data at ``data_path`` into a ``student``; checkpoints into ``out`` if given.
 
+    ``student`` is a student architecture (HN-MLP, MLP, a plugin's) or a teacher architecture (a transformer):
+    a distilled teacher architecture is saved as an ordinary teacher checkpoint (kind ``teacher``) that
+    every command loads. ``extra_data``: more data folders whose rows join the first's (DAgger rounds);
+    ``init_from``: a checkpoint of the same architecture to start from instead of a fresh initialisation.
     Returns a summary with the final losses, counters and the run folder.
     """
     data_path = Path(data_path)
     meta = read_expert_meta(data_path)
+    spec = teacher_spec_for(student)
     if domain is not None and meta["domain"] != domain:
         raise DataError(f"{data_path} holds {meta['domain']!r} data, not {domain!r}.")
     layout = Layout.from_dict(meta["layout"])
     loss_fn = loss_function(config.loss)
-    student_class(student)  # unknown names fail before any data is loaded
+    if spec is None:
+        student_class(student)  # unknown names fail before any data is loaded
     all_tasks = sorted(meta["tasks"])
     if not all_tasks:
         raise DataError(f"{data_path} holds no finished task yet; run `kdistill expert collect` first.")
     train_tasks, val_tasks = split_tasks(all_tasks, config.val_tasks, config.seed)
 
     torch.manual_seed(config.seed)
-    model = build_student(student, layout, student_config).to(device)
-    cfg_dict = model.config_dict()
+    if spec is not None:
+        teacher_config = teacher_student_config(spec, student_config, student_preset)
+        model = spec.build(layout, teacher_config).to(device)
+        cfg_dict, kind, mu_fn = teacher_config.to_dict(), "teacher", teacher_mu
+    else:
+        model = build_student(student, layout, student_config).to(device)
+        cfg_dict, kind, mu_fn = model.config_dict(), "student", student_mu
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps)
     data_ref = str(data_path.resolve())
+    extra_refs = [str(Path(p).resolve()) for p in extra_data]
+    init_ref = str(Path(init_from).resolve()) if init_from is not None else None
 
     run = Path(out) if out is not None else None
     if run is not None:
@@ -222,7 +286,8 @@ def distill(data_path: str | Path, student: str = "hnmlp", student_config: Any =
         if not resume:
             raise KdistillError(f"{run} already holds a distillation run; pass --resume to continue it, or another --out.")
         tensors, ck_meta = load_checkpoint(latest_checkpoint(run))
-        _check_resume(ck_meta, student, cfg_dict, config, data_ref, run)
+        _check_resume(ck_meta, student, cfg_dict, config, data_ref, run, kind,
+                      {"extra_data": extra_refs, "init_from": init_ref})
         if ck_meta.get("train_tasks") != train_tasks:
             raise CheckpointError(f"{run} was distilled on other tasks than {data_path} now holds "
                                   f"({len(ck_meta.get('train_tasks', []))} vs {len(train_tasks)}); pass another --out.")
@@ -231,18 +296,30 @@ def distill(data_path: str | Path, student: str = "hnmlp", student_config: Any =
         counters = ck_meta["counters"]
         start_epoch, step, samples_seen = counters["epoch"], counters["step"], counters["samples"]
         truncate_jsonl(run / "metrics.jsonl", lambda r: r.get("epoch", 0) <= start_epoch)
+    elif init_from is not None:
+        tensors, init_meta = load_checkpoint(latest_checkpoint(init_from) or init_from)
+        if init_meta.get("arch") != student or init_meta.get("config") != cfg_dict:
+            raise CheckpointError(f"--init-from {init_from} holds a {init_meta.get('arch')!r} model with another config; "
+                                  f"it cannot start a {student!r} run.")
+        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
 
-    train = TorchData(load_expert_data(data_path, train_tasks, config.samples_per_task), device)
-    val = TorchData(load_expert_data(data_path, val_tasks, config.samples_per_task), device) if val_tasks else None
+    with_static = spec is not None
+    train = TorchData(load_expert_sets([data_path, *extra_data], train_tasks, config.samples_per_task, with_static), device)
+    val = (TorchData(load_expert_sets([data_path, *extra_data], val_tasks, config.samples_per_task, with_static), device)
+           if val_tasks else None)
 
     def checkpoint_meta(epoch: int) -> dict:
-        return {
-            "kind": "student", "domain": meta["domain"], "arch": student, "config": cfg_dict,
-            "layout": layout.to_dict(), "normalizer": meta["student_normalizer"], "action_std": model.action_std,
-            "distill": config.to_dict(), "data": data_ref, "teacher": meta.get("teacher", ""),
-            "train_tasks": train_tasks, "val_tasks": val_tasks,
+        out_meta = {
+            "kind": kind, "domain": meta["domain"], "arch": student, "config": cfg_dict,
+            "layout": layout.to_dict(), "normalizer": meta["normalizer" if spec is not None else "student_normalizer"],
+            "action_std": model.action_std,
+            "distill": config.to_dict(), "data": data_ref, "extra_data": extra_refs, "init_from": init_ref,
+            "teacher": meta.get("teacher", ""), "train_tasks": train_tasks, "val_tasks": val_tasks,
             "counters": {"epoch": epoch, "step": step, "samples": samples_seen},
         }
+        if spec is not None:  # what a teacher run records, so teacher tooling reads it as one
+            out_meta["run"] = {"domain": meta["domain"], "tasks": train_tasks, "teacher": student, "seed": config.seed}
+        return out_meta
 
     n = len(train)
     steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
@@ -260,7 +337,7 @@ def distill(data_path: str | Path, student: str = "hnmlp", student_config: Any =
             t0, total = time.perf_counter(), 0.0
             for start in range(0, n, config.batch_size):
                 batch = train.batch(perm[start:start + config.batch_size])
-                loss = loss_fn(student_mu(model, train, batch), batch)
+                loss = loss_fn(mu_fn(model, train, batch), batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.grad_clip > 0:
@@ -278,13 +355,13 @@ def distill(data_path: str | Path, student: str = "hnmlp", student_config: Any =
             if not all(torch.isfinite(p).all() for p in model.parameters()):
                 raise _diverged(run, epoch, step, "the weights hold NaN or infinity")
             record = {"epoch": epoch + 1, "step": step, "samples": samples_seen, "train_loss": total / n,
-                      "val_loss": evaluate_loss(model, val, loss_fn, config.batch_size) if val is not None else None,
+                      "val_loss": evaluate_loss(model, val, loss_fn, config.batch_size, mu_fn) if val is not None else None,
                       "seconds": seconds, "samples_per_s": n / seconds if seconds > 0 else None}
             last = record
             if run is not None:
                 append_jsonl(run / "metrics.jsonl", record)
                 if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
-                    tensors = {**student_tensors(model), **_optimizer_tensors(optimizer)}
+                    tensors = {**student_tensors(model), **_optimizer_tensors(optimizer)}  # "model." prefix for both kinds
                     save_run_checkpoint(run, epoch + 1, tensors, checkpoint_meta(epoch + 1))
                     plot_loss_curve(read_jsonl(run / "metrics.jsonl"), run / "loss_curve.png",
                                     f"{meta['domain']}: {student} student")

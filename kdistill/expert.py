@@ -6,8 +6,18 @@ A data folder ``DATA`` holds
   ``obs`` (n, T, S) float32, the *student view* of the state (the teacher's normalised observation sliced
   to ``layout.student_features``), ``obs_mask`` (n, T) bool, ``act_mask`` (n, T*A) bool, ``mu`` (n, T*A)
   the teacher's mean action and ``action`` (n, T*A) the action actually played, sampled from N(mu, std);
-* ``DATA/meta.json``: domain, teacher, layout, the teacher's normaliser state and its slice for the student,
-  and per finished task its shard, sample count, episode returns and context.
+* ``DATA/meta.json``: domain, teacher, layout, the normaliser state and its slice for the student, and per
+  finished task its shard, sample count, episode returns and context.
+
+A shard also holds ``static`` (1, T, F): the task's normalised full observation with the student's features
+zeroed, taken from its first row. Every other row must agree with it (checked when collecting), so a
+transformer student, which reads the full observation, can be trained from the compact student view.
+
+The teacher is a ``kdistill.policy.Policy``: one context-reading teacher (its own frozen normaliser is the
+data's), or a set of per-task experts, each task's rows labelled by its own expert (the data's normaliser
+is then fitted on a short rollout of the experts over all tasks). With ``actor`` and ``beta`` (DAgger),
+each env executes the teacher's sampled action with probability ``beta`` at each step and the actor's
+action otherwise, and every visited state is labelled with the teacher's mean action.
 
 Each shard is written atomically and ``meta.json`` is updated after it, so an interrupted collection
 resumes where it stopped: finished tasks are skipped.
@@ -32,6 +42,7 @@ from kdistill.normalize import ObsNormalizer
 
 FORMAT = "kdistill-expert/1"
 SHARD_KEYS = ("obs", "obs_mask", "act_mask", "mu", "action")
+STATIC_TOLERANCE = 1e-4  # how far a row's non-student features may stray from the task's ``static``
 
 
 def shard_name(task: str) -> str:
@@ -79,16 +90,17 @@ def task_seed(seed: int, task: str) -> int:
 
 
 def rollout_task(domain, teacher, normalizer: ObsNormalizer, task: str, context: TaskContext, settings: CollectSettings,
-                 on_step: Callable[[int], None] | None = None) -> tuple[dict[str, np.ndarray], list[float]]:
+                 on_step: Callable[[int], None] | None = None, actor=None,
+                 beta: float = 1.0) -> tuple[dict[str, np.ndarray], list[float]]:
     """Play the teacher (stochastic actions) on ``num_envs`` envs of ``task``; return the shard arrays and
-    the returns of the episodes that finished."""
+    the returns of the episodes that finished. With ``actor``, each env plays the teacher's action with
+    probability ``beta`` at each step and the actor's mean action otherwise (labels stay the teacher's)."""
     layout: Layout = domain.layout
     features = list(layout.student_features)
     n_envs = settings.num_envs
     steps = math.ceil(settings.samples_per_task / n_envs)
     seed = task_seed(settings.seed, task)
     rng = np.random.default_rng(seed)
-    std = float(getattr(teacher, "action_std", 0.9))
     T, S, TA = layout.max_tokens, len(features), layout.num_actions
     rows = steps * n_envs
     out = {
@@ -100,16 +112,33 @@ def rollout_task(domain, teacher, normalizer: ObsNormalizer, task: str, context:
     }
     returns: list[float] = []
     teacher.prepare(task, context)
+    if actor is not None:
+        actor.prepare(task, context)
+    # the prepared task's exploration noise: a scalar, or one std per action for per-task experts
+    std = np.asarray(getattr(teacher, "action_std", 0.9), np.float32)
+    others = np.setdiff1d(np.arange(layout.obs_features), features)
+    static = None
     venv = domain.make_vec_env([task], n_envs, seed=seed)
     try:
         obs = venv.reset(seed=seed)
         for t in range(steps):
             sl = slice(t * n_envs, (t + 1) * n_envs)
-            out["obs"][sl] = normalizer.normalize(np.asarray(obs["obs"], np.float32))[..., features]
+            full = normalizer.normalize(np.asarray(obs["obs"], np.float32))
+            if static is None:
+                static = full[:1].copy()
+                static[..., features] = 0.0
+            elif others.size and np.abs(full[..., others] - static[..., others]).max() > STATIC_TOLERANCE:
+                static = np.full_like(static, np.nan)  # not constant: no transformer can be fitted from this task
+                others = others[:0]
+            out["obs"][sl] = full[..., features]
             out["obs_mask"][sl] = obs["obs_mask"]
             out["act_mask"][sl] = obs["act_mask"]
             mu = np.asarray(teacher.act(obs, deterministic=True), np.float32)
             action = (mu + std * rng.standard_normal(mu.shape)).astype(np.float32)
+            if actor is not None:
+                own = np.asarray(actor.act(obs, deterministic=True), np.float32)
+                teacher_plays = rng.random(n_envs) < beta
+                action = np.where(teacher_plays[:, None], action, own).astype(np.float32)
             out["mu"][sl], out["action"][sl] = mu, action
             obs, _, _, _, infos = venv.step(action)
             returns += [float(i["episode"]["return"]) for i in infos if "episode" in i]
@@ -117,7 +146,33 @@ def rollout_task(domain, teacher, normalizer: ObsNormalizer, task: str, context:
                 on_step(n_envs)
     finally:
         venv.close()
-    return {k: v[: settings.samples_per_task] for k, v in out.items()}, returns
+    arrays = {k: v[: settings.samples_per_task] for k, v in out.items()}
+    if static is not None and np.isfinite(static).all():
+        arrays["static"] = static.astype(np.float32)
+    return arrays, returns
+
+
+def fit_normalizer(domain, teacher, tasks: Sequence[str], steps: int = 500, num_envs: int = 2, seed: int = 0,
+                   clip: float = 10.0) -> ObsNormalizer:
+    """An observation normaliser fitted on the teacher's own rollouts (sampled actions) over all ``tasks``:
+    the data's normaliser when the teacher has none of its own (a set of per-task experts)."""
+    layout: Layout = domain.layout
+    norm = ObsNormalizer((layout.max_tokens, layout.obs_features), clip=clip)
+    rng = np.random.default_rng(seed)
+    for task in tasks:
+        teacher.prepare(task, domain.context(task))
+        std = np.asarray(getattr(teacher, "action_std", 0.9), np.float32)
+        venv = domain.make_vec_env([task], num_envs, seed=task_seed(seed, task))
+        try:
+            obs = venv.reset(seed=task_seed(seed, task))
+            for _ in range(steps):
+                norm.rms.update(np.asarray(obs["obs"], np.float32))
+                mu = np.asarray(teacher.act(obs, deterministic=True), np.float32)
+                obs = venv.step((mu + std * rng.standard_normal(mu.shape)).astype(np.float32))[0]
+        finally:
+            venv.close()
+    norm.training = False
+    return norm
 
 
 _OPTION_OF = {"seed": "--seed", "num_envs": "--envs", "samples_per_task": "--samples-per-task", "teacher": "--teacher"}
@@ -153,29 +208,45 @@ def _is_expert_folder(path: Path) -> bool:
     return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
-def collect_expert_data(domain, teacher, normalizer_state: dict, tasks: Sequence[str], out: str | Path,
+def collect_expert_data(domain, teacher, normalizer_state: dict | None, tasks: Sequence[str], out: str | Path,
                         settings: CollectSettings = CollectSettings(), teacher_ref: str = "",
-                        progress: bool = False) -> dict[str, Any]:
-    """Collect one shard per task into ``out`` (skipping tasks already there); returns a summary."""
+                        progress: bool = False, actor=None, beta: float = 1.0, actor_ref: str = "",
+                        fit_tasks: Sequence[str] | None = None) -> dict[str, Any]:
+    """Collect one shard per task into ``out`` (skipping tasks already there); returns a summary.
+
+    ``normalizer_state`` None: a new folder fits one on the teacher's rollouts over ``fit_tasks`` (default
+    ``tasks``); a resumed folder keeps its own. ``actor``/``beta``: DAgger rollouts (module docstring).
+    """
     out = Path(out)
     layout: Layout = domain.layout
-    normalizer = ObsNormalizer.from_state(normalizer_state)
     want_shape = (layout.max_tokens, layout.obs_features)
-    if tuple(normalizer.shape) != want_shape:
+    normalizer = ObsNormalizer.from_state(normalizer_state) if normalizer_state is not None else None
+    if normalizer is not None and tuple(normalizer.shape) != want_shape:
         raise DataError(f"the teacher's normaliser has shape {tuple(normalizer.shape)}, but domain {domain.name!r} "
                         f"observations are {want_shape}; use a teacher trained on this domain.")
+    if not 0.0 <= beta <= 1.0:
+        raise DataError(f"the DAgger mixing coefficient must lie in [0, 1], got {beta}.")
     # the teacher checkpoint's weights hash and the seed pin what the rows come from
     teacher_sha = (getattr(teacher, "meta", None) or {}).get("weights_sha256")
     expected = {"format": FORMAT, "domain": domain.name, "layout": layout.to_dict(), "teacher": str(teacher_ref),
                 "teacher_sha256": teacher_sha, "samples_per_task": settings.samples_per_task,
                 "num_envs": settings.num_envs, "seed": settings.seed}
+    if actor is not None:
+        expected.update(actor=str(actor_ref), actor_sha256=(getattr(actor, "meta", None) or {}).get("weights_sha256"),
+                        beta=float(beta))
     meta_path = out / "meta.json"
     if meta_path.exists() and _is_expert_folder(out):
         meta = read_expert_meta(out)
         _check_existing(meta, expected, out)
         claim_folder(out, "expert-data", legacy=_is_expert_folder)
+        if normalizer is None:
+            normalizer = ObsNormalizer.from_state(meta["normalizer"])
+        elif meta.get("normalizer") != normalizer.state():
+            raise DataError(f"{out} was collected with another normaliser; collect into another --out folder.")
     else:
         claim_folder(out, "expert-data")
+        if normalizer is None:
+            normalizer = fit_normalizer(domain, teacher, list(fit_tasks or tasks), seed=settings.seed)
         meta = {**expected, "normalizer": normalizer.state(),
                 "student_normalizer": slice_normalizer_state(normalizer.state(), layout.student_features),
                 "tasks": {}}
@@ -192,7 +263,7 @@ def collect_expert_data(domain, teacher, normalizer_state: dict, tasks: Sequence
             bar.update(job, description=f"expert {task}")
             ctx = domain.context(task)
             arrays, returns = rollout_task(domain, teacher, normalizer, task, ctx, settings,
-                                           on_step=lambda n: bar.advance(job, n))
+                                           on_step=lambda n: bar.advance(job, n), actor=actor, beta=beta)
             problem = _shard_problem(arrays, layout)
             if problem:
                 raise DataError(f"the rollouts of task {task!r} {problem.replace('has ', 'have ', 1)}; nothing was written "
@@ -202,7 +273,7 @@ def collect_expert_data(domain, teacher, normalizer_state: dict, tasks: Sequence
             meta["tasks"][task] = {
                 "shard": shard, "samples": int(len(arrays["obs"])), "num_envs": settings.num_envs,
                 "episodes": len(returns), "mean_return": float(np.mean(returns)) if returns else None,
-                "context": context_to_json(ctx),
+                "context": context_to_json(ctx), "static": "static" in arrays,
             }
             atomic_write_json(meta_path, meta)
     if not meta_path.exists():
@@ -238,6 +309,7 @@ class ExpertData:
     action: np.ndarray
     task_index: np.ndarray
     meta: dict
+    static: np.ndarray | None = None  # (K, T, F) per task, when loaded ``with_static``
 
     def __len__(self) -> int:
         return len(self.obs)
@@ -330,11 +402,48 @@ def _shard_problem(arrays: dict[str, np.ndarray], layout: Layout) -> str | None:
             bad = ~np.isfinite(arr).reshape(rows, -1).all(axis=1)
             if bad.any():
                 return f"has NaN or infinite values in {key!r} ({int(bad.sum())} row(s), first row {int(np.argmax(bad))})"
+    if "static" in arrays:
+        arr = arrays["static"]
+        if arr.dtype != np.float32 or arr.shape != (1, T, layout.obs_features) or not np.isfinite(arr).all():
+            return f"has a 'static' array that is not finite float32 of shape {(1, T, layout.obs_features)}"
     return None
 
 
-def load_expert_data(path: str | Path, tasks: Sequence[str] | None = None, samples_per_task: int | None = None) -> ExpertData:
-    """Load the shards of ``tasks`` (default: every finished task); ``samples_per_task`` keeps the first rows."""
+def load_expert_sets(paths: Sequence[str | Path], tasks: Sequence[str] | None = None,
+                     samples_per_task: int | None = None, with_static: bool = False) -> ExpertData:
+    """Rows of several data folders (DAgger rounds) as one set: each folder's rows of ``tasks`` that it holds.
+
+    The folders must share the domain, layout and normaliser, so their rows are in one space.
+    """
+    paths = [Path(p) for p in paths]
+    first = load_expert_data(paths[0], tasks, samples_per_task, with_static)
+    if len(paths) == 1:
+        return first
+    index = {t: k for k, t in enumerate(first.tasks)}
+    parts = {k: [getattr(first, k)] for k in SHARD_KEYS}
+    task_index = [first.task_index]
+    for path in paths[1:]:
+        meta = read_expert_meta(path)
+        for key in ("domain", "layout", "normalizer"):
+            if meta.get(key) != first.meta.get(key):
+                raise DataError(f"{path} differs from {paths[0]} in its {key}; its rows cannot be mixed with them.")
+        held = [t for t in first.tasks if t in meta["tasks"]]
+        if not held:
+            continue
+        more = load_expert_data(path, held, samples_per_task)
+        for key in SHARD_KEYS:
+            parts[key].append(getattr(more, key))
+        task_index.append(np.array([index[held[i]] for i in range(len(held))], np.int64)[more.task_index])
+    cat = {k: np.concatenate(v) for k, v in parts.items()}
+    return ExpertData(tasks=first.tasks, contexts=first.contexts, task_index=np.concatenate(task_index),
+                      meta=first.meta, static=first.static, **cat)
+
+
+def load_expert_data(path: str | Path, tasks: Sequence[str] | None = None, samples_per_task: int | None = None,
+                     with_static: bool = False) -> ExpertData:
+    """Load the shards of ``tasks`` (default: every finished task); ``samples_per_task`` keeps the first rows.
+
+    ``with_static``: also the per-task full observations a transformer student reads (see the module docstring)."""
     from safetensors.numpy import load_file
 
     path = Path(path)
@@ -349,6 +458,7 @@ def load_expert_data(path: str | Path, tasks: Sequence[str] | None = None, sampl
     layout = Layout.from_dict(meta["layout"])
     parts: dict[str, list[np.ndarray]] = {k: [] for k in SHARD_KEYS}
     index = []
+    statics = []
     for k, task in enumerate(tasks):
         shard_path = path / meta["tasks"][task]["shard"]
         try:
@@ -360,10 +470,17 @@ def load_expert_data(path: str | Path, tasks: Sequence[str] | None = None, sampl
         problem = _shard_problem(arrays, layout)
         if problem:
             raise DataError(f"{shard_path} {problem}; delete it and re-run `kdistill expert collect` to rebuild it.")
+        if with_static:
+            if "static" not in arrays:
+                raise DataError(f"{shard_path} holds no full observation of its task (collected by an older kdistill, or "
+                                f"the task's non-student features vary); a transformer student cannot be fitted to it. "
+                                f"Collect the data again with `kdistill expert collect`.")
+            statics.append(arrays["static"][0])
         n = len(arrays["obs"]) if samples_per_task is None else min(samples_per_task, len(arrays["obs"]))
         for key in SHARD_KEYS:
             parts[key].append(arrays[key][:n])
         index.append(np.full(n, k, np.int64))
     cat = {k: np.concatenate(v) for k, v in parts.items()}
     return ExpertData(tasks=tasks, contexts=[context_from_json(meta["tasks"][t]["context"]) for t in tasks],
-                      task_index=np.concatenate(index), meta=meta, **cat)
+                      task_index=np.concatenate(index), meta=meta, static=np.stack(statics) if with_static else None,
+                      **cat)

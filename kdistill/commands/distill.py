@@ -11,9 +11,22 @@ from kdistill.cli import console, err_console, json_option, print_json
 @click.argument("domain_name", metavar="DOMAIN")
 @click.option("--data", "data_path", required=True, type=click.Path(file_okay=False),
               help="Expert data folder written by `kdistill expert collect`.")
-@click.option("--student", default="hnmlp", show_default=True, help="Student architecture: hnmlp or mlp (or a plugin's).")
-@click.option("--student-preset", default="paper", show_default=True,
-              help="Student config preset (hnmlp: paper, paper-dropout, small; mlp: paper, small).")
+@click.option("--student", default="hnmlp", show_default=True,
+              help="Student architecture: hnmlp or mlp (or a plugin's), or a teacher architecture such as metamorph "
+                   "or modumorph (the result is then an ordinary teacher).")
+@click.option("--student-preset", default=None,
+              help="Student config preset (hnmlp: paper, paper-dropout, small; mlp: paper, small; a teacher "
+                   "architecture: its presets, e.g. cpu or paper). [default: paper; cpu for a teacher architecture]")
+@click.option("--dagger", "dagger_rounds", type=click.IntRange(1), default=None,
+              help="After distilling, this many DAgger rounds: the student acts, --teacher labels, retrain on all data.")
+@click.option("--teacher", "teacher_path", default=None, type=click.Path(),
+              help="With --dagger: the teacher that labels (a teacher run, or per-task experts).")
+@click.option("--dagger-beta", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="With --dagger: round r plays the teacher's action with probability beta**r, else the student's.")
+@click.option("--dagger-samples", type=click.IntRange(1), default=4000, show_default=True,
+              help="With --dagger: new rows per task per round.")
+@click.option("--dagger-epochs", type=click.IntRange(1), default=10, show_default=True,
+              help="With --dagger: epochs of retraining per round (from the previous round's weights).")
 @click.option("--preset", default="paper", show_default=True, help="Distillation preset: paper, paper-long or demo.")
 @click.option("--epochs", type=click.IntRange(1), default=None,
               help="Epochs over the training rows. [default: the preset's, 50]")
@@ -37,7 +50,9 @@ from kdistill.cli import console, err_console, json_option, print_json
 def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: str, preset: str, epochs: int | None,
                 batch_size: int | None, lr: float | None, loss: str | None, val_tasks: int | None,
                 samples_per_task: int | None, seed: int | None, checkpoint_every: int | None, out: str, resume: bool,
-                device: str, threads: int | None, as_json: bool) -> None:
+                device: str, threads: int | None, as_json: bool, dagger_rounds: int | None = None,
+                teacher_path: str | None = None, dagger_beta: float = 0.5, dagger_samples: int = 4000,
+                dagger_epochs: int = 10) -> None:
     """Distill DOMAIN's expert data into a student that reads the state only.
 
     The reference recipe: Adam (lr 1e-3, eps 1e-5), gradient clipping 0.5, shuffled batches of 5120
@@ -49,6 +64,9 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
     Example:
       kdistill distill unimal --data data/expert --student hnmlp --out runs/hnmlp
       kdistill distill unimal --data data/expert --student mlp --out runs/mlp --val-tasks 10
+      kdistill distill unimal --data data/experts --student metamorph --student-preset cpu --out runs/tf
+      kdistill distill unimal --data data/experts --student metamorph --student-preset cpu --out runs/tf-dagger \\
+          --dagger 3 --teacher domains/unimal/pretrained/experts-flat
     """
     import attrs
 
@@ -87,13 +105,28 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
     except (TypeError, ValueError) as exc:
         raise KdistillError(f"invalid distillation setting: {exc}.") from None
     set_torch_threads(threads)
+    from kdistill.distill import teacher_spec_for
     from kdistill.students import make_config, student_class
 
-    cls = student_class(student)
-    if hasattr(cls, "Config") and student_config is None:
-        student_config = make_config(cls.Config, None, student_preset)
+    if teacher_spec_for(student) is None:
+        cls = student_class(student)
+        if hasattr(cls, "Config") and student_config is None:
+            student_config = make_config(cls.Config, None, student_preset or "paper")
+    if dagger_rounds is not None:
+        result = _run_dagger(domain_name, data_path, student, student_config, student_preset, config, out, device,
+                             teacher_path, dagger_rounds, dagger_beta, dagger_samples, dagger_epochs, seed, as_json)
+        if as_json:
+            print_json(result)
+        else:
+            for row in result["rounds"]:
+                console.print(f"round {row['round']}: {row['train_rows']:,} rows, train loss {row['train_loss']:.5f}",
+                              markup=False)
+            err_console.print(f"run folder: {out} (loads as the last round's student)", markup=False)
+        return
+    if teacher_path is not None:
+        raise KdistillError("--teacher is used with --dagger only; the data folder already names its teacher.")
     result = distill(data_path, student, student_config, config, out=out, resume=resume, domain=domain_name,
-                     device=check_device(device), progress=not as_json)
+                     device=check_device(device), progress=not as_json, student_preset=student_preset)
     result.pop("model", None)
     if as_json:
         print_json(result)
@@ -103,6 +136,30 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
     console.print(f"done: {student} student, {result['epochs']} epochs, {result['steps']:,} steps, "
                   f"train loss {train_loss}{val}")
     err_console.print(f"run folder: {out} (loss_curve.png, metrics.jsonl)")
+
+
+def _run_dagger(domain_name, data_path, student, student_config, student_preset, config, out, device, teacher_path,
+                rounds, beta, samples, epochs, seed, as_json) -> dict:
+    from kdistill.commands.teacher import check_device
+    from kdistill.dagger import DaggerSettings, run_dagger
+    from kdistill.errors import KdistillError
+    from kdistill.expert import read_expert_meta
+    from kdistill.plugins import get_domain
+    from kdistill.policy import load_policy
+
+    if teacher_path is None:
+        raise KdistillError("--dagger needs --teacher: the teacher (or per-task experts) that labels the student's states.")
+    meta = read_expert_meta(data_path)
+    domain = get_domain(domain_name)
+    teacher = load_policy(teacher_path, domain=domain.name, device=check_device(device), seed=seed or 0)
+    if teacher.kind not in ("teacher", "experts"):
+        raise KdistillError(f"--teacher {teacher_path} holds a {teacher.kind!r} policy; pass a teacher run or experts.")
+    sha = teacher.meta.get("weights_sha256")
+    if meta.get("teacher_sha256") not in (None, sha):
+        raise KdistillError(f"--teacher {teacher_path} is not the teacher that collected {data_path}; pass that one.")
+    settings = DaggerSettings(rounds=rounds, beta=beta, samples_per_task=samples, epochs=epochs, seed=seed or 0)
+    return run_dagger(domain, teacher, str(teacher_path), data_path, student, student_config, config, out, settings,
+                      device=check_device(device), progress=not as_json, student_preset=student_preset)
 
 
 def _saved_run(out: str) -> dict | None:
@@ -116,8 +173,8 @@ def _saved_run(out: str) -> dict | None:
     if ckpt is None:
         return None
     meta = read_json_object(ckpt / "meta.json")
-    if meta.get("kind") != "student":
-        raise KdistillError(f"{out} holds a {meta.get('kind')!r} run, not a student; pass another --out.")
+    if meta.get("kind") != "student" and not (meta.get("kind") == "teacher" and "distill" in meta):
+        raise KdistillError(f"{out} holds a {meta.get('kind')!r} run, not a distilled student; pass another --out.")
     for key, kind in (("distill", dict), ("arch", str), ("config", dict)):
         if not isinstance(meta.get(key), kind):
             raise KdistillError(f"{ckpt / 'meta.json'} has no valid {key!r}; the run cannot be resumed, start a new --out.")

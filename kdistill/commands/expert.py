@@ -15,7 +15,8 @@ def expert_group() -> None:
 @expert_group.command("collect")
 @click.argument("domain_name", metavar="DOMAIN")
 @click.option("--teacher", "teacher_path", required=True, type=click.Path(),
-              help="Teacher run folder (its newest checkpoint) or checkpoint folder.")
+              help="Teacher run folder (its newest checkpoint) or checkpoint folder, or per-task experts "
+                   "(`kdistill experts export`): each task's rows are then labelled by its own expert.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="Data folder: shards/<task>.safetensors and meta.json. Re-running skips finished tasks.")
 @click.option("--robots", "--tasks", "robots", default=None, help="Comma-separated tasks (instead of --split).")
@@ -59,9 +60,12 @@ def collect_cmd(domain_name: str, teacher_path: str, out: str, robots: str | Non
     domain = get_domain(domain_name, data_dir=data_dir)
     tasks = resolve_tasks(domain, robots, split or (None if robots else "train"), num_tasks)
     teacher = load_policy(teacher_path, domain=domain.name, device=check_device(device), seed=seed)
-    if teacher.kind != "teacher":
-        raise KdistillError(f"{teacher_path} holds a {teacher.kind!r} policy; pass a teacher run from `kdistill teacher train`.")
-    summary = collect_expert_data(domain, teacher, teacher.meta["normalizer"], tasks, out,
+    if teacher.kind not in ("teacher", "experts"):
+        raise KdistillError(f"{teacher_path} holds a {teacher.kind!r} policy; pass a teacher run from `kdistill teacher "
+                            f"train` or per-task experts from `kdistill experts export`.")
+    # per-task experts have no common normaliser: the data's is fitted on their rollouts over the tasks
+    normalizer = teacher.meta["normalizer"] if teacher.kind == "teacher" else None
+    summary = collect_expert_data(domain, teacher, normalizer, tasks, out,
                                   CollectSettings(samples_per_task=samples, num_envs=envs, seed=seed),
                                   teacher_ref=str(teacher_path), progress=not as_json)
     summary["domain"] = domain.name

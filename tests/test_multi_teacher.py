@@ -1,0 +1,207 @@
+"""Distillation from many teachers: per-task experts label their own tasks, teacher architectures as students,
+and DAgger (aggregation, the mixing coefficient, resume)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kdistill.distill import DistillConfig, distill
+from kdistill.errors import KdistillError
+from kdistill.expert import CollectSettings, collect_expert_data, load_expert_data, load_expert_sets, read_expert_meta
+from kdistill.policy import load_policy
+from kdistill.rl.experts import ExpertConfig, ExpertRunSettings, ExpertTrainer, export_experts
+
+TINY = ExpertConfig.presets()["tiny"]
+SMALL_DISTILL = DistillConfig(epochs=2, batch_size=256, checkpoint_every=1)
+
+
+@pytest.fixture(scope="module")
+def cartpole():
+    from kdistill.plugins import get_domain
+
+    return get_domain("cartpole")
+
+
+@pytest.fixture(scope="module")
+def experts(cartpole, tmp_path_factory):
+    """Per-task experts of three cart-pole tasks (a few tiny PPO updates each), exported."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("experts")
+    tasks = cartpole.tasks("train")[:3]
+    settings = ExpertRunSettings(domain="cartpole", tasks=tasks, preset="tiny", seed=0, steps_per_task=3 * TINY.batch_size)
+    ExpertTrainer(cartpole, settings, TINY, run_dir=root / "run").train()
+    export_experts(root / "run", root / "experts")
+    return tasks, root / "experts"
+
+
+@pytest.fixture(scope="module")
+def expert_data(cartpole, experts, tmp_path_factory):
+    tasks, path = experts
+    teacher = load_policy(path, domain="cartpole")
+    out = tmp_path_factory.mktemp("data") / "data"
+    collect_expert_data(cartpole, teacher, None, tasks, out, CollectSettings(samples_per_task=600, num_envs=4, seed=1),
+                        teacher_ref=str(path))
+    return out
+
+
+def test_each_task_is_labelled_by_its_own_expert(cartpole, experts, expert_data):
+    tasks, path = experts
+    policy = load_policy(path, domain="cartpole")
+    meta = read_expert_meta(expert_data)
+    assert meta["teacher_sha256"] == policy.meta["weights_sha256"]
+    mean = np.asarray(meta["normalizer"]["mean"])
+    std = np.sqrt(np.asarray(meta["normalizer"]["var"]) + meta["normalizer"]["epsilon"])
+    data = load_expert_data(expert_data)
+    disagree = 0.0
+    for k, task in enumerate(tasks):
+        rows = data.task_index == k
+        raw = data.obs[rows] * std + mean  # the student view is the whole state here; invert the normaliser
+        obs = {"obs": raw.astype(np.float32), "obs_mask": data.obs_mask[rows]}
+        own = policy.act_tasks(obs, np.full(rows.sum(), k))
+        np.testing.assert_allclose(data.mu[rows], own, rtol=1e-4, atol=1e-4)
+        other = policy.act_tasks(obs, np.full(rows.sum(), (k + 1) % len(tasks)))
+        disagree = max(disagree, float(np.abs(other - own).max()))
+    assert disagree > 1e-3  # the experts differ, so the labels are truly per task
+
+
+def test_the_fitted_normaliser_is_pinned_on_resume(cartpole, experts, expert_data):
+    tasks, path = experts
+    teacher = load_policy(path, domain="cartpole")
+    before = read_expert_meta(expert_data)["normalizer"]
+    summary = collect_expert_data(cartpole, teacher, None, tasks, expert_data,
+                                  CollectSettings(samples_per_task=600, num_envs=4, seed=1), teacher_ref=str(path))
+    assert summary["collected"] == [] and read_expert_meta(expert_data)["normalizer"] == before
+    with pytest.raises(KdistillError, match="seed"):
+        collect_expert_data(cartpole, teacher, None, tasks, expert_data,
+                            CollectSettings(samples_per_task=600, num_envs=4, seed=2), teacher_ref=str(path))
+
+
+def test_a_teacher_architecture_distils_into_an_ordinary_teacher(cartpole, expert_data, tmp_path):
+    from kdistill.evaluate import evaluate_policy
+
+    result = distill(expert_data, "context-mlp", None, DistillConfig(epochs=6, batch_size=256, checkpoint_every=3),
+                     out=tmp_path / "tf", domain="cartpole", student_preset="default")
+    assert result["train_loss"] < json.loads((tmp_path / "tf" / "metrics.jsonl").read_text().splitlines()[0])["train_loss"]
+    policy = load_policy(tmp_path / "tf", domain="cartpole")
+    assert policy.kind == "teacher"
+    data = load_expert_data(expert_data, with_static=True)
+    # the loaded teacher reproduces what was trained: its actions on raw states match the run's model
+    meta = read_expert_meta(expert_data)
+    std = np.sqrt(np.asarray(meta["normalizer"]["var"]) + meta["normalizer"]["epsilon"])
+    raw = (data.obs[:8] * std + np.asarray(meta["normalizer"]["mean"])).astype(np.float32)
+    ctx = data.contexts[int(data.task_index[0])]
+    obs = {"obs": raw, "obs_mask": data.obs_mask[:8], "act_mask": data.act_mask[:8],
+           "context": np.repeat(ctx.tokens[None], 8, 0)}
+    with torch.no_grad():
+        expected = result["model"].mu({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in
+                                       {**obs, "obs": data.obs[:8]}.items()}).numpy()
+    np.testing.assert_allclose(policy.act(obs), expected, rtol=1e-4, atol=1e-5)
+    report = evaluate_policy(cartpole, policy, cartpole.tasks("train")[:2], episodes=2, random_baseline=False)
+    assert report["summary"]["tasks"] == 2
+    # resuming with the run's settings is a no-op; other settings are refused
+    again = distill(expert_data, "context-mlp", None, DistillConfig(epochs=6, batch_size=256, checkpoint_every=3),
+                    out=tmp_path / "tf", resume=True, domain="cartpole", student_preset="default")
+    assert again["resumed_from_epoch"] == 6
+    with pytest.raises(KdistillError, match="settings"):
+        distill(expert_data, "context-mlp", None, DistillConfig(epochs=6, batch_size=128), out=tmp_path / "tf",
+                resume=True, domain="cartpole", student_preset="default")
+
+
+def test_old_shards_without_full_observations_are_refused_for_transformers(cartpole, expert_data, tmp_path):
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    copy = tmp_path / "old"
+    shutil.copytree(expert_data, copy)
+    for shard in (copy / "shards").glob("*.safetensors"):
+        arrays = load_file(str(shard))
+        arrays.pop("static")
+        save_file(arrays, str(shard))
+    with pytest.raises(KdistillError, match="full observation"):
+        distill(copy, "context-mlp", None, SMALL_DISTILL, out=tmp_path / "tf", domain="cartpole", student_preset="default")
+    distill(copy, "mlp", None, SMALL_DISTILL, out=tmp_path / "mlp", domain="cartpole")  # students do not need it
+
+
+def test_dagger_aggregates_relabels_and_resumes(cartpole, experts, expert_data, tmp_path):
+    from kdistill.dagger import DaggerSettings, run_dagger
+
+    tasks, path = experts
+    teacher = load_policy(path, domain="cartpole")
+    settings = DaggerSettings(rounds=2, beta=0.5, samples_per_task=200, num_envs=4, epochs=1, seed=0)
+    out = tmp_path / "dagger"
+    summary = run_dagger(cartpole, teacher, str(path), expert_data, "mlp", None, SMALL_DISTILL, out, settings)
+    assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
+    base = len(load_expert_data(expert_data))
+    assert [r["train_rows"] for r in summary["rounds"]] == [base, base + 3 * 200, base + 6 * 200]
+    for r, beta in ((1, 0.5), (2, 0.25)):
+        meta = read_expert_meta(out / f"data-{r}")
+        assert meta["beta"] == beta and meta["normalizer"] == read_expert_meta(expert_data)["normalizer"]
+        assert meta["actor"].endswith(f"round-{r - 1}")
+        # aggregation relabels: every visited state carries the teacher's action for it, whoever acted
+        data = load_expert_data(out / f"data-{r}")
+        std = np.sqrt(np.asarray(meta["normalizer"]["var"]) + meta["normalizer"]["epsilon"])
+        raw = (data.obs * std + np.asarray(meta["normalizer"]["mean"])).astype(np.float32)
+        labels = teacher.act_tasks({"obs": raw, "obs_mask": data.obs_mask}, data.task_index)
+        np.testing.assert_allclose(data.mu, labels, rtol=1e-4, atol=1e-4)
+        played_teacher = np.isclose(data.action, data.mu, atol=0.5).mean()
+        assert 0 < played_teacher < 1  # a mixture of both policies' actions
+    final = load_policy(out, domain="cartpole")
+    assert final.kind == "student" and final.meta["dagger"]["round"] == 2
+    # round 2 starts from round 1's weights: pinned in its run
+    first = json.loads((out / "round-2" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["epoch"] == 1
+    # re-running resumes: nothing new is collected or trained
+    stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors") if "ckpt" not in p.parent.name}
+    again = run_dagger(cartpole, teacher, str(path), expert_data, "mlp", None, SMALL_DISTILL, out, settings)
+    assert [r["train_rows"] for r in again["rounds"]] == [r["train_rows"] for r in summary["rounds"]]
+    assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
+    with pytest.raises(KdistillError, match="other settings"):
+        run_dagger(cartpole, teacher, str(path), expert_data, "mlp", None, SMALL_DISTILL, out,
+                   DaggerSettings(rounds=2, beta=0.9, samples_per_task=200, num_envs=4, epochs=1))
+
+
+def test_load_expert_sets_refuses_another_normaliser(cartpole, experts, expert_data, tmp_path):
+    tasks, path = experts
+    teacher = load_policy(path, domain="cartpole")
+    other = tmp_path / "other"
+    collect_expert_data(cartpole, teacher, None, tasks[:1], other, CollectSettings(samples_per_task=100, num_envs=2, seed=7),
+                        teacher_ref=str(path), fit_tasks=tasks[:1])
+    with pytest.raises(KdistillError, match="normaliser|normalizer"):
+        load_expert_sets([expert_data, other])
+
+
+def test_cli_collect_from_experts_and_distill_a_transformer_on_robots(tmp_path, unimal_dir, monkeypatch):
+    """The UNIMAL path end to end, tiny: experts -> collect -> metamorph student -> an ordinary teacher."""
+    from click.testing import CliRunner
+
+    from kdistill.cli import app
+
+    monkeypatch.setenv("KDISTILL_UNIMAL_DIR", str(unimal_dir))
+    runner = CliRunner()
+
+    def ok(*args):
+        res = runner.invoke(app, list(args), catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout) if "--json" in args else res
+
+    ok("experts", "train", "unimal", "--num-tasks", "2", "--preset", "tiny", "--steps-per-task", "128",
+       "--out", str(tmp_path / "run"), "--json", "--threads", "1")
+    ok("experts", "export", str(tmp_path / "run"), "--out", str(tmp_path / "experts"), "--json")
+    ok("expert", "collect", "unimal", "--teacher", str(tmp_path / "experts"), "--num-tasks", "2",
+       "--samples-per-task", "64", "--envs", "2", "--out", str(tmp_path / "data"), "--json")
+    shard = next((tmp_path / "data" / "shards").glob("*.safetensors"))
+    from safetensors.numpy import load_file
+
+    static = load_file(str(shard))["static"]
+    assert static.shape == (1, 12, 52) and np.abs(static).sum() > 0
+    result = ok("distill", "unimal", "--data", str(tmp_path / "data"), "--student", "metamorph", "--student-preset",
+                "cpu", "--epochs", "1", "--batch", "64", "--out", str(tmp_path / "tf"), "--json")
+    assert result["train_rows"] == 128
+    report = ok("eval", "unimal", "--policy", str(tmp_path / "tf"), "--num-tasks", "1", "--episodes", "1", "--json",
+                "--no-random")
+    assert report["summary"]["tasks"] == 1
