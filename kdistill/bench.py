@@ -12,6 +12,8 @@ size, every way of running them:
 * ``student-batched`` the student's ``forward_with`` (kdistill's grouped-bmm path, the one training uses);
 * ``dense-torch``    the task's folded MLP as ``torch.nn.Linear`` layers;
 * ``numpy-runtime``  the exported MLP in ``kdistill.runtime`` (normalises raw observations itself);
+* ``onnxruntime``    the ONNX export (``kdistill export --format onnx``) in onnxruntime, on the torch thread count
+                     (only when onnx and onnxruntime are installed);
 
 and the one-off cost of writing one task's weights (``generate``: hypernetwork + fold). Costs are counted two
 ways (``kdistill.flops``). Ratios are teacher / fastest student, all measured in the same run: on a shared
@@ -40,7 +42,7 @@ from kdistill.domain import Domain, Layout, TaskContext
 from kdistill.errors import KdistillError, unknown_name
 
 TEACHER = "teacher"
-STUDENT_ROWS = ("hnmlp-per-limb", "student-batched", "dense-torch", "numpy-runtime")
+STUDENT_ROWS = ("hnmlp-per-limb", "student-batched", "dense-torch", "numpy-runtime", "onnxruntime")
 
 
 def _positive_ints(value) -> tuple[int, ...]:
@@ -286,7 +288,25 @@ def make_callers(s: Subjects, batch: int, seed: int = 0) -> dict[str, Callable[[
     raw = (mean + np.sqrt(var) * rng.standard_normal((batch, T * S))).astype(np.float32)
     out = np.empty((batch, s.runtime.output_size), np.float32)
     callers["numpy-runtime"] = lambda: s.runtime.act(raw, out=out)
+    session = _onnx_session(s)
+    if session is not None:
+        feed = {"obs": raw}
+        callers["onnxruntime"] = lambda: session.run(None, feed)
     return callers
+
+
+def _onnx_session(s: Subjects):
+    """An onnxruntime session on the task's ONNX export (torch's thread count), or None without onnx/onnxruntime."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    from kdistill.export import onnx_model_bytes, onnx_session
+
+    norm = s.policy.normalizer
+    model = onnx_model_bytes(s.layers, np.asarray(norm.rms.mean), np.asarray(norm.rms.var), norm.clip, norm.epsilon)
+    return onnx_session(model, threads=torch.get_num_threads())
 
 
 # -------------------------------------------------------------------------------------------------

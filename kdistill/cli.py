@@ -32,6 +32,10 @@ def print_json(obj: Any) -> None:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout instead of tables.")
+tasks_dir_option = click.option(
+    "--tasks-dir", "--robots-dir", "tasks_dir", default=None, type=click.Path(file_okay=False),
+    help="A folder of task files to use as the task set instead of a split (UNIMAL: robot XML + metadata files, "
+         "e.g. your own designs or `kdistill unimal mutate` output); each file is validated first.")
 data_dir_option = click.option("--data-dir", default=None, type=click.Path(file_okay=False),
                                help="Data folder for domains that read data (else the domain's env var / cache).")
 

@@ -168,6 +168,13 @@ class Domain:
         (``total`` may be None). Returns facts about the install, e.g. ``{"path": ..., "files": ...}``."""
         raise NotImplementedError(f"domain {self.name!r} has no data to fetch")
 
+    def add_task_folder(self, path: str) -> list[str]:
+        """Make the task files in folder ``path`` tasks of this domain (``--tasks-dir/--robots-dir``) and return
+        their names. Each file is validated here, with the same one-line ``DataError``s as the domain's own data;
+        a name that clashes with a different task is an error. Afterwards ``make_env``, ``context`` and
+        ``make_vec_env`` accept them like any other task."""
+        raise NotImplementedError(f"domain {self.name!r} does not read task folders")
+
     def demo_defaults(self) -> dict[str, Any]:
         """Settings for ``kdistill demo`` (see ``kdistill.commands.demo.DEMO_KEYS``); missing keys use the core's."""
         return {}

@@ -124,3 +124,167 @@ def export_student(run: str | Path, task: str, context: TaskContext, out: str | 
     """Load the student of ``run`` and export its MLP for ``task``."""
     policy = load_student_run(run, domain)
     return export_policy(policy, task, context, out, source=str(run), domain=domain or "")
+
+
+# ONNX ---------------------------------------------------------------------------------------------------------
+ONNX_FORMAT = "kdistill-onnx/1"
+ONNX_OPSET = 17
+ONNX_TOLERANCE = 1e-5  # largest |student - ONNX| accepted by `kdistill export --format onnx`
+
+
+def onnx_path(out: str | Path) -> Path:
+    """``STEM.onnx`` for an output stem (a .onnx/.json/.safetensors suffix is dropped)."""
+    path = Path(out)
+    stem = path.with_suffix("") if path.suffix in (".onnx", ".json", ".safetensors") else path
+    return stem.with_name(stem.name + ".onnx")
+
+
+def _import_onnx():
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise KdistillError("--format onnx needs the onnx package: pip install 'kdistill[onnx]' "
+                            "(or pip install onnx onnxruntime).") from None
+    import onnx
+
+    return onnx
+
+
+def onnx_model_bytes(layers: list[tuple[np.ndarray, np.ndarray]], mean: np.ndarray, var: np.ndarray, clip: float,
+                     epsilon: float, metadata: dict[str, Any] | None = None) -> bytes:
+    """A serialised ONNX model of the exported policy: input ``obs`` float32 ``(N, T*S)`` (the raw flat student
+    observation, as ``kdistill.runtime`` reads it), output ``mu`` float32 ``(N, T*A)``.
+
+    The graph is the training-time normaliser, ``clip((obs - mean) / sqrt(var + eps), -clip, clip)``, then the
+    dense layers (``MatMul`` + ``Add``, ``Relu`` between them). ``metadata`` goes into the model's metadata_props
+    (values JSON-encoded).
+    """
+    onnx = _import_onnx()
+    from onnx import TensorProto, helper, numpy_helper
+
+    mean = np.asarray(mean, np.float64).reshape(-1)
+    std = np.sqrt(np.asarray(var, np.float64).reshape(-1) + epsilon)
+    inits = [numpy_helper.from_array(mean.astype(np.float32), "norm_mean"),
+             numpy_helper.from_array(std.astype(np.float32), "norm_std"),
+             numpy_helper.from_array(np.array(-clip, np.float32), "clip_low"),
+             numpy_helper.from_array(np.array(clip, np.float32), "clip_high")]
+    nodes = [helper.make_node("Sub", ["obs", "norm_mean"], ["centred"]),
+             helper.make_node("Div", ["centred", "norm_std"], ["scaled"]),
+             helper.make_node("Clip", ["scaled", "clip_low", "clip_high"], ["h0"])]
+    last = len(layers) - 1
+    for i, (w, b) in enumerate(layers):
+        inits += [numpy_helper.from_array(np.ascontiguousarray(w, np.float32), f"layer{i}.weight"),
+                  numpy_helper.from_array(np.ascontiguousarray(b, np.float32), f"layer{i}.bias")]
+        out = "mu" if i == last else f"a{i + 1}"
+        nodes.append(helper.make_node("MatMul", [f"h{i}", f"layer{i}.weight"], [f"z{i + 1}"]))
+        nodes.append(helper.make_node("Add", [f"z{i + 1}", f"layer{i}.bias"], [out if i == last else f"a{i + 1}"]))
+        if i != last:
+            nodes.append(helper.make_node("Relu", [f"a{i + 1}"], [f"h{i + 1}"]))
+    inp = helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", int(layers[0][0].shape[0])])
+    outp = helper.make_tensor_value_info("mu", TensorProto.FLOAT, ["batch", int(layers[-1][0].shape[1])])
+    graph = helper.make_graph(nodes, "kdistill_policy", [inp], [outp], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], producer_name="kdistill")
+    model.ir_version = 8  # readable by every onnxruntime since 1.10
+    props = {"format": ONNX_FORMAT, **(metadata or {})}
+    helper.set_model_props(model, {k: v if isinstance(v, str) else json.dumps(v) for k, v in props.items()})
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def onnx_session(model: bytes, threads: int = 1):
+    """An onnxruntime CPU session on ``model`` bytes, with ``threads`` intra-op threads."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise KdistillError("checking or running an ONNX export needs onnxruntime: pip install 'kdistill[onnx]' "
+                            "(or pass --check-samples 0 to skip the check).") from None
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def _is_onnx_export(path: Path) -> bool:
+    try:
+        onnx = _import_onnx()
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return False
+    return any(p.key == "format" and p.value == ONNX_FORMAT for p in model.metadata_props)
+
+
+def check_onnx_target(out: str | Path, option: str = "--out") -> Path:
+    """The ONNX export's path, after checking it may be written (an existing file only if it is a kdistill export)."""
+    path = onnx_path(out)
+    if path.is_dir():
+        raise KdistillError(f"{option} {out}: {path} is a folder; give a file stem such as {path.parent / 'policy'}.")
+    for parent in (path.parent, *path.parent.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise KdistillError(f"{option} {out}: {parent} is a file, not a folder; choose another --out.")
+            break
+    if path.exists() and not _is_onnx_export(path):
+        raise KdistillError(f"{option} {out}: {path} already exists and is not a kdistill ONNX export; choose another "
+                            f"--out (kdistill overwrites only exports it wrote).")
+    prepare_output_dir(path.parent, option)
+    return path
+
+
+def export_onnx(policy: StudentPolicy, task: str, context: TaskContext, out: str | Path, source: str = "",
+                domain: str = "", check_obs: np.ndarray | None = None) -> dict[str, Any]:
+    """Write ``STEM.onnx`` for ``task``; with ``check_obs`` (raw flat student observations ``(N, T*S)``) the model
+    is first run with onnxruntime and compared with the student, and nothing is written unless the largest
+    difference is within ``ONNX_TOLERANCE``. Returns the export's description."""
+    layout = policy.layout
+    layers = fold_policy(policy, context)
+    bad = first_non_finite({f"layer{i}": w for i, (w, _) in enumerate(layers)}
+                           | {f"layer{i} bias": b for i, (_, b) in enumerate(layers)})
+    if bad is not None:
+        raise NonFiniteError(f"the student's generated MLP for {task!r} has NaN or infinity in {bad}; nothing was "
+                             f"exported. The student is damaged: distill it again.")
+    norm = policy.normalizer
+    path = onnx_path(out)
+    meta = {
+        "task": task, "domain": domain or policy.meta.get("domain", ""),
+        "student": policy.meta.get("arch", policy.student.name), "source": source,
+        "input": {"name": "obs", "tokens": layout.max_tokens, "features_per_token": layout.student_token_features,
+                  "student_features": list(layout.student_features),
+                  "flat_size": layout.max_tokens * layout.student_token_features},
+        "output": {"name": "mu", "num_actions": layout.num_actions},
+        "act_mask": np.asarray(context.act_mask, bool).tolist(),
+        "action_std": policy.action_std,
+    }
+    blob = onnx_model_bytes(layers, np.asarray(norm.rms.mean), np.asarray(norm.rms.var), norm.clip, norm.epsilon,
+                            metadata=meta)
+    info: dict[str, Any] = {"format": ONNX_FORMAT, **meta, "opset": ONNX_OPSET,
+                            "layers": [{"in": int(w.shape[0]), "out": int(w.shape[1])} for w, _ in layers],
+                            "num_params": int(sum(w.size + b.size for w, b in layers)),
+                            "flops": int(sum(2 * w.size for w, _ in layers))}
+    if check_obs is not None and len(check_obs):
+        x = np.ascontiguousarray(check_obs, np.float32)
+        got = onnx_session(blob).run(["mu"], {"obs": x})[0]
+        T, S = layout.max_tokens, layout.student_token_features
+        raw = np.zeros((len(x), T, layout.obs_features), np.float32)
+        raw[..., list(layout.student_features)] = x.reshape(len(x), T, S)
+        policy.prepare(task, context)
+        want = policy.act({"obs": raw, "obs_mask": np.broadcast_to(context.mask, (len(x), T))})
+        diff = float(np.max(np.abs(got - want)))
+        info["check"] = {"samples": int(len(x)), "max_abs_diff": diff, "tolerance": ONNX_TOLERANCE,
+                         "runtime": "onnxruntime"}
+        if not diff <= ONNX_TOLERANCE:
+            raise KdistillError(f"the ONNX model of {task!r} differs from the student by {diff:.3g} (more than "
+                                f"{ONNX_TOLERANCE:g}) on {len(x)} observations; nothing was written.")
+    atomic_write_bytes(path, blob)
+    info["files"] = [str(path)]
+    info["sha256"] = hashlib.sha256(blob).hexdigest()
+    return info
+
+
+def random_student_observations(policy: StudentPolicy, samples: int, seed: int = 0) -> np.ndarray:
+    """Raw flat student observations ``(samples, T*S)`` around the normaliser's statistics (for export checks)."""
+    layout = policy.layout
+    rng = np.random.default_rng(seed)
+    std = np.sqrt(np.asarray(policy.normalizer.rms.var) + policy.normalizer.epsilon)
+    x = np.asarray(policy.normalizer.rms.mean) + std * rng.standard_normal((samples, *std.shape))
+    return x.reshape(samples, layout.max_tokens * layout.student_token_features).astype(np.float32)

@@ -96,7 +96,7 @@ def test_bench_result_on_cartpole_hangs_together(cartpole, tmp_path):
     assert ratios["flops"] == pytest.approx(teacher["measured"]["flops"] / mlp_flops)
     assert ratios["params_analytic"] == pytest.approx(teacher["analytic"]["params"] / mlp_params)
     lat = result["latency"]
-    assert set(lat) == {"teacher", "hnmlp-per-limb", "student-batched", "dense-torch", "numpy-runtime"}
+    assert set(lat) == {"teacher", "hnmlp-per-limb", "student-batched", "dense-torch", "numpy-runtime", "onnxruntime"}
     for b in QUICK.batches:
         students = {n: rows[str(b)]["min_s"] for n, rows in lat.items() if n != "teacher"}
         fastest = min(students, key=students.get)

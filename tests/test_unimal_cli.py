@@ -69,11 +69,14 @@ def test_env_check_fails_on_a_broken_robot(unimal_dir, tmp_path):
     assert res.exit_code == 1 and "0/1 tasks pass" in res.stdout
 
 
-def test_missing_data_and_unknown_robot_are_one_line_errors(unimal_dir, tmp_path):
+def test_missing_data_and_unknown_robot_are_one_line_errors(unimal_dir, tmp_path, monkeypatch):
+    # no robots and no network (the archive's URL leads nowhere): installing on first use fails in one line
+    monkeypatch.setenv("KDISTILL_UNIMAL_URL", (tmp_path / "nowhere.tar.gz").as_uri())
     res = kdistill_subprocess("env", "check", "unimal", "--data-dir", str(tmp_path / "none"), cwd=tmp_path)
     assert res.returncode == 2 and res.stdout == ""
     assert "kdistill data fetch unimal" in res.stderr and "KDISTILL_UNIMAL_DIR" in res.stderr
-    assert "Traceback" not in res.stderr
+    assert "Installing it on first use failed" in res.stderr and "check the connection" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "none").exists()
     res = invoke("env", "check", "unimal", "--robots", SMALL + "x", "--data-dir", str(unimal_dir))
     assert isinstance(res.exception, UnknownNameError) and f"Did you mean '{SMALL}'" in str(res.exception)
 

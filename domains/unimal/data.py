@@ -26,6 +26,7 @@ from typing import Callable
 from kdistill.errors import DataError, MissingDataError
 
 ENV_VAR = "KDISTILL_UNIMAL_DIR"
+URL_ENV_VAR = "KDISTILL_UNIMAL_URL"  # another location of the same archive (a mirror, or a file:// URL)
 SPLITS = ("train", "test")
 REPO = "MasterXiong/Universal-Morphology-Control"
 COMMIT = "18c0516c0e133ba960e2f5b56c0817adc8983ec9"
@@ -235,8 +236,10 @@ def _check_install_target(target: Path) -> None:
 
 
 def install(target: Path, source: str | os.PathLike | None = None, progress: Progress | None = None,
-            url: str = ARCHIVE_URL) -> dict:
-    """Install the robot set into ``target`` from ``source`` (folder or archive) or by downloading ``url``."""
+            url: str | None = None) -> dict:
+    """Install the robot set into ``target`` from ``source`` (folder or archive) or by downloading ``url``
+    (default: ``$KDISTILL_UNIMAL_URL``, a mirror of the archive, else the archive on GitHub)."""
+    url = url or os.environ.get(URL_ENV_VAR) or ARCHIVE_URL
     manifest = load_manifest()
     target = Path(target).expanduser().absolute()
     _check_install_target(target)

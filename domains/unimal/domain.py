@@ -54,6 +54,19 @@ class UnimalDomain(kdistill.Domain):
             return list(names)
         return super().tasks(split)
 
+    def add_task_folder(self, path) -> list[str]:
+        """The robots of a folder of UNIMAL files (``--robots-dir``): added to this domain's robots, each one
+        validated and compiled now (one-line ``DataError`` naming the file otherwise). The shipped robot set is
+        not needed for this."""
+        if self._library is None:
+            from domains.unimal.env import RobotLibrary
+
+            self._library = RobotLibrary(self.data_dir, allow_missing=True)
+        names = self._library.add_folder(path)
+        for name in names:
+            self._library.get(name)
+        return names
+
     def fetch_data(self, source: str | None = None, progress=None) -> dict[str, Any]:
         """Install the robot set into the data folder from ``source`` (folder or archive), or download it."""
         from domains.unimal.data import default_location, install

@@ -106,6 +106,9 @@ def bench_cmd(domain_name: str, teacher_run: str | None, student_run: str | None
         changes["threads"] = threads
     config = attrs.evolve(config, seed=seed, **changes)
     domain = get_domain(domain_name, data_dir=data_dir)
+    from kdistill.tasks import ensure_data
+
+    ensure_data(domain, quiet=as_json)
     out = Path(out_dir) if out_dir else Path(f"bench-{domain.name}")
 
     with err_console.status("loading the teacher and the student", spinner="dots"):  # transient: errors stay one line

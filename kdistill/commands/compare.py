@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from kdistill.cli import console, data_dir_option, err_console, json_option, print_json
+from kdistill.cli import console, data_dir_option, err_console, json_option, print_json, tasks_dir_option
 
 
 def parse_policies(spec: str) -> dict[str, str]:
@@ -116,9 +116,10 @@ def plot_comparison(result: dict[str, Any], path: str | Path, title: str = "") -
               help="Also write compare.json and compare.png into this folder.")
 @json_option
 @data_dir_option
+@tasks_dir_option
 def compare_cmd(domain_name: str, policies_spec: str, split_spec: str, num_tasks: int | None, episodes: int, seed: int,
                 stochastic: bool, no_random: bool, device: str, threads: int | None, out_dir: str | None, as_json: bool,
-                data_dir: str | None) -> None:
+                data_dir: str | None, tasks_dir: str | None) -> None:
     """Evaluate several policies of DOMAIN on the same tasks and episodes, in one table.
 
     Each policy plays the reference protocol (one episode per env, mean action, raw returns; students
@@ -127,6 +128,7 @@ def compare_cmd(domain_name: str, policies_spec: str, split_spec: str, num_tasks
     \b
     Example:
       kdistill compare unimal --policies teacher=runs/t,hnmlp=runs/h,mlp=runs/m --split train,test --out runs/cmp
+      kdistill compare unimal --policies teacher=runs/t,hnmlp=runs/h --robots-dir mutants   # the folder only
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -143,9 +145,17 @@ def compare_cmd(domain_name: str, policies_spec: str, split_spec: str, num_tasks
     set_torch_threads(threads)
     domain = get_domain(domain_name, data_dir=data_dir)
     split_names = [s.strip() for s in split_spec.split(",") if s.strip()]
-    if not split_names:
+    if tasks_dir is not None and click.get_current_context().get_parameter_source("split_spec").name == "DEFAULT":
+        split_names = []  # --robots-dir alone: the folder's tasks only (add --split to compare with splits too)
+    elif not split_names:
         raise KdistillError("--split is empty; pass e.g. train,test.")
     splits = {s: resolve_tasks(domain, None, s, num_tasks) for s in split_names}
+    if tasks_dir is not None:
+        label = Path(tasks_dir).name or "robots-dir"
+        if label in splits:
+            label = f"{label} (folder)"
+        splits[label] = resolve_tasks(domain, None, None, num_tasks, tasks_dir)
+        split_names.append(label)
     device = check_device(device)
     policies = {name: load_policy(path, domain=domain.name, device=device, seed=seed) for name, path in paths.items()}
     if out_dir is not None:

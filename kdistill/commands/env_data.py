@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from kdistill.cli import console, data_dir_option, err_console, json_option, print_json
+from kdistill.cli import console, data_dir_option, err_console, json_option, print_json, tasks_dir_option
 from kdistill.errors import KdistillError
 
 
@@ -46,24 +46,35 @@ def _split_names(values: tuple[str, ...]) -> list[str]:
 @click.option("--steps", default=1000, show_default=True, type=click.IntRange(1),
               help="Random-action steps per task; episodes are reset when they end.")
 @data_dir_option
+@tasks_dir_option
 @json_option
-def env_check_cmd(domain: str, split: str, names: tuple[str, ...], steps: int, data_dir: str | None, as_json: bool) -> None:
+def env_check_cmd(domain: str, split: str, names: tuple[str, ...], steps: int, data_dir: str | None,
+                  tasks_dir: str | None, as_json: bool) -> None:
     """Load every task of DOMAIN and run random actions in it.
 
     Reports, per task, its size, env steps per second and any failure (a load error, an exception,
     a simulation that went unstable). Exits with status 1 if any task fails.
 
     \b
-    Example: kdistill env check unimal --split test --json
+    Examples:
+      kdistill env check unimal --split test --json
+      kdistill env check unimal --robots-dir my-robots
     """
+    from kdistill.tasks import ensure_data, select_tasks
+
     dom = _domain(domain, data_dir)
     wanted = _split_names(names)
-    if wanted:
+    if tasks_dir is not None:
+        pairs = [(t, None) for t in select_tasks(dom, robots=wanted, tasks_dir=tasks_dir)]
+    elif wanted:
+        ensure_data(dom)
         tasks = dom.tasks(names=wanted)
         pairs = [(t, None) for t in tasks]
     elif split == "all":
+        ensure_data(dom)
         pairs = [(t, s) for s, ts in dom.splits().items() for t in ts]  # a task in two splits is checked in each
     else:
+        ensure_data(dom)
         pairs = [(t, split) for t in dom.tasks(split)]
 
     rows: list[dict[str, Any]] = []

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from kdistill.cli import console, data_dir_option, err_console, json_option, print_json
+from kdistill.cli import console, data_dir_option, err_console, json_option, print_json, tasks_dir_option
 
 
 @click.command("eval")
@@ -28,14 +28,16 @@ from kdistill.cli import console, data_dir_option, err_console, json_option, pri
               help="Also write eval.json and eval.png (per-task bar chart) into this folder.")
 @json_option
 @data_dir_option
+@tasks_dir_option
 def eval_cmd(domain_name: str, policy_path: str, robots: str | None, split: str | None, num_tasks: int | None,
              episodes: int, seed: int, stochastic: bool, no_random: bool, device: str, threads: int, out_dir: str | None,
-             as_json: bool, data_dir: str | None) -> None:
+             as_json: bool, data_dir: str | None, tasks_dir: str | None) -> None:
     """Evaluate a policy on DOMAIN: one episode per env, raw undiscounted returns, mean over episodes then tasks.
 
     \b
     Example:
       kdistill eval unimal --policy runs/t1 --split test --episodes 16 --out runs/t1/eval-test
+      kdistill eval unimal --policy runs/t1 --robots-dir my-robots      # a folder of your own robot files
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -53,7 +55,7 @@ def eval_cmd(domain_name: str, policy_path: str, robots: str | None, split: str 
         raise KdistillError(f"--episodes must be positive, got {episodes}.")
     set_torch_threads(threads)
     domain = get_domain(domain_name, data_dir=data_dir)
-    tasks = resolve_tasks(domain, robots, split or (None if robots else "train"), num_tasks)
+    tasks = resolve_tasks(domain, robots, split or (None if robots or tasks_dir else "train"), num_tasks, tasks_dir)
     policy = load_policy(policy_path, domain=domain.name, device=check_device(device), seed=seed)
     if out_dir is not None:
         prepare_output_dir(out_dir)  # before the evaluation, so its results cannot be lost to a bad --out
@@ -67,11 +69,12 @@ def eval_cmd(domain_name: str, policy_path: str, robots: str | None, split: str 
             on_task=lambda row: progress.update(bar, advance=1, last=f"{row['name']}: {row['mean']:.1f}"))
     result["policy"] = {"path": str(policy_path), **policy.describe()}
     result["domain"] = domain.name
-    result["split"] = None if robots else (split or "train")
+    result["split"] = None if robots or tasks_dir else (split or "train")
+    result["tasks_dir"] = tasks_dir
     if out_dir is not None:
         out = Path(out_dir)
         atomic_write_json(out / "eval.json", result)
-        task_bars(result, out / "eval.png", title=f"{policy.kind} on {domain.name} ({result['split'] or 'selected tasks'})")
+        task_bars(result, out / "eval.png", title=f"{policy.kind} on {domain.name} ({result['split'] or tasks_dir or 'selected tasks'})")
     if as_json:
         print_json(result)
         return

@@ -13,19 +13,14 @@ from kdistill.cli import data_dir_option, err_console, json_option, print_json
 from kdistill.errors import KdistillError
 
 
-def resolve_tasks(domain, robots: str | None, split: str | None, num_tasks: int | None) -> list[str]:
-    """Tasks named by ``--robots a,b`` or a ``--split``, optionally only its first ``--num-tasks``."""
-    names = [n.strip() for n in robots.split(",") if n.strip()] if robots else None
-    if names and split:
-        raise KdistillError("pass either --robots or --split, not both.")
-    tasks = domain.tasks(split=split, names=names)
-    if num_tasks is not None:
-        if num_tasks <= 0:
-            raise KdistillError(f"--num-tasks must be positive, got {num_tasks}.")
-        tasks = tasks[:num_tasks]
-    if not tasks:
-        raise KdistillError(f"no tasks selected in domain {domain.name!r}; check --robots/--split.")
-    return tasks
+def resolve_tasks(domain, robots: str | None, split: str | None, num_tasks: int | None,
+                  tasks_dir: str | None = None) -> list[str]:
+    """Tasks named by ``--robots a,b``, a ``--split`` or a ``--robots-dir``, optionally only the first ``--num-tasks``
+    (``kdistill.tasks.select_tasks``: installs the domain's data on first use)."""
+    from kdistill.tasks import select_tasks
+
+    return select_tasks(domain, robots=robots, split=split, num_tasks=num_tasks, tasks_dir=tasks_dir,
+                        default_split=None)
 
 
 def set_torch_threads(threads: int | None, workers: int = 0) -> int:

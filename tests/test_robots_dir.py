@@ -1,0 +1,140 @@
+"""Folders of robot files as task sets (--robots-dir) and installing the robots on first use."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+
+import pytest
+from click.testing import CliRunner
+
+from domains.unimal.domain import UnimalDomain
+from kdistill.cli import app
+from kdistill.errors import DataError, KdistillError
+from kdistill.tasks import select_tasks
+from student_run import write_student_run
+
+SMALL = "floor-5506-3-10-01-14-19-06"
+MEDIAN = "floor-1409-0-12-01-12-30-07"
+LARGE = "vt-5506-1-16-02-19-08-46"
+
+
+def invoke(*args, env=None):
+    return CliRunner().invoke(app, list(args), catch_exceptions=True, env=env)
+
+
+@pytest.fixture
+def no_robot_set(tmp_path, monkeypatch):
+    """No shipped robot set anywhere, and no network: any attempt to install one fails."""
+    monkeypatch.setenv("KDISTILL_UNIMAL_DIR", str(tmp_path / "no-robots"))
+    monkeypatch.setenv("KDISTILL_UNIMAL_URL", (tmp_path / "nowhere.tar.gz").as_uri())
+    return tmp_path
+
+
+def flat_folder(unimal_dir, dest, robots):
+    """NAME.xml with NAME.json beside it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for split, name in robots:
+        shutil.copy(unimal_dir / split / "xml" / f"{name}.xml", dest / f"{name}.xml")
+        shutil.copy(unimal_dir / split / "metadata" / f"{name}.json", dest / f"{name}.json")
+    return dest
+
+
+def test_a_folder_is_a_task_set_without_the_shipped_robots(unimal_dir, no_robot_set):
+    folder = flat_folder(unimal_dir, no_robot_set / "mine", [("train", SMALL), ("test", LARGE)])
+    domain = UnimalDomain()
+    assert select_tasks(domain, tasks_dir=str(folder)) == [SMALL, LARGE]
+    assert domain.make_env(LARGE).robot.dof == 16 and domain.context(SMALL).tokens.shape == (12, 53)
+    assert select_tasks(domain, robots=LARGE, tasks_dir=str(folder)) == [LARGE]
+    with pytest.raises(KdistillError, match="not both"):
+        select_tasks(domain, split="train", tasks_dir=str(folder))
+    with pytest.raises(KdistillError, match="unknown task"):
+        select_tasks(domain, robots=MEDIAN, tasks_dir=str(folder))
+    # the xml/ + metadata/ layout is read too
+    nested = no_robot_set / "nested"
+    for kind, ext in (("xml", ".xml"), ("metadata", ".json")):
+        (nested / kind).mkdir(parents=True)
+        shutil.copy(unimal_dir / "train" / kind / f"{MEDIAN}{ext}", nested / kind / f"{MEDIAN}{ext}")
+    assert select_tasks(UnimalDomain(), tasks_dir=str(nested)) == [MEDIAN]
+
+
+def test_bad_folders_and_files_are_one_line_errors(unimal_dir, no_robot_set, tmp_path):
+    with pytest.raises(DataError, match="no such folder"):
+        UnimalDomain().add_task_folder(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no UNIMAL robot files"):
+        UnimalDomain().add_task_folder(tmp_path / "empty")
+    folder = flat_folder(unimal_dir, tmp_path / "bad", [("train", SMALL)])
+    meta = folder / f"{SMALL}.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "dof": 3}))
+    with pytest.raises(DataError, match="says dof=3"):
+        UnimalDomain().add_task_folder(folder)
+    (folder / f"{SMALL}.json").unlink()
+    with pytest.raises(DataError, match="has no metadata file"):
+        UnimalDomain().add_task_folder(folder)
+    shutil.copy(unimal_dir / "train" / "metadata" / f"{SMALL}.json", folder / f"{SMALL}.json")
+    (folder / f"{SMALL}.xml").write_text("<mujoco><worldbody/>")
+    res = invoke("env", "check", "unimal", "--robots-dir", str(folder), "--steps", "5")
+    assert isinstance(res.exception, DataError)  # the CLI prints it as one line and exits with 2
+    assert "not valid XML" in str(res.exception) and str(folder) in str(res.exception)
+
+
+def test_a_clash_with_a_shipped_robot_is_refused(unimal_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("KDISTILL_UNIMAL_DIR", str(unimal_dir))
+    folder = flat_folder(unimal_dir, tmp_path / "same", [("train", SMALL)])
+    assert UnimalDomain().add_task_folder(folder) == [SMALL]  # the same files: fine
+    meta = folder / f"{SMALL}.json"
+    meta.write_text(meta.read_text() + "\n")
+    with pytest.raises(DataError, match="different files"):
+        UnimalDomain().add_task_folder(folder)
+
+
+def test_commands_take_robots_dir(unimal_dir, no_robot_set, one_torch_thread):
+    folder = flat_folder(unimal_dir, no_robot_set / "mine", [("train", SMALL), ("test", LARGE)])
+    res = invoke("env", "check", "unimal", "--robots-dir", str(folder), "--steps", "20", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert [r["name"] for r in doc["robots"]] == [SMALL, LARGE] and doc["passed"] == 2
+
+    write_student_run(no_robot_set / "hn", UnimalDomain.layout, "unimal")
+    res = invoke("eval", "unimal", "--policy", str(no_robot_set / "hn"), "--robots-dir", str(folder), "--episodes", "1",
+                 "--no-random", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert [r["name"] for r in doc["robots"]] == [SMALL, LARGE] and doc["tasks_dir"] == str(folder)
+
+    res = invoke("compare", "unimal", "--policies", f"hn={no_robot_set / 'hn'}", "--robots-dir", str(folder),
+                 "--episodes", "1", "--num-tasks", "1", "--no-random", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["tasks"] == {"mine": [SMALL]}
+
+    res = invoke("export", "unimal", "--student", str(no_robot_set / "hn"), "--robot", LARGE, "--robots-dir",
+                 str(folder), "--out", str(no_robot_set / "exp" / "large"), "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["task"] == LARGE
+    res = invoke("export", "unimal", "--student", str(no_robot_set / "hn"), "--robot", MEDIAN, "--robots-dir",
+                 str(folder), "--out", str(no_robot_set / "exp" / "median"))
+    assert isinstance(res.exception, KdistillError) and "unknown task" in str(res.exception)
+
+
+def test_robots_are_installed_on_first_use(unimal_dir, tmp_path, monkeypatch):
+    archive = tmp_path / "robots.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for split in ("train", "test"):
+            for kind in ("xml", "metadata"):
+                tar.add(unimal_dir / split / kind, arcname=f"repo/data/{split}/{kind}")
+    target = tmp_path / "cache"
+    monkeypatch.setenv("KDISTILL_UNIMAL_DIR", str(target))
+    monkeypatch.setenv("KDISTILL_UNIMAL_URL", archive.as_uri())  # the same archive, read the same way as a download
+    res = invoke("env", "check", "unimal", "--robots", SMALL, "--steps", "5", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["passed"] == 1
+    assert "installing the unimal data (first use)" in res.stderr and "404 files checked" in res.stderr
+    marker = target / ".kdistill-unimal.json"
+    assert json.loads(marker.read_text())["source"] == archive.as_uri()
+    assert len(list((target / "train" / "xml").glob("*.xml"))) == 100
+    stamp = marker.stat().st_mtime_ns
+    archive.unlink()  # found now: nothing is installed again
+    res = invoke("env", "check", "unimal", "--robots", SMALL, "--steps", "5", "--json")
+    assert res.exit_code == 0 and "installing" not in res.stderr and marker.stat().st_mtime_ns == stamp
