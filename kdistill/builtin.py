@@ -11,7 +11,8 @@ from kdistill import hookimpl
 @hookimpl
 def register_commands(register):
     # core command modules, one per verb group
-    from kdistill.commands import bench, compare, demo, distill, env_data, evaluate, expert, experts, export, teacher
+    from kdistill.commands import (bench, compare, demo, distill, env_data, evaluate, expert, experts, export, render,
+                                   teacher)
 
     register("data", env_data.data_group)
     register("env", env_data.env_group)
@@ -24,7 +25,7 @@ def register_commands(register):
     register("export", export.export_cmd)
     register("bench", bench.bench_cmd)
     register("demo", demo.demo_cmd)
-    pass
+    register("render", render.render_cmd)
 
 
 @hookimpl

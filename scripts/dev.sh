@@ -19,6 +19,10 @@ fi
 setup() {
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
   local pip=".venv/bin/python -m pip"
+  # numpy first: torch imported without numpy warns ("Failed to initialize NumPy") during set-up.
+  if ! .venv/bin/python -c 'import numpy' >/dev/null 2>&1; then
+    $pip install --disable-pip-version-check -q "numpy>=1.26" 2>&1 | grep -v '^WARNING: Location' || true
+  fi
   # The CPU wheel of torch: an unpinned torch would pull a multi-GB CUDA build.
   if ! .venv/bin/python -c 'import torch' >/dev/null 2>&1; then
     $pip install --disable-pip-version-check -q "torch==2.13.0" 2>&1 | grep -v '^WARNING: Location' || true

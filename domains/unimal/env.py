@@ -26,7 +26,7 @@ from domains.unimal import features as F
 from domains.unimal.data import find_robot_set, list_splits
 from domains.unimal.arena import assemble
 from domains.unimal.robot import Robot, Sim, read_metadata
-from kdistill.errors import DataError, MissingDataError, UnknownNameError, closest, unknown_name
+from kdistill.errors import DataError, KdistillError, MissingDataError, UnknownNameError, closest, unknown_name
 
 MAX_EPISODE_STEPS = 1000
 STAND_HEIGHT_RATIO = 0.5  # ft: falling below this fraction of the original height ends the episode
@@ -235,7 +235,14 @@ class UnimalEnv(gym.Env):
 
         if self._renderer is None or self._renderer_model is not self.sim.model:
             self.close()
-            self._renderer = mujoco.Renderer(self.sim.model, 360, 480)
+            try:
+                self._renderer = mujoco.Renderer(self.sim.model, 360, 480)
+            except Exception as exc:  # no OpenGL context: MuJoCo raises its own FatalError, or others
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise KdistillError(
+                    f"offscreen rendering needs OpenGL (MUJOCO_GL={os.environ.get('MUJOCO_GL', 'unset')}): install "
+                    f"EGL (Debian: apt-get install libegl1 libegl-mesa0) or OSMesa (libosmesa6, with "
+                    f"MUJOCO_GL=osmesa) and start a new process. MuJoCo said: {first}") from None
             self._renderer_model = self.sim.model
             self._camera = mujoco.MjvCamera()
             self._camera.type = mujoco.mjtCamera.mjCAMERA_TRACKING
