@@ -18,3 +18,10 @@ def register_teachers(register):
 
     for name, spec in TEACHERS.items():
         register(name, spec)
+
+
+@hookimpl
+def register_commands(register):
+    from domains.unimal.commands import unimal_group
+
+    register("unimal", unimal_group)
