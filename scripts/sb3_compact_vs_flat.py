@@ -109,20 +109,29 @@ def train(view: str, robot: str, steps: int, eval_every: int, episodes: int, see
 
 
 def plot(paths: list[Path], png: Path) -> None:
+    """One colour per view: each seed's curve thin, their mean thick."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    runs: dict[str, list[dict]] = {}
     for p in paths:
         rec = json.loads(p.read_text())
-        xs = [c["step"] / 1e3 for c in rec["curve"]]
-        ys = [c["return"] for c in rec["curve"]]
-        label = f"{rec['view']} ({rec['obs_dim']} inputs, {rec['act_dim']} actions)"
-        ax.plot(xs, ys, marker="o", ms=3, label=label)
+        runs.setdefault(rec["view"], []).append(rec)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for (view, recs), colour in zip(runs.items(), ("tab:blue", "tab:orange", "tab:green")):
+        steps = [c["step"] for c in recs[0]["curve"]]
+        for rec in recs:
+            ax.plot([c["step"] / 1e3 for c in rec["curve"]], [c["return"] for c in rec["curve"]], color=colour,
+                    lw=0.8, alpha=0.45)
+        n = min(len(r["curve"]) for r in recs)
+        mean = np.mean([[c["return"] for c in r["curve"][:n]] for r in recs], axis=0)
+        ax.plot([s / 1e3 for s in steps[:n]], mean, color=colour, lw=2.2, marker="o", ms=3,
+                label=f"{view}: {recs[0]['obs_dim']} inputs, {recs[0]['act_dim']} actions (mean of {len(recs)} seeds)")
+    rec = next(iter(runs.values()))[0]
     ax.set_xlabel("env steps (thousands)")
-    ax.set_ylabel(f"mean return, mean action ({rec['eval_episodes']} episodes)")
+    ax.set_ylabel(f"return, mean action ({rec['eval_episodes']} episodes)")
     ax.set_title(f"SB3 PPO on {rec['robot']}: compact env vs flattened padded env", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
