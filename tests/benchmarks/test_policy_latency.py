@@ -11,6 +11,7 @@ One benchmark group per batch size (1, 32, 1024), so the teacher and the student
 * ``student-batched``  the student's ``forward_with`` (kdistill's grouped-bmm path);
 * ``dense-torch``      the robot's folded MLP as torch Linear layers;
 * ``numpy-runtime``    the exported MLP in ``kdistill.runtime``;
+* ``onnxruntime``      the ONNX export in onnxruntime (one intra-op thread);
 
 plus the one-off cost of writing one robot's weights (group ``one-off``). Threads: torch runs on one
 (``torch.set_num_threads(1)``) and numpy's BLAS on one through ``threadpoolctl`` when installed; without it,
@@ -26,7 +27,7 @@ import torch
 from kdistill import bench as B
 
 BATCHES = (1, 32, 1024)
-MODELS = ("teacher", "hnmlp-per-limb", "student-batched", "dense-torch", "numpy-runtime")
+MODELS = ("teacher", "hnmlp-per-limb", "student-batched", "dense-torch", "numpy-runtime", "onnxruntime")
 
 
 @pytest.fixture(scope="module")
