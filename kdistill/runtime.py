@@ -167,6 +167,8 @@ class ExportedPolicy:
         first = (self.weights[0].astype(np.float64) / self.std[:, None]).astype(np.float32)
         self._layers = [first] + self.weights[1:]
         self._plans: dict[int, tuple] = {}
+        self._kernel = None  # the compiled batch-1 path (kdistill.deploy.kernel), prepared on first use
+        self.use_kernel = True  # False: numpy only
 
     # sizes -------------------------------------------------------------------------------------------
     @property
@@ -212,6 +214,17 @@ class ExportedPolicy:
                             f"(tokens x student features), got shape {np.shape(flat_obs)}.")
         batched = x.ndim == 2
         n = x.shape[0] if batched else 1
+        if n == 1 and self.use_kernel:
+            kernel = self._kernel if self._kernel is not None else self._prepare_kernel()
+            if kernel:
+                row = x.reshape(-1)
+                if row.dtype != np.float32 or not row.flags.c_contiguous:
+                    row = np.ascontiguousarray(row, np.float32)
+                result = kernel(row)
+                if out is not None:
+                    out[...] = result.reshape(out.shape)
+                    return out
+                return result.reshape(1, -1).copy() if batched else result.copy()
         plan = self._plans.get(n)
         if plan is None:
             plan = self._plan(n)
@@ -233,6 +246,14 @@ class ExportedPolicy:
         if n == 1 and batched:
             return result.reshape(1, -1).copy()
         return result.copy()
+
+    def _prepare_kernel(self):
+        """The compiled path for one observation, or False when no compiler is available (numpy then)."""
+        from kdistill.deploy.kernel import KernelPlan, load_kernel
+
+        fn = load_kernel()
+        self._kernel = KernelPlan(fn, self._layers, self.biases, self._mean32, self._low, self._high) if fn else False
+        return self._kernel
 
     def flat_observation(self, obs: dict) -> np.ndarray:
         """The flat student observation ``(N, T*S)`` of raw env observations (``obs['obs']`` (N, T, F))."""

@@ -1,0 +1,181 @@
+"""A generated policy as C: compiled with the system compiler, it matches the student on every training robot;
+the runtime's compiled batch-1 path matches its numpy path."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distill_toy import ToyTokenDomain, teacher_normalizer
+from kdistill import runtime
+from kdistill.deploy.c_source import c_identifier, write_c
+from kdistill.export import export_policy
+from kdistill.expert import slice_normalizer_state
+from kdistill.normalize import ObsNormalizer
+from kdistill.students import StudentPolicy, build_student
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+CC = shutil.which("cc") or shutil.which("gcc")
+HARNESS = r"""
+#include <stdio.h>
+#include <stdlib.h>
+%(includes)s
+typedef void (*act_fn)(const float *, float *);
+static const act_fn ACTS[] = {%(functions)s};
+int main(int argc, char **argv) {
+    /* stdin: for each policy k, rows of obs (int32 k, int32 rows, then rows * n_in floats); stdout: actions */
+    int k, rows;
+    while (fread(&k, 4, 1, stdin) == 1 && fread(&rows, 4, 1, stdin) == 1) {
+        float obs[%(n_in)d], act[%(n_out)d];
+        for (int r = 0; r < rows; ++r) {
+            if (fread(obs, 4, %(n_in)d, stdin) != %(n_in)d) return 2;
+            ACTS[k](obs, act);
+            fwrite(act, 4, %(n_out)d, stdout);
+        }
+    }
+    return 0;
+}
+"""
+
+
+def random_student(layout, config: dict, seed: int = 0) -> StudentPolicy:
+    """A student whose generators are moved off their init (every task gets its own MLP), random normaliser."""
+    torch.manual_seed(seed)
+    student = build_student("hnmlp", layout, config)
+    with torch.no_grad():
+        for name, p in student.named_parameters():
+            if name.endswith("_gen.weight"):
+                p.normal_(0, 0.05)
+    rng = np.random.default_rng(seed)
+    shape = (layout.max_tokens, layout.student_token_features)
+    state = {"shape": list(shape), "clip": 10.0, "epsilon": 1e-8, "count": 100.0,
+             "mean": rng.normal(0, 0.3, shape).tolist(), "var": rng.uniform(0.2, 3.0, shape).tolist()}
+    return StudentPolicy(student, ObsNormalizer.from_state(state), {"domain": "x", "arch": "hnmlp"})
+
+
+def compile_and_run(tmp: Path, exports: list, observations: list[np.ndarray]) -> list[np.ndarray]:
+    """Write C for each export, build one program with all of them, feed it the observations."""
+    prefixes = []
+    for k, exported in enumerate(exports):
+        prefix = c_identifier(f"p{k}")
+        write_c(exported, tmp, prefix)
+        prefixes.append(prefix)
+    n_in, n_out = exports[0].input_size, exports[0].output_size
+    (tmp / "main.c").write_text(HARNESS % {
+        "includes": "\n".join(f'#include "{p}.h"' for p in prefixes),
+        "functions": ", ".join(f"{p}_act" for p in prefixes), "n_in": n_in, "n_out": n_out})
+    sources = [str(tmp / f"{p}.c") for p in prefixes] + [str(tmp / "main.c")]
+    subprocess.run([CC, "-std=c99", "-O1", "-Wall", "-Werror", "-o", str(tmp / "prog"), *sources, "-lm"], check=True,
+                   capture_output=True, timeout=600)
+    feed = b"".join(np.array([k, len(o)], np.int32).tobytes() + np.ascontiguousarray(o, np.float32).tobytes()
+                    for k, o in enumerate(observations))
+    out = subprocess.run([str(tmp / "prog")], input=feed, capture_output=True, check=True, timeout=120).stdout
+    flat = np.frombuffer(out, np.float32)
+    results, start = [], 0
+    for o in observations:
+        results.append(flat[start:start + len(o) * n_out].reshape(len(o), n_out))
+        start += len(o) * n_out
+    return results
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler")
+def test_c_matches_the_student_on_every_training_robot(tmp_path, unimal_dir):
+    from domains.unimal.domain import UnimalDomain
+
+    domain = UnimalDomain(data_dir=unimal_dir)
+    tasks = domain.tasks("train")
+    policy = random_student(domain.layout, {"hidden": 16, "embed": 16, "layers": 3})
+    exports, observations, expected = [], [], []
+    rng = np.random.default_rng(0)
+    for k, task in enumerate(tasks):
+        ctx = domain.context(task)
+        export_policy(policy, task, ctx, tmp_path / "exports" / task)
+        exports.append(runtime.load(tmp_path / "exports" / f"{task}.json"))
+        env = domain.make_env(task)
+        obs, _ = env.reset(seed=k)
+        seen = [obs["obs"]]
+        for _ in range(3):
+            obs = env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))[0]
+            seen.append(obs["obs"])
+        env.close()
+        raw = {"obs": np.stack(seen), "obs_mask": np.repeat(ctx.mask[None], len(seen), 0)}
+        raw["obs"][0] *= 50.0  # far outside the normaliser's range: the clipping must agree too
+        policy.prepare(task, ctx)
+        expected.append(policy.act(raw))
+        observations.append(exports[-1].flat_observation(raw))
+    got = compile_and_run(tmp_path / "c", exports, observations)
+    worst = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))
+    assert worst <= 1e-5, worst
+    assert len(got) == len(tasks) == 100 and not np.allclose(got[0][1], got[1][1])
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler")
+def test_generated_source_is_self_contained(tmp_path):
+    domain = ToyTokenDomain()
+    norm = slice_normalizer_state(teacher_normalizer().state(), domain.layout.student_features)
+    torch.manual_seed(0)
+    policy = StudentPolicy(build_student("mlp", domain.layout, {"hidden": 8}), ObsNormalizer.from_state(norm), {})
+    export_policy(policy, "toy-0", domain.context("toy-0"), tmp_path / "e")
+    info = write_c(runtime.load(tmp_path / "e.json"), tmp_path / "c")
+    assert info["function"] == "policy_act" and info["obs_size"] == 9 and info["action_size"] == 6
+    source = Path(info["source"]).read_text()
+    assert "#include <" not in source  # nothing beyond its own header: no libc, no libm
+    header = Path(info["header"]).read_text()
+    assert "void policy_act(const float *obs, float *action);" in header
+    subprocess.run([CC, "-std=c99", "-pedantic", "-Wall", "-Werror", "-c", info["source"], "-o", str(tmp_path / "p.o")],
+                   check=True, capture_output=True)
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler")
+def test_runtime_fast_path_matches_numpy(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
+    from kdistill.deploy import kernel
+
+    kernel._loaded.clear()
+    domain = ToyTokenDomain()
+    norm = slice_normalizer_state(teacher_normalizer().state(), domain.layout.student_features)
+    torch.manual_seed(1)
+    policy = StudentPolicy(build_student("hnmlp", domain.layout, {"hidden": 32, "embed": 16}),
+                           ObsNormalizer.from_state(norm), {})
+    export_policy(policy, "toy-1", domain.context("toy-1"), tmp_path / "e")
+    fast = runtime.load(tmp_path / "e.json")
+    slow = runtime.load(tmp_path / "e.json")
+    slow.use_kernel = False
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x = rng.normal(0, 3, 9).astype(np.float32)
+        np.testing.assert_allclose(fast.act(x), slow.act(x), atol=1e-6, rtol=0)
+        np.testing.assert_allclose(fast.act(x[None]), slow.act(x[None]), atol=1e-6, rtol=0)
+    assert fast._kernel and slow._kernel is None
+    assert list((tmp_path / "cache" / "kernels").glob("*.so"))
+    x64 = rng.normal(0, 1, 9)  # other dtypes are converted, not misread
+    np.testing.assert_allclose(fast.act(x64), slow.act(x64.astype(np.float32)), atol=1e-6, rtol=0)
+    out = np.empty(6, np.float32)
+    assert fast.act(x64, out=out) is out
+
+
+def test_without_a_compiler_the_runtime_stays_on_numpy(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDISTILL_NO_KERNEL", "1")
+    from kdistill.deploy import kernel
+
+    kernel._loaded.clear()
+    assert kernel.load_kernel() is None
+    domain = ToyTokenDomain()
+    norm = slice_normalizer_state(teacher_normalizer().state(), domain.layout.student_features)
+    policy = StudentPolicy(build_student("mlp", domain.layout, {"hidden": 8}), ObsNormalizer.from_state(norm), {})
+    export_policy(policy, "toy-0", domain.context("toy-0"), tmp_path / "e")
+    exported = runtime.load(tmp_path / "e.json")
+    assert exported.act(np.zeros(9, np.float32)).shape == (6,) and exported._kernel is False
+    kernel._loaded.clear()
+
+
+def test_importing_the_kernel_does_not_import_torch():
+    code = ("import sys, kdistill.runtime, kdistill.deploy.kernel, kdistill.deploy.c_source; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
