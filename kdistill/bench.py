@@ -11,14 +11,18 @@ size, every way of running them:
                      einsum (only for students whose weights are per token, e.g. ``hnmlp``);
 * ``student-batched`` the student's ``forward_with`` (kdistill's grouped-bmm path, the one training uses);
 * ``dense-torch``    the task's folded MLP as ``torch.nn.Linear`` layers;
-* ``numpy-runtime``  the exported MLP in ``kdistill.runtime`` (normalises raw observations itself);
+* ``numpy-runtime``  the exported MLP in ``kdistill.runtime`` on numpy (normalises raw observations itself);
+* ``compiled-runtime`` the same export through the runtime's compiled batch-1 kernel (``kdistill.deploy.kernel``;
+                     batch 1 only, and only where a C compiler is available);
 * ``onnxruntime``    the ONNX export (``kdistill export --format onnx``) in onnxruntime, on the torch thread count
                      (only when onnx and onnxruntime are installed);
 
 and the one-off cost of writing one task's weights (``generate``: hypernetwork + fold). Costs are counted two
 ways (``kdistill.flops``). Ratios are teacher / fastest student, all measured in the same run: on a shared
 machine compare ratios, not absolute times. Latency is the best per-call time over the rounds (``min_s``;
-the median is kept too), as ``timeit`` advises: noise only ever adds time.
+the median is kept too), as ``timeit`` advises: noise only ever adds time. The machine's single-thread matmul
+peak (a 1024^3 float32 GEMM, same run) gives each student's FLOP limit: its FLOPs per step at that peak, and
+``vs_limit_b<batch>`` is the fastest student's latency as a multiple of it.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from kdistill.domain import Domain, Layout, TaskContext
 from kdistill.errors import KdistillError, unknown_name
 
 TEACHER = "teacher"
-STUDENT_ROWS = ("hnmlp-per-limb", "student-batched", "dense-torch", "numpy-runtime", "onnxruntime")
+STUDENT_ROWS = ("hnmlp-per-limb", "student-batched", "dense-torch", "numpy-runtime", "compiled-runtime", "onnxruntime")
 
 
 def _positive_ints(value) -> tuple[int, ...]:
@@ -287,12 +291,39 @@ def make_callers(s: Subjects, batch: int, seed: int = 0) -> dict[str, Callable[[
     mean, var = s.runtime.mean, s.runtime.std ** 2
     raw = (mean + np.sqrt(var) * rng.standard_normal((batch, T * S))).astype(np.float32)
     out = np.empty((batch, s.runtime.output_size), np.float32)
-    callers["numpy-runtime"] = lambda: s.runtime.act(raw, out=out)
+    on_numpy = _numpy_only(s.runtime)
+    callers["numpy-runtime"] = lambda: on_numpy.act(raw, out=out)
+    if batch == 1 and s.runtime._prepare_kernel():
+        row, one = raw[0].copy(), np.empty(s.runtime.output_size, np.float32)
+        callers["compiled-runtime"] = lambda: s.runtime.act(row, out=one)
     session = _onnx_session(s)
     if session is not None:
         feed = {"obs": raw}
         callers["onnxruntime"] = lambda: session.run(None, feed)
     return callers
+
+
+def _numpy_only(exported):
+    """A copy of an exported policy that never takes the compiled path."""
+    import copy
+
+    clone = copy.copy(exported)
+    clone._plans = {}
+    clone.use_kernel = False
+    return clone
+
+
+def gemm_peak_flops(size: int = 1024, rounds: int = 5) -> float:
+    """FLOP/s of a ``size``^3 float32 matmul on the current BLAS threads (best of ``rounds``)."""
+    a = np.random.default_rng(0).standard_normal((size, size), np.float32)
+    out = np.empty_like(a)
+    np.matmul(a, a, out=out)
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        np.matmul(a, a, out=out)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best
 
 
 def _onnx_session(s: Subjects):
@@ -403,6 +434,7 @@ def run_bench(s: Subjects, config: BenchConfig | None = None,
             "numpy": np.__version__, "machine": platform.machine(), "processor": _cpu_name(),
             "mha_fast_path": bool(torch.backends.mha.get_fastpath_enabled()), "statistic": "min_s (best round)",
         }
+        result["environment"]["gemm_flops_per_s"] = gemm_peak_flops()
         if progress:
             progress("counting FLOPs and parameters", 0, total)
         result["costs"] = count_costs(s)
@@ -447,6 +479,14 @@ def _ratios(result: dict[str, Any], batches) -> dict[str, Any]:
         fastest[key] = best
         ratios[f"latency_b{batch}"] = _ratio(result["latency"][TEACHER][key]["min_s"], students[best])
     ratios["fastest_student"] = fastest
+    peak = result.get("environment", {}).get("gemm_flops_per_s")
+    if peak:
+        limit = student["measured"]["flops"] / peak
+        ratios["student_flop_limit_s"] = limit
+        for batch in batches:
+            key = str(batch)
+            best = result["latency"][fastest[key]][key]["min_s"]
+            ratios[f"vs_limit_b{batch}"] = best / (limit * batch)
     ratios["definition"] = ("teacher / fastest student; flops, params: measured convention (generated MLP); "
                             "*_analytic: the reference's convention; latency: best per-call time, same run")
     return ratios

@@ -4,6 +4,7 @@ together, runs load from folders, any domain works. Timings are never asserted (
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -96,9 +97,15 @@ def test_bench_result_on_cartpole_hangs_together(cartpole, tmp_path):
     assert ratios["flops"] == pytest.approx(teacher["measured"]["flops"] / mlp_flops)
     assert ratios["params_analytic"] == pytest.approx(teacher["analytic"]["params"] / mlp_params)
     lat = result["latency"]
-    assert set(lat) == {"teacher", "hnmlp-per-limb", "student-batched", "dense-torch", "numpy-runtime", "onnxruntime"}
+    compiled = {"compiled-runtime"} if 1 in QUICK.batches and shutil.which("cc") else set()
+    assert set(lat) == {"teacher", "hnmlp-per-limb", "student-batched", "dense-torch", "numpy-runtime",
+                        "onnxruntime"} | compiled
+    assert all(set(lat["compiled-runtime"]) == {"1"} for _ in compiled)  # the compiled path is for one row only
+    peak = result["environment"]["gemm_flops_per_s"]
+    assert peak > 1e8 and ratios["student_flop_limit_s"] == pytest.approx(mlp_flops / peak)
     for b in QUICK.batches:
-        students = {n: rows[str(b)]["min_s"] for n, rows in lat.items() if n != "teacher"}
+        students = {n: rows[str(b)]["min_s"] for n, rows in lat.items() if n != "teacher" and str(b) in rows}
+        assert ratios[f"vs_limit_b{b}"] == pytest.approx(min(students.values()) / (mlp_flops / peak * b))
         fastest = min(students, key=students.get)
         assert ratios["fastest_student"][str(b)] == fastest
         assert ratios[f"latency_b{b}"] == pytest.approx(lat["teacher"][str(b)]["min_s"] / students[fastest])

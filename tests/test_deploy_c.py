@@ -179,3 +179,31 @@ def test_importing_the_kernel_does_not_import_torch():
     code = ("import sys, kdistill.runtime, kdistill.deploy.kernel, kdistill.deploy.c_source; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler")
+def test_cli_export_c(tmp_path):
+    import json
+    import os
+
+    from student_run import write_student_run
+
+    domain = ToyTokenDomain()
+    write_student_run(tmp_path / "hn", domain.layout, domain.name, preset="small")
+    env = {**os.environ, "KDISTILL_PLUGINS": str(Path(__file__).with_name("distill_toy.py")), "OMP_NUM_THREADS": "1"}
+
+    def kdistill(*args):
+        return subprocess.run([sys.executable, "-m", "kdistill.cli", *args], capture_output=True, text=True, env=env,
+                              timeout=300)
+
+    r = kdistill("export", "toytokens", "--student", str(tmp_path / "hn"), "--robot", "toy-test-1", "--format", "c",
+                 "--out", str(tmp_path / "exp" / "robot"), "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["function"] == "policy_act" and 0 <= info["check"] <= 1e-5
+    assert '#include "robot.h"' in (tmp_path / "exp" / "robot.c").read_text()
+    (tmp_path / "mine.c").write_text("int main(void) { return 0; }\n")
+    r = kdistill("export", "toytokens", "--student", str(tmp_path / "hn"), "--robot", "toy-test-1", "--format", "c",
+                 "--out", str(tmp_path / "mine"))
+    assert r.returncode == 2 and "not written by kdistill" in r.stderr
+    assert (tmp_path / "mine.c").read_text() == "int main(void) { return 0; }\n"

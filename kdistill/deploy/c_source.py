@@ -119,14 +119,42 @@ def c_source(policy, prefix: str = "policy") -> tuple[str, str]:
     return header, "\n".join(parts)
 
 
-def write_c(policy, out: str | Path, prefix: str = "policy") -> dict:
-    """Write ``<prefix>.h`` and ``<prefix>.c`` into the folder ``out`` (atomically); returns their paths."""
+def write_c(policy, out: str | Path, prefix: str = "policy", stem: str | None = None) -> dict:
+    """Write ``<stem>.h`` and ``<stem>.c`` (``stem`` defaults to ``prefix``) into the folder ``out`` atomically;
+    the function is ``<prefix>_act``. Returns the paths and sizes."""
     from kdistill.io import atomic_write_text
 
     out = Path(out)
-    header, source = c_source(policy, prefix)
     prefix = c_identifier(prefix)
-    atomic_write_text(out / f"{prefix}.h", header)
-    atomic_write_text(out / f"{prefix}.c", source)
-    return {"header": str(out / f"{prefix}.h"), "source": str(out / f"{prefix}.c"), "function": f"{prefix}_act",
-            "obs_size": int(policy.input_size), "action_size": int(policy.output_size)}
+    stem = stem or prefix
+    header, source = c_source(policy, prefix)
+    source = source.replace(f'#include "{prefix}.h"', f'#include "{stem}.h"')
+    atomic_write_text(out / f"{stem}.h", header)
+    atomic_write_text(out / f"{stem}.c", source)
+    return {"header": str(out / f"{stem}.h"), "source": str(out / f"{stem}.c"), "function": f"{prefix}_act",
+            "obs_size": int(policy.input_size), "action_size": int(policy.output_size),
+            "num_params": int(policy.num_params), "flops": int(policy.flops)}
+
+
+def check_c(info: dict, observations: np.ndarray, expected: np.ndarray) -> float | None:
+    """Compile the written source with the system compiler, run it on ``observations`` (raw flat student
+    observations), and return the largest difference from ``expected``; None when no compiler is found."""
+    import ctypes
+    import shutil
+    import subprocess
+    import tempfile
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = Path(tmp) / "policy.so"
+        subprocess.run([compiler, "-std=c99", "-O2", "-fPIC", "-shared", info["source"], "-o", str(lib)], check=True,
+                       capture_output=True, timeout=300)
+        act = getattr(ctypes.CDLL(str(lib)), info["function"])
+        act.restype = None
+        obs = np.ascontiguousarray(observations, np.float32)
+        got = np.empty((len(obs), info["action_size"]), np.float32)
+        for row, out in zip(obs, got):
+            act(ctypes.c_void_p(row.ctypes.data), ctypes.c_void_p(out.ctypes.data))
+    return float(np.abs(got - expected).max())
