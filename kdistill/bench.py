@@ -518,6 +518,11 @@ def plot_latency(result: dict[str, Any], path: str | Path) -> None:
         ax.plot(batches, [rows[str(b)]["min_s"] * 1e3 for b in batches], marker="o",
                 lw=2.2 if name == TEACHER else 1.4, color="black" if name == TEACHER else None,
                 label=f"{name} ({result['subjects']['teacher']['arch']})" if name == TEACHER else name)
+    limit = result.get("ratios", {}).get("student_flop_limit_s")
+    if limit:
+        batches = sorted({int(b) for rows in result["latency"].values() for b in rows})
+        ax.plot(batches, [limit * b * 1e3 for b in batches], ls="--", color="tab:red", lw=1.2,
+                label="student FLOP limit (GEMM peak, 1 thread)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("batch size (observations per call)")
