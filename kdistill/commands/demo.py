@@ -109,6 +109,8 @@ def write_report(out: Path, outcome: dict[str, Any]) -> Path:
     lines += ["", "Normalised = (student - random) / (teacher - random).", "",
               "![train](compare-train/compare.png) ![test](compare-test/compare.png)", "",
               "## Distillation", "", "![HN-MLP loss](hnmlp/loss_curve.png) ![MLP loss](blind/loss_curve.png)", ""]
+    if outcome.get("clip"):
+        lines += ["## Teacher and student on an unseen task", "", f"![teacher and student]({outcome['clip']})", ""]
     bench = outcome.get("bench") or {}
     if bench:
         lines += ["## Cost per step (teacher / fastest student)", "", "| measure | ratio |", "|---|---|"]
@@ -264,6 +266,16 @@ def demo_cmd(domain_name: str, out_dir: str | None, teacher_run: str | None, sam
             "--episodes", str(settings["eval_episodes"]), "--out", str(out / f"compare-{split}"), *data_args],
             f"evaluate teacher, students and random on {split} tasks")
 
+    # a short clip of teacher and student side by side on an unseen task (skipped where nothing can render)
+    clip = None
+    try:
+        step("render", ["render", domain_name, "--policy", f"teacher={teacher},student={out / 'hnmlp'}",
+                        "--robot", test_split[0], "--out", str(out / "clip.gif"), "--steps", "150", "--every", "3",
+                        "--overwrite", *data_args], f"render teacher and student on the unseen task {test_split[0]}")
+        clip = "clip.gif"
+    except KdistillError as exc:
+        err_console.print(f"  no clip: {exc}", style="dim", markup=False)
+
     # export one task's generated MLP, then the cost benchmark
     task = train_tasks[0]
     exported = step("export", ["export", domain_name, "--student", str(out / "hnmlp"), "--robot", task,
@@ -288,7 +300,7 @@ def demo_cmd(domain_name: str, out_dir: str | None, teacher_run: str | None, sam
         "returns": returns, "normalised": normalised,
         "export": {"task": task, "file": (exported.get("files") or [None])[0],
                    "max_abs_diff": (exported.get("check") or {}).get("max_abs_diff")},
-        "bench": (bench or {}).get("ratios"),
+        "bench": (bench or {}).get("ratios"), "clip": clip,
         "wall_s": {**step.timings, "total": time.perf_counter() - started},
     }
     outcome["report"] = str(write_report(out, outcome))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from kdistill.cli import console, err_console, json_option, print_json
+from kdistill.cli import console, data_dir_option, err_console, json_option, print_json, tasks_dir_option
 
 
 @click.command("distill")
@@ -47,12 +47,14 @@ from kdistill.cli import console, err_console, json_option, print_json
 @click.option("--device", default="cpu", show_default=True, help="Torch device: cpu or cuda.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="Torch CPU threads. [default: all cores]")
 @json_option
+@data_dir_option
+@tasks_dir_option
 def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: str, preset: str, epochs: int | None,
                 batch_size: int | None, lr: float | None, loss: str | None, val_tasks: int | None,
                 samples_per_task: int | None, seed: int | None, checkpoint_every: int | None, out: str, resume: bool,
                 device: str, threads: int | None, as_json: bool, dagger_rounds: int | None = None,
                 teacher_path: str | None = None, dagger_beta: float = 0.5, dagger_samples: int = 4000,
-                dagger_epochs: int = 10) -> None:
+                dagger_epochs: int = 10, data_dir: str | None = None, tasks_dir: str | None = None) -> None:
     """Distill DOMAIN's expert data into a student that reads the state only.
 
     The reference recipe: Adam (lr 1e-3, eps 1e-5), gradient clipping 0.5, shuffled batches of 5120
@@ -114,7 +116,8 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
             student_config = make_config(cls.Config, None, student_preset or "paper")
     if dagger_rounds is not None:
         result = _run_dagger(domain_name, data_path, student, student_config, student_preset, config, out, device,
-                             teacher_path, dagger_rounds, dagger_beta, dagger_samples, dagger_epochs, seed, as_json)
+                             teacher_path, dagger_rounds, dagger_beta, dagger_samples, dagger_epochs, seed, as_json,
+                             data_dir, tasks_dir)
         if as_json:
             print_json(result)
         else:
@@ -139,7 +142,7 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
 
 
 def _run_dagger(domain_name, data_path, student, student_config, student_preset, config, out, device, teacher_path,
-                rounds, beta, samples, epochs, seed, as_json) -> dict:
+                rounds, beta, samples, epochs, seed, as_json, data_dir=None, tasks_dir=None) -> dict:
     from kdistill.commands.teacher import check_device
     from kdistill.dagger import DaggerSettings, run_dagger
     from kdistill.errors import KdistillError
@@ -150,7 +153,11 @@ def _run_dagger(domain_name, data_path, student, student_config, student_preset,
     if teacher_path is None:
         raise KdistillError("--dagger needs --teacher: the teacher (or per-task experts) that labels the student's states.")
     meta = read_expert_meta(data_path)
-    domain = get_domain(domain_name)
+    domain = get_domain(domain_name, data_dir=data_dir)
+    if tasks_dir is not None:  # DAgger steps the data's tasks: a folder of the user's own tasks must be registered
+        from kdistill.tasks import select_tasks
+
+        select_tasks(domain, tasks_dir=tasks_dir)
     teacher = load_policy(teacher_path, domain=domain.name, device=check_device(device), seed=seed or 0)
     if teacher.kind not in ("teacher", "experts"):
         raise KdistillError(f"--teacher {teacher_path} holds a {teacher.kind!r} policy; pass a teacher run or experts.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from kdistill.cli import console, data_dir_option, err_console, json_option, print_json
+from kdistill.cli import console, data_dir_option, err_console, json_option, print_json, tasks_dir_option
 
 
 @click.group("expert")
@@ -32,9 +32,10 @@ def expert_group() -> None:
                    "(measured 7-13x slower with 2 on 2 cores): the batches here are small.")
 @json_option
 @data_dir_option
+@tasks_dir_option
 def collect_cmd(domain_name: str, teacher_path: str, out: str, robots: str | None, split: str | None,
                 num_tasks: int | None, samples: int, envs: int, seed: int, device: str, threads: int | None,
-                as_json: bool, data_dir: str | None) -> None:
+                as_json: bool, data_dir: str | None, tasks_dir: str | None = None) -> None:
     """Roll out the teacher on each task of DOMAIN and store what students learn from.
 
     Per task, --envs copies of the task are stepped together with the teacher's sampled actions
@@ -58,7 +59,7 @@ def collect_cmd(domain_name: str, teacher_path: str, out: str, robots: str | Non
         raise KdistillError("--samples-per-robot and --envs must be positive.")
     set_torch_threads(threads)
     domain = get_domain(domain_name, data_dir=data_dir)
-    tasks = resolve_tasks(domain, robots, split or (None if robots else "train"), num_tasks)
+    tasks = resolve_tasks(domain, robots, split or (None if robots or tasks_dir else "train"), num_tasks, tasks_dir)
     teacher = load_policy(teacher_path, domain=domain.name, device=check_device(device), seed=seed)
     if teacher.kind not in ("teacher", "experts"):
         raise KdistillError(f"{teacher_path} holds a {teacher.kind!r} policy; pass a teacher run from `kdistill teacher "
