@@ -2,7 +2,7 @@
 
 Each encoder is an ``nn.Module`` built as ``cls(context_dim, embed_dim)`` whose ``forward(context, mask)``
 takes ``mask`` (K, T) bool, True = padded token. Registered by name through ``register_context_encoders``
-(see ``kdistill.builtin``): ``transformer`` (the reference's choice), ``mlp`` (per-token, no mixing) and
+(see ``kdistill.plugins.builtin``): ``transformer`` (the reference's choice), ``mlp`` (per-token, no mixing) and
 ``vector`` (for domains whose context is one plain vector, ``T == 1``).
 """
 

@@ -11,7 +11,7 @@ Every student is an ``nn.Module`` built as ``cls(layout, config)`` with
 ``x`` is the observation sliced to ``layout.student_features`` and normalised with the teacher's statistics.
 Masks are True on padded tokens. The action std is fixed (``action_std``, 0.9 like the teachers).
 
-Two students are registered (``kdistill.builtin``): ``hnmlp``, the HyperDistill HN-MLP, and ``mlp``, a padded
+Two students are registered (``kdistill.plugins.builtin``): ``hnmlp``, the HyperDistill HN-MLP, and ``mlp``, a padded
 plain MLP baseline that never sees the context.
 """
 

@@ -1,1 +1,1 @@
-"""Core CLI commands, one module per verb group; registered by ``kdistill.builtin``."""
+"""Core CLI commands, one module per verb group; registered by ``kdistill.plugins.builtin``."""

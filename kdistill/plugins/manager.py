@@ -22,9 +22,9 @@ from typing import Any
 import attrs
 import pluggy
 
-from kdistill import hookspecs
+from kdistill.plugins import hookspecs
 from kdistill.errors import KdistillError, PluginError
-from kdistill.registry import Registry
+from kdistill.plugins.registry import Registry
 
 ENTRY_POINT_GROUP = "kdistill"
 PLUGINS_ENV = "KDISTILL_PLUGINS"
