@@ -163,7 +163,7 @@ def build_subjects(domain: Domain, teacher_run: str | None = None, student_run: 
     ``task`` (default: the first training task). ``export_dir`` keeps the export (else a temporary folder)."""
     from kdistill import runtime
     from kdistill.export import export_policy, fold_policy, load_student_run
-    from kdistill.normalize import ObsNormalizer
+    from kdistill.rl.normalise import ObsNormalizer
     from kdistill.policy import TeacherPolicy, load_policy
     from kdistill.students import StudentPolicy, build_student
 

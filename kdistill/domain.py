@@ -91,7 +91,7 @@ class TaskContext:
 class TeacherSpec:
     """A teacher architecture a domain offers.
 
-    ``build(layout, config)`` returns an actor-critic ``torch.nn.Module`` (see ``kdistill.ppo``);
+    ``build(layout, config)`` returns an actor-critic ``torch.nn.Module`` (see ``kdistill.rl.trainer``);
     ``config_cls`` is a frozen attrs class with a ``presets()`` classmethod returning named configs.
     """
 
@@ -138,11 +138,11 @@ class Domain:
         raise NotImplementedError
 
     def make_vec_env(self, tasks: Sequence[str], num_envs: int, seed: int = 0, sampler=None, **kwargs):
-        """A ``kdistill.vec.VecEnv`` over ``tasks``; each sub-env picks its task at reset via ``sampler``.
+        """A ``kdistill.rl.vec.VecEnv`` over ``tasks``; each sub-env picks its task at reset via ``sampler``.
 
         The default steps ``make_env`` envs in this process; override for something faster.
         """
-        from kdistill.vec import SyncVecEnv
+        from kdistill.rl.vec import SyncVecEnv
 
         return SyncVecEnv.from_domain(self, tasks, num_envs, seed=seed, sampler=sampler, **kwargs)
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from kdistill.errors import CheckpointError
-from kdistill.vec import stack_obs
+from kdistill.rl.vec import stack_obs
 
 
 def play_episodes(envs: Sequence[Any], seeds: Sequence[int], act: Callable[[dict[str, np.ndarray]], np.ndarray]):

@@ -38,7 +38,8 @@ import numpy as np
 from kdistill.domain import Layout, TaskContext
 from kdistill.errors import DataError
 from kdistill.io import atomic_write_bytes, atomic_write_json, claim_folder, read_json, read_json_object
-from kdistill.normalize import ObsNormalizer
+from kdistill.rl.distributions import action_std_of, sample_actions
+from kdistill.rl.normalise import ObsNormalizer
 
 FORMAT = "kdistill-expert/1"
 SHARD_KEYS = ("obs", "obs_mask", "act_mask", "mu", "action")
@@ -115,7 +116,7 @@ def rollout_task(domain, teacher, normalizer: ObsNormalizer, task: str, context:
     if actor is not None:
         actor.prepare(task, context)
     # the prepared task's exploration noise: a scalar, or one std per action for per-task experts
-    std = np.asarray(getattr(teacher, "action_std", 0.9), np.float32)
+    std = np.asarray(action_std_of(teacher), np.float32)
     others = np.setdiff1d(np.arange(layout.obs_features), features)
     static = None
     venv = domain.make_vec_env([task], n_envs, seed=seed)
@@ -134,7 +135,7 @@ def rollout_task(domain, teacher, normalizer: ObsNormalizer, task: str, context:
             out["obs_mask"][sl] = obs["obs_mask"]
             out["act_mask"][sl] = obs["act_mask"]
             mu = np.asarray(teacher.act(obs, deterministic=True), np.float32)
-            action = (mu + std * rng.standard_normal(mu.shape)).astype(np.float32)
+            action = sample_actions(mu, std, rng)
             if actor is not None:
                 own = np.asarray(actor.act(obs, deterministic=True), np.float32)
                 teacher_plays = rng.random(n_envs) < beta
@@ -161,14 +162,14 @@ def fit_normalizer(domain, teacher, tasks: Sequence[str], steps: int = 500, num_
     rng = np.random.default_rng(seed)
     for task in tasks:
         teacher.prepare(task, domain.context(task))
-        std = np.asarray(getattr(teacher, "action_std", 0.9), np.float32)
+        std = np.asarray(action_std_of(teacher), np.float32)
         venv = domain.make_vec_env([task], num_envs, seed=task_seed(seed, task))
         try:
             obs = venv.reset(seed=task_seed(seed, task))
             for _ in range(steps):
                 norm.rms.update(np.asarray(obs["obs"], np.float32))
                 mu = np.asarray(teacher.act(obs, deterministic=True), np.float32)
-                obs = venv.step((mu + std * rng.standard_normal(mu.shape)).astype(np.float32))[0]
+                obs = venv.step(sample_actions(mu, std, rng))[0]
         finally:
             venv.close()
     norm.training = False

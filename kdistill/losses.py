@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from kdistill.students import ACTION_STD
+from kdistill.rl.distributions import ACTION_STD
 
 
 def _valid(batch) -> tuple[torch.Tensor, torch.Tensor]:

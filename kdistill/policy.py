@@ -16,6 +16,7 @@ import numpy as np
 
 from kdistill.domain import Layout, TaskContext
 from kdistill.errors import CheckpointError
+from kdistill.rl.distributions import sample_actions
 
 
 class Policy:
@@ -65,7 +66,7 @@ class TeacherPolicy(Policy):
             mu = self.model.mu(feed).float().cpu().numpy()
         if deterministic:
             return mu
-        return (mu + self.std * self.rng.standard_normal(mu.shape)).astype(np.float32)
+        return sample_actions(mu, self.std, self.rng)
 
 
 def build_teacher(meta: dict[str, Any]):
@@ -107,7 +108,7 @@ def _build_policy(kind, tensors: dict, meta: dict, path, device: str, seed: int)
 
     with malformed(f"the checkpoint meta.json in {path}", "use another checkpoint or train the policy again."):
         if kind == "teacher":
-            from kdistill.ppo import load_model_state
+            from kdistill.rl.trainer import load_model_state
 
             model = build_teacher(meta)
             load_model_state(model, tensors)
@@ -128,7 +129,7 @@ def _build_policy(kind, tensors: dict, meta: dict, path, device: str, seed: int)
 
 def checked_normalizer(state: Any, shape: tuple[int, ...]):
     """An ObsNormalizer from saved state, checked: the layout's shape, finite statistics, a sane clip."""
-    from kdistill.normalize import ObsNormalizer
+    from kdistill.rl.normalise import ObsNormalizer
 
     if not isinstance(state, dict):
         raise ValueError("the normaliser state is not a JSON object")

@@ -27,10 +27,10 @@ from torch import nn
 from kdistill.domain import Layout, TaskContext
 from kdistill.errors import CheckpointError, KdistillError
 from kdistill.hypernet import HypernetLayer
-from kdistill.normalize import ObsNormalizer
 from kdistill.policy import Policy
+from kdistill.rl.distributions import ACTION_STD, sample_actions
+from kdistill.rl.normalise import ObsNormalizer
 
-ACTION_STD = 0.9
 STATE_PREFIX = "model."
 
 
@@ -427,7 +427,7 @@ class StudentPolicy(Policy):
             mu = self.student.forward_with(self.params, x, mask, index).float().cpu().numpy()
         if deterministic:
             return mu
-        return (mu + self.action_std * self.rng.standard_normal(mu.shape)).astype(np.float32)
+        return sample_actions(mu, self.action_std, self.rng)
 
 
 def load_student_policy(tensors: dict, meta: dict, device: str = "cpu", seed: int = 0) -> StudentPolicy:

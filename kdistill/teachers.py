@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from kdistill.domain import Layout
+from kdistill.rl.distributions import ACTION_STD
 
 
 def _positive(instance, attribute, value):
@@ -50,7 +51,7 @@ class TransformerTeacherConfig:
     embed_init: float = attrs.field(default=0.1, validator=_positive)  # U(-a, a) for the token embedding
     decoder_init: float = attrs.field(default=0.01, validator=_positive)  # U(-a, a) for the last decoder layer
     embed_scale: bool = True  # multiply embeddings by sqrt(d_model)
-    action_std: float = attrs.field(default=0.9, validator=_positive)
+    action_std: float = attrs.field(default=ACTION_STD, validator=_positive)
 
     @classmethod
     def presets(cls) -> dict[str, "TransformerTeacherConfig"]:

@@ -15,7 +15,7 @@ import numpy as np
 
 import kdistill
 from kdistill import Layout, TaskContext
-from kdistill.normalize import ObsNormalizer
+from kdistill.rl.normalise import ObsNormalizer
 
 T, F, S_IDX, C, A = 3, 5, (0, 2, 3), 4, 2
 EPISODE = 25

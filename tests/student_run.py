@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from kdistill.io import save_run_checkpoint
-from kdistill.normalize import ObsNormalizer
+from kdistill.rl.normalise import ObsNormalizer
 from kdistill.students import build_student, student_tensors
 
 

@@ -126,7 +126,7 @@ def test_fresh_models_are_seeded(cartpole):
 
 def test_bench_loads_teacher_and_student_runs(cartpole, tmp_path):
     from kdistill.io import save_run_checkpoint
-    from kdistill.normalize import ObsNormalizer
+    from kdistill.rl.normalise import ObsNormalizer
     from kdistill.students import build_student, student_tensors
 
     layout = cartpole.layout

@@ -18,7 +18,7 @@ from domains.cartpole.physics import (PARAM_NAMES, CartPoleParams, Dynamics, Par
                                       reward_and_failure, step_one, step_state)
 from domains.cartpole.teacher import CONTEXT_MLP, ContextMLPConfig, build_context_mlp
 from kdistill import KdistillError
-from kdistill.sampling import BalancedSampler, FixedProbsSampler
+from kdistill.rl.sampling import BalancedSampler, FixedProbsSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -343,7 +343,7 @@ def test_domain_and_teacher_are_registered_through_the_entry_point():
 def test_the_core_never_names_this_domain_and_the_domain_uses_only_public_kdistill():
     for path in (ROOT / "kdistill").rglob("*.py"):
         assert "cartpole" not in path.read_text().lower(), path
-    public = {"kdistill", "kdistill.errors", "kdistill.sampling", "kdistill.vec"}
+    public = {"kdistill", "kdistill.errors", "kdistill.rl.sampling", "kdistill.rl.vec"}
     for path in (ROOT / "domains" / "cartpole").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
@@ -359,7 +359,7 @@ def test_demo_defaults_are_complete(domain):
     assert d == DEMO_DEFAULTS and d is not DEMO_DEFAULTS
     assert d["teacher"] in domain.teachers() and d["teacher_preset"] in ContextMLPConfig.presets()
     from kdistill.distill import DistillConfig
-    from kdistill.ppo import PPOConfig
+    from kdistill.rl.ppo import PPOConfig
     from kdistill.students import STUDENTS
 
     assert d["ppo_preset"] in PPOConfig.presets() and d["distill_preset"] in DistillConfig.presets()

@@ -17,7 +17,7 @@ from kdistill import runtime
 from kdistill.deploy.c_source import c_identifier, write_c
 from kdistill.export import export_policy
 from kdistill.expert import slice_normalizer_state
-from kdistill.normalize import ObsNormalizer
+from kdistill.rl.normalise import ObsNormalizer
 from kdistill.students import StudentPolicy, build_student
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

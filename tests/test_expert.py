@@ -108,7 +108,7 @@ def test_rerun_with_other_settings_is_refused(collected):
 
 
 def test_normaliser_of_another_shape_is_refused(tmp_path):
-    from kdistill.normalize import ObsNormalizer
+    from kdistill.rl.normalise import ObsNormalizer
 
     domain, teacher = ToyTokenDomain(), ToyTeacher()
     with pytest.raises(DataError, match="normaliser has shape"):

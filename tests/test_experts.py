@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from kdistill.normalize import RunningMeanStd
+from kdistill.rl.normalise import RunningMeanStd
 from kdistill.rl.experts import (ExpertConfig, ExpertRunSettings, ExpertTrainer, StackedActorCritic,
                                  StackedRunningMeanStd, pinned_vec_env, start_or_resume)
-from kdistill.sampling import PinnedSampler
+from kdistill.rl.sampling import PinnedSampler
 
 TINY = ExpertConfig.presets()["tiny"]
 

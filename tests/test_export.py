@@ -17,7 +17,7 @@ from kdistill import runtime
 from kdistill.errors import DataError
 from kdistill.export import export_policy, fold_policy
 from kdistill.expert import slice_normalizer_state
-from kdistill.normalize import ObsNormalizer
+from kdistill.rl.normalise import ObsNormalizer
 from kdistill.students import StudentPolicy, build_student
 
 ROOT = Path(__file__).resolve().parents[1]

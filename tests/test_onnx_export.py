@@ -57,7 +57,7 @@ def test_onnx_matches_the_student_and_the_numpy_runtime(tmp_path, name, config):
 
 def test_onnx_of_a_paper_sized_unimal_student(tmp_path, unimal_dir):
     """The paper-sized HN-MLP on UNIMAL robots of 4 to 11 limbs: onnxruntime within 1e-5 of the student."""
-    from kdistill.normalize import ObsNormalizer
+    from kdistill.rl.normalise import ObsNormalizer
     from kdistill.plugins import get_domain
 
     domain = get_domain("unimal", data_dir=str(unimal_dir))

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from kdistill.normalize import ObsNormalizer
-from kdistill.ppo import PPOConfig, PPOTrainer, RunSettings, compute_gae, gaussian_log_prob, learning_rate, ppo_update
-from kdistill.sampling import BalancedSampler, FixedProbsSampler, UniformSampler
-from kdistill.vec import SubprocVecEnv, SyncVecEnv
+from kdistill.rl.normalise import ObsNormalizer
+from kdistill.rl.distributions import gaussian_log_prob
+from kdistill.rl.ppo import PPOConfig, compute_gae, learning_rate, ppo_update
+from kdistill.rl.trainer import PPOTrainer, RunSettings
+from kdistill.rl.sampling import BalancedSampler, FixedProbsSampler, UniformSampler
+from kdistill.rl.vec import SubprocVecEnv, SyncVecEnv
 
 TOY = Path(__file__).with_name("ppo_toy.py")
 

@@ -306,7 +306,7 @@ def test_configs_validate_and_have_presets():
 
 def test_student_checkpoint_loads_through_load_policy(tmp_path):
     from kdistill.io import save_run_checkpoint
-    from kdistill.normalize import ObsNormalizer
+    from kdistill.rl.normalise import ObsNormalizer
     from kdistill.policy import load_policy
 
     torch.manual_seed(0)

@@ -16,7 +16,8 @@ import torch
 from kdistill.domain import Layout
 from kdistill.errors import CheckpointError, KdistillError
 from kdistill.io import latest_checkpoint, load_run_checkpoint, read_jsonl
-from kdistill.ppo import PPOConfig, start_or_resume
+from kdistill.rl.ppo import PPOConfig
+from kdistill.rl.trainer import start_or_resume
 from kdistill.teachers import (ModuMorphTeacherConfig, TransformerTeacherConfig, build_modumorph_teacher,
                                build_transformer_teacher, count_parameters)
 from test_ppo import TOY, make_trainer, small_config, toy  # noqa: F401  (toy is a fixture)
@@ -301,7 +302,7 @@ def test_teacher_train_command_writes_a_run_and_resumes(tmp_path, monkeypatch, c
 
 def test_unimal_paper_teacher_trains_an_iteration(unimal_dir, tmp_path):
     from kdistill.plugins import get_domain, get_plugins, reset_plugins
-    from kdistill.ppo import PPOTrainer, RunSettings
+    from kdistill.rl.trainer import PPOTrainer, RunSettings
 
     torch.set_num_threads(1)
     reset_plugins()

@@ -311,7 +311,7 @@ def test_gymnasium_registration_and_check_env(unimal_dir):
 
 
 def test_multi_robot_env_switches_robot_at_reset(unimal_dir):
-    from kdistill.sampling import UniformSampler
+    from kdistill.rl.sampling import UniformSampler
 
     names = [SMALL, MEDIAN, LARGE]
     env = UnimalEnv(names, data_dir=unimal_dir, sampler=UniformSampler(names))

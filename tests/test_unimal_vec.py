@@ -8,8 +8,8 @@ import pytest
 from domains.unimal.domain import UnimalDomain
 from domains.unimal.env import UnimalEnv
 from kdistill.errors import KdistillError
-from kdistill.sampling import FixedProbsSampler, UniformSampler
-from kdistill.vec import VecEnv
+from kdistill.rl.sampling import FixedProbsSampler, UniformSampler
+from kdistill.rl.vec import VecEnv
 
 SMALL = "floor-5506-3-10-01-14-19-06"
 MEDIAN = "floor-1409-11-11-01-08-26-42"

@@ -14,8 +14,8 @@ import numpy as np
 from gymnasium import spaces
 
 from kdistill.errors import KdistillError
-from kdistill.sampling import UniformSampler
-from kdistill.vec import VecEnv, slot_seeds
+from kdistill.rl.sampling import UniformSampler
+from kdistill.rl.vec import VecEnv, slot_seeds
 
 from domains.cartpole.physics import (
     PARAM_NAMES,

@@ -29,7 +29,7 @@ from domains.unimal.env import (MAX_EPISODE_STEPS, RESET_NOISE, STAND_HEIGHT_RAT
                                 action_space, observation_space)
 from domains.unimal.robot import Sim
 from kdistill.errors import KdistillError
-from kdistill.vec import VecEnv, slot_seeds
+from kdistill.rl.vec import VecEnv, slot_seeds
 
 
 class UnimalVecEnv(VecEnv):

@@ -100,7 +100,8 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
     """
     from kdistill.io import claim_folder, latest_checkpoint, looks_like_run, read_json_object
     from kdistill.plugins import get_domain
-    from kdistill.ppo import PPOConfig, RunSettings, find_teacher_spec, start_or_resume
+    from kdistill.rl.ppo import PPOConfig
+    from kdistill.rl.trainer import RunSettings, find_teacher_spec, start_or_resume
 
     run_dir = Path(out)
     saved: dict[str, Any] = {}

@@ -18,7 +18,7 @@ env steps with the deterministic mean action on fixed starts; its best evaluated
 a task whose best return has not improved for ``patience`` evaluations stops, so the remaining wall
 time goes to the tasks still learning.
 
-Resume is exact in the way of ``kdistill.ppo``: a checkpoint is taken at an update boundary, after
+Resume is exact in the way of ``kdistill.rl.trainer``: a checkpoint is taken at an update boundary, after
 which every env is reset from seeds derived from (run seed, task, env, update). A checkpoint is
 also taken whenever the set of training tasks changes.
 """
@@ -40,7 +40,7 @@ from kdistill.errors import CheckpointError, KdistillError
 from kdistill.io import (append_jsonl, atomic_write_json, claim_folder, latest_checkpoint, load_run_checkpoint,
                          read_json_object, save_run_checkpoint, truncate_jsonl)
 from kdistill.policy import Policy
-from kdistill.ppo import compute_gae
+from kdistill.rl.ppo import compute_gae
 
 _pos = attrs.validators.gt(0)
 _nonneg = attrs.validators.ge(0)
@@ -646,7 +646,7 @@ class ExpertTrainer:
         self.active = np.array([t["active"] for t in meta["tasks"]], bool)
         self._rows = np.flatnonzero(self.active)
         self.model = StackedActorCritic(len(self._rows), self.in_features, self.num_actions, self.config.hidden)
-        from kdistill.ppo import load_model_state
+        from kdistill.rl.trainer import load_model_state
 
         load_model_state(self.model, tensors)
         self.optimizer = self._new_optimizer()
@@ -785,8 +785,8 @@ def start_or_resume(domain, settings: ExpertRunSettings, config: ExpertConfig, r
 
 def pinned_vec_env(domain, tasks: Sequence[str], envs_per_task: int, workers: int = 0):
     """A vector env whose slots ``k*E .. k*E+E-1`` always play ``tasks[k]``, in-process or over workers."""
-    from kdistill.sampling import PinnedSampler
-    from kdistill.vec import SubprocVecEnv
+    from kdistill.rl.sampling import PinnedSampler
+    from kdistill.rl.vec import SubprocVecEnv
 
     tasks = list(tasks)
     slot_tasks = [t for t in tasks for _ in range(envs_per_task)]

@@ -120,7 +120,7 @@ def test_distillation_stops_at_a_non_finite_loss_and_keeps_the_last_good_checkpo
 def test_ppo_stops_when_the_model_diverges_and_keeps_the_last_good_checkpoint(cli, pipeline, copy_of, monkeypatch):
     import torch
 
-    import kdistill.ppo as ppo_mod
+    import kdistill.rl.trainer as ppo_mod
 
     run = copy_of(pipeline["teacher"])  # one iteration done (4096 steps)
     real = ppo_mod.ppo_update

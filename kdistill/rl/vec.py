@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from kdistill.errors import KdistillError
-from kdistill.sampling import FixedProbsSampler, TaskSampler, UniformSampler
+from kdistill.rl.sampling import FixedProbsSampler, TaskSampler, UniformSampler
 
 
 def stack_obs(obs_list: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
