@@ -129,7 +129,7 @@ class Subjects:
     student: nn.Module
     student_arch: str
     student_source: str
-    policy: Any  # kdistill.students.StudentPolicy
+    policy: Any  # kdistill.distill.students.StudentPolicy
     layers: list[tuple[np.ndarray, np.ndarray]]  # the task's folded MLP
     runtime: Any  # kdistill.runtime.ExportedPolicy
 
@@ -164,8 +164,9 @@ def build_subjects(domain: Domain, teacher_run: str | None = None, student_run: 
     from kdistill import runtime
     from kdistill.export import export_policy, fold_policy, load_student_run
     from kdistill.rl.normalise import ObsNormalizer
-    from kdistill.policy import TeacherPolicy, load_policy
-    from kdistill.students import StudentPolicy, build_student
+    from kdistill.loading import load_policy
+    from kdistill.policy import TeacherPolicy
+    from kdistill.distill.students import StudentPolicy, build_student
 
     layout = domain.layout
     splits = domain.splits()

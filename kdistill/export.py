@@ -21,7 +21,7 @@ from kdistill.errors import CheckpointError, KdistillError
 from kdistill.io import (NonFiniteError, atomic_write_bytes, atomic_write_json, first_non_finite, load_run_checkpoint,
                          malformed, prepare_output_dir)
 from kdistill.runtime import FORMAT, export_paths
-from kdistill.students import StudentPolicy, context_tensors, load_student_policy
+from kdistill.distill.students import StudentPolicy, context_tensors, load_student_policy
 
 
 def fold_policy(policy: StudentPolicy, context: TaskContext) -> list[tuple[np.ndarray, np.ndarray]]:

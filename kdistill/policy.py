@@ -1,7 +1,6 @@
-"""Trained policies loaded from disk, used the same way whatever they are.
+"""The policy interface: trained policies used the same way whatever they are (``kdistill.loading`` reads them).
 
-``load_policy(path)`` reads a run folder (its newest complete checkpoint) or a checkpoint folder and
-returns a ``Policy``. Use: ``policy.prepare(task, context)`` once per task, then
+Use: ``policy.prepare(task, context)`` once per task, then
 ``policy.act(obs_batch, deterministic=True)`` every step. A teacher ignores ``prepare``; a student
 writes its per-task weights there, so one evaluation loop serves both and charges the student's
 hypernetwork once per task, as deployment would.
@@ -9,7 +8,6 @@ hypernetwork once per task, as deployment would.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,47 +82,6 @@ def build_teacher(meta: dict[str, Any]):
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"the checkpoint's config does not fit teacher {arch!r} ({exc}); it was written by another version.") from None
     return spec.build(Layout.from_dict(meta["layout"]), config)
-
-
-def load_policy(path: str | Path, domain: str | None = None, device: str = "cpu", seed: int = 0) -> Policy:
-    """Load the policy in ``path`` (a run folder or a checkpoint folder), checking its domain if given."""
-    from kdistill.io import load_run_checkpoint
-
-    tensors, meta = load_run_checkpoint(path)
-    if domain is not None and meta.get("domain") != domain:
-        raise CheckpointError(f"{path} holds a policy for domain {meta.get('domain')!r}, not {domain!r}; "
-                              f"pass a policy trained on {domain!r}.")
-    kind = meta.get("kind")
-    try:
-        return _build_policy(kind, tensors, meta, path, device, seed)
-    except CheckpointError as exc:
-        if str(path) in str(exc):
-            raise
-        raise CheckpointError(f"{path}: {exc}") from None
-
-
-def _build_policy(kind, tensors: dict, meta: dict, path, device: str, seed: int) -> Policy:
-    from kdistill.io import malformed
-
-    with malformed(f"the checkpoint meta.json in {path}", "use another checkpoint or train the policy again."):
-        if kind == "teacher":
-            from kdistill.rl.trainer import load_model_state
-
-            model = build_teacher(meta)
-            load_model_state(model, tensors)
-            layout = Layout.from_dict(meta["layout"])
-            normalizer = checked_normalizer(meta["normalizer"], (layout.max_tokens, layout.obs_features))
-            return TeacherPolicy(model, normalizer, meta, device=device, seed=seed)
-        if kind == "student":
-            from kdistill.students import load_student_policy
-
-            return load_student_policy(tensors, meta, device=device, seed=seed)
-        if kind == "experts":
-            from kdistill.rl.experts import ExpertSetPolicy
-
-            return ExpertSetPolicy(tensors, meta, seed=seed)
-    raise CheckpointError(f"{path} holds a policy of kind {kind!r}; kdistill loads 'teacher', 'student' and 'experts' "
-                          f"policies.")
 
 
 def checked_normalizer(state: Any, shape: tuple[int, ...]):

@@ -117,7 +117,7 @@ class ToyTeacher:
         return mu.reshape(len(x), T * A).astype(np.float32)
 
 
-# a real (untrained, tiny) transformer teacher, for the CLI path through kdistill.policy.load_policy ----------
+# a real (untrained, tiny) transformer teacher, for the CLI path through kdistill.loading.load_policy ----------
 
 def _teacher_spec():
     import attrs

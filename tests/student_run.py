@@ -8,7 +8,7 @@ import torch
 
 from kdistill.io import save_run_checkpoint
 from kdistill.rl.normalise import ObsNormalizer
-from kdistill.students import build_student, student_tensors
+from kdistill.distill.students import build_student, student_tensors
 
 
 def write_student_run(run, layout, domain: str, arch: str = "hnmlp", preset: str = "small", seed: int = 0,

@@ -127,7 +127,7 @@ def test_fresh_models_are_seeded(cartpole):
 def test_bench_loads_teacher_and_student_runs(cartpole, tmp_path):
     from kdistill.io import save_run_checkpoint
     from kdistill.rl.normalise import ObsNormalizer
-    from kdistill.students import build_student, student_tensors
+    from kdistill.distill.students import build_student, student_tensors
 
     layout = cartpole.layout
     spec = get_plugins().teachers.get("context-mlp")

@@ -358,9 +358,9 @@ def test_demo_defaults_are_complete(domain):
     d = domain.demo_defaults()
     assert d == DEMO_DEFAULTS and d is not DEMO_DEFAULTS
     assert d["teacher"] in domain.teachers() and d["teacher_preset"] in ContextMLPConfig.presets()
-    from kdistill.distill import DistillConfig
+    from kdistill.distill.training import DistillConfig
     from kdistill.rl.ppo import PPOConfig
-    from kdistill.students import STUDENTS
+    from kdistill.distill.students import STUDENTS
 
     assert d["ppo_preset"] in PPOConfig.presets() and d["distill_preset"] in DistillConfig.presets()
     assert d["student"] in STUDENTS and d["blind_student"] in STUDENTS

@@ -82,7 +82,7 @@ def test_tiny_teacher_scores_far_above_random(tiny):
 
 def test_tiny_expert_data_has_the_student_view(tiny):
     from kdistill import get_domain
-    from kdistill.expert import load_expert_data
+    from kdistill.distill.expert_data import load_expert_data
 
     domain = get_domain("cartpole")
     data = load_expert_data(tiny["root"] / "expert")
@@ -110,7 +110,7 @@ def test_tiny_hnmlp_student_matches_the_teacher_and_the_blind_one_does_not(tiny)
 
 def test_tiny_export_equals_the_student(tiny):
     from kdistill import get_domain, runtime
-    from kdistill.policy import load_policy
+    from kdistill.loading import load_policy
 
     exported = runtime.load(tiny["root"] / "export" / "train-01.json")
     assert tiny["export"]["check"]["max_abs_diff"] < 1e-5

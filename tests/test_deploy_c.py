@@ -16,9 +16,9 @@ from distill_toy import ToyTokenDomain, teacher_normalizer
 from kdistill import runtime
 from kdistill.deploy.c_source import c_identifier, write_c
 from kdistill.export import export_policy
-from kdistill.expert import slice_normalizer_state
+from kdistill.distill.expert_data import slice_normalizer_state
 from kdistill.rl.normalise import ObsNormalizer
-from kdistill.students import StudentPolicy, build_student
+from kdistill.distill.students import StudentPolicy, build_student
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CC = shutil.which("cc") or shutil.which("gcc")

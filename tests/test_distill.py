@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from distill_toy import ToyTeacher, ToyTokenDomain
-from kdistill.distill import DistillConfig, distill, split_tasks
+from kdistill.distill.training import DistillConfig, distill, split_tasks
 from kdistill.errors import CheckpointError, DataError, KdistillError
-from kdistill.expert import CollectSettings, collect_expert_data
+from kdistill.distill.expert_data import CollectSettings, collect_expert_data
 from kdistill.io import load_run_checkpoint, read_jsonl
 
 SMALL_HN = {"hidden": 32, "embed": 16}
@@ -76,7 +76,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(data, tmp_path):
 
 
 def test_run_folder_holds_a_student_checkpoint_metrics_and_curve(data, tmp_path):
-    from kdistill.policy import load_policy
+    from kdistill.loading import load_policy
 
     result = distill(data, "mlp", {"hidden": 16}, DistillConfig(epochs=3, batch_size=500, checkpoint_every=2, val_tasks=2),
                      out=tmp_path / "run")
@@ -118,9 +118,9 @@ def test_refuses_to_overwrite_or_resume_with_other_settings(data, tmp_path):
 def test_logp_loss_trains_towards_the_mean_too(data):
     result = distill(data, "hnmlp", SMALL_HN, DistillConfig(epochs=6, batch_size=256, loss="logp"))
     model = result["model"].eval()
-    from kdistill.distill import TorchData, student_mu
-    from kdistill.expert import load_expert_data
-    from kdistill.losses import mse_loss
+    from kdistill.distill.training import TorchData, student_mu
+    from kdistill.distill.expert_data import load_expert_data
+    from kdistill.distill.losses import mse_loss
 
     td = TorchData(load_expert_data(data))
     batch = td.batch(torch.arange(len(td)))

@@ -7,7 +7,7 @@ import pytest
 
 from distill_toy import S_IDX, ToyTeacher, ToyTokenDomain, teacher_normalizer
 from kdistill.errors import DataError
-from kdistill.expert import (CollectSettings, collect_expert_data, load_expert_data, read_expert_meta, shard_name,
+from kdistill.distill.expert_data import (CollectSettings, collect_expert_data, load_expert_data, read_expert_meta, shard_name,
                              task_seed)
 
 SETTINGS = CollectSettings(samples_per_task=203, num_envs=4, seed=3)  # 51 steps, last row of step 50 dropped

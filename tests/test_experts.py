@@ -227,7 +227,7 @@ def test_cli_train_json_and_resume(tmp_path, unimal_dir, monkeypatch):
 
 def test_exported_experts_act_like_their_best_actors(cartpole, tmp_path, one_torch_thread):
     from kdistill.errors import KdistillError
-    from kdistill.policy import load_policy
+    from kdistill.loading import load_policy
     from kdistill.rl.experts import export_experts
 
     tasks = cartpole.tasks("train")[:3]

@@ -16,9 +16,9 @@ from distill_toy import ToyTokenDomain, teacher_normalizer
 from kdistill import runtime
 from kdistill.errors import DataError
 from kdistill.export import export_policy, fold_policy
-from kdistill.expert import slice_normalizer_state
+from kdistill.distill.expert_data import slice_normalizer_state
 from kdistill.rl.normalise import ObsNormalizer
-from kdistill.students import StudentPolicy, build_student
+from kdistill.distill.students import StudentPolicy, build_student
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_PLUGIN = Path(__file__).with_name("distill_toy.py")

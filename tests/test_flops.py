@@ -8,7 +8,7 @@ from torch import nn
 
 from kdistill import flops as F
 from kdistill.domain import Layout
-from kdistill.students import build_student
+from kdistill.distill.students import build_student
 from kdistill.teachers import TransformerTeacherConfig, build_modumorph_teacher, build_transformer_teacher
 
 # UNIMAL flat terrain as the reference counts it: 12 limb slots, 52 teacher / 17 student features per limb,

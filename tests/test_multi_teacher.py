@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from kdistill.distill import DistillConfig, distill
+from kdistill.distill.training import DistillConfig, distill
 from kdistill.errors import KdistillError
-from kdistill.expert import CollectSettings, collect_expert_data, load_expert_data, load_expert_sets, read_expert_meta
-from kdistill.policy import load_policy
+from kdistill.distill.expert_data import CollectSettings, collect_expert_data, load_expert_data, load_expert_sets, read_expert_meta
+from kdistill.loading import load_policy
 from kdistill.rl.experts import ExpertConfig, ExpertRunSettings, ExpertTrainer, export_experts
 
 TINY = ExpertConfig.presets()["tiny"]
@@ -128,7 +128,7 @@ def test_old_shards_without_full_observations_are_refused_for_transformers(cartp
 
 
 def test_dagger_aggregates_relabels_and_resumes(cartpole, experts, expert_data, tmp_path):
-    from kdistill.dagger import DaggerSettings, run_dagger
+    from kdistill.distill.dagger import DaggerSettings, run_dagger
 
     tasks, path = experts
     teacher = load_policy(path, domain="cartpole")

@@ -16,7 +16,7 @@ from kdistill import runtime
 from kdistill.errors import KdistillError
 from kdistill.export import (ONNX_FORMAT, export_onnx, export_policy, onnx_path, onnx_session,
                              random_student_observations)
-from kdistill.expert import slice_normalizer_state
+from kdistill.distill.expert_data import slice_normalizer_state
 from student_run import write_student_run
 from test_export import make_policy, rollout_obs
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from domains.unimal.domain import UnimalDomain
 from kdistill.cli import app
 from kdistill.errors import KdistillError
-from kdistill.policy import load_policy
+from kdistill.loading import load_policy
 from kdistill.render import render_side_by_side, rollout_frames, write_video
 from student_run import write_student_run
 

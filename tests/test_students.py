@@ -10,9 +10,9 @@ import torch
 
 from kdistill.domain import Layout
 from kdistill.errors import CheckpointError, KdistillError
-from kdistill.hypernet import HypernetLayer
-from kdistill.losses import logp_loss, mse_loss
-from kdistill.students import (HNMLPConfig, HNMLPStudent, MLPConfig, MLPStudent, TaskGroups, build_student,
+from kdistill.distill.hypernet import HypernetLayer
+from kdistill.distill.losses import logp_loss, mse_loss
+from kdistill.distill.students import (HNMLPConfig, HNMLPStudent, MLPConfig, MLPStudent, TaskGroups, build_student,
                                load_student_policy, make_config, student_tensors)
 
 LAYOUT = Layout(max_tokens=4, obs_features=6, student_features=(0, 2, 3), context_features=5, actions_per_token=2)
@@ -54,7 +54,7 @@ def test_builtin_names_are_registered():
 
 
 def test_transformer_encoder_is_one_pre_ln_layer_that_ignores_padded_tokens():
-    from kdistill.encoders import TransformerContextEncoder
+    from kdistill.distill.encoders import TransformerContextEncoder
 
     enc = TransformerContextEncoder(5, 128)
     layer = enc.layer
@@ -71,7 +71,7 @@ def test_transformer_encoder_is_one_pre_ln_layer_that_ignores_padded_tokens():
 
 
 def test_mlp_and_vector_encoders():
-    from kdistill.encoders import MLPContextEncoder, VectorContextEncoder
+    from kdistill.distill.encoders import MLPContextEncoder, VectorContextEncoder
 
     enc = MLPContextEncoder(5, 8)
     ctx, mask = random_tasks(3)
@@ -307,7 +307,7 @@ def test_configs_validate_and_have_presets():
 def test_student_checkpoint_loads_through_load_policy(tmp_path):
     from kdistill.io import save_run_checkpoint
     from kdistill.rl.normalise import ObsNormalizer
-    from kdistill.policy import load_policy
+    from kdistill.loading import load_policy
 
     torch.manual_seed(0)
     student = HNMLPStudent(LAYOUT, SMALL_HN)

@@ -140,7 +140,7 @@ def test_paper_presets_train_a_few_iterations(toy, tmp_path):
 # checkpoints and resume ------------------------------------------------------------------------------------
 
 def test_checkpoint_round_trip(toy, tmp_path):
-    from kdistill.policy import load_policy
+    from kdistill.loading import load_policy
 
     torch.set_num_threads(1)
     trainer = make_trainer(toy, iterations=2, run_dir=tmp_path / "run")
@@ -203,7 +203,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(toy, tmp_path, tea
 
 def test_resume_refuses_another_config_or_domain(toy, tmp_path):
     from kdistill.plugins import get_plugins
-    from kdistill.policy import load_policy
+    from kdistill.loading import load_policy
 
     torch.set_num_threads(1)
     trainer = make_trainer(toy, iterations=1, run_dir=tmp_path / "run")

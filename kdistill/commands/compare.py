@@ -137,7 +137,7 @@ def compare_cmd(domain_name: str, policies_spec: str, split_spec: str, num_tasks
     from kdistill.errors import KdistillError
     from kdistill.io import atomic_write_json, prepare_output_dir
     from kdistill.plugins import get_domain
-    from kdistill.policy import load_policy
+    from kdistill.loading import load_policy
 
     if episodes <= 0:
         raise KdistillError(f"--episodes must be positive, got {episodes}.")

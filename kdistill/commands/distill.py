@@ -73,7 +73,7 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
     import attrs
 
     from kdistill.commands.teacher import check_device, set_torch_threads
-    from kdistill.distill import DistillConfig, distill
+    from kdistill.distill.training import DistillConfig, distill
     from kdistill.errors import KdistillError, unknown_name
 
     from click.core import ParameterSource
@@ -107,8 +107,8 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
     except (TypeError, ValueError) as exc:
         raise KdistillError(f"invalid distillation setting: {exc}.") from None
     set_torch_threads(threads)
-    from kdistill.distill import teacher_spec_for
-    from kdistill.students import make_config, student_class
+    from kdistill.distill.training import teacher_spec_for
+    from kdistill.distill.students import make_config, student_class
 
     if teacher_spec_for(student) is None:
         cls = student_class(student)
@@ -144,11 +144,11 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
 def _run_dagger(domain_name, data_path, student, student_config, student_preset, config, out, device, teacher_path,
                 rounds, beta, samples, epochs, seed, as_json, data_dir=None, tasks_dir=None) -> dict:
     from kdistill.commands.teacher import check_device
-    from kdistill.dagger import DaggerSettings, run_dagger
+    from kdistill.distill.dagger import DaggerSettings, run_dagger
     from kdistill.errors import KdistillError
-    from kdistill.expert import read_expert_meta
+    from kdistill.distill.expert_data import read_expert_meta
     from kdistill.plugins import get_domain
-    from kdistill.policy import load_policy
+    from kdistill.loading import load_policy
 
     if teacher_path is None:
         raise KdistillError("--dagger needs --teacher: the teacher (or per-task experts) that labels the student's states.")

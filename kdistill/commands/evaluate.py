@@ -49,7 +49,7 @@ def eval_cmd(domain_name: str, policy_path: str, robots: str | None, split: str 
     from kdistill.io import atomic_write_json, prepare_output_dir
     from kdistill.plots import task_bars
     from kdistill.plugins import get_domain
-    from kdistill.policy import load_policy
+    from kdistill.loading import load_policy
 
     if episodes <= 0:
         raise KdistillError(f"--episodes must be positive, got {episodes}.")

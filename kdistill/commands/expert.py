@@ -51,9 +51,9 @@ def collect_cmd(domain_name: str, teacher_path: str, out: str, robots: str | Non
 
     from kdistill.commands.teacher import check_device, resolve_tasks, set_torch_threads
     from kdistill.errors import KdistillError
-    from kdistill.expert import CollectSettings, collect_expert_data
+    from kdistill.distill.expert_data import CollectSettings, collect_expert_data
     from kdistill.plugins import get_domain
-    from kdistill.policy import load_policy
+    from kdistill.loading import load_policy
 
     if samples <= 0 or envs <= 0:
         raise KdistillError("--samples-per-robot and --envs must be positive.")

@@ -38,7 +38,7 @@ def render_cmd(domain_name: str, policy_spec: str, task: str, out: str, steps: i
     """
     from kdistill.commands.compare import parse_policies
     from kdistill.plugins import get_domain
-    from kdistill.policy import load_policy
+    from kdistill.loading import load_policy
     from kdistill.render import check_video_path, render_side_by_side
     from kdistill.tasks import select_tasks
 

@@ -30,7 +30,7 @@ def register_commands(register):
 
 @hookimpl
 def register_context_encoders(register):
-    from kdistill.encoders import ENCODERS
+    from kdistill.distill.encoders import ENCODERS
 
     for name, cls in ENCODERS.items():
         register(name, cls)
@@ -38,7 +38,7 @@ def register_context_encoders(register):
 
 @hookimpl
 def register_students(register):
-    from kdistill.students import STUDENTS
+    from kdistill.distill.students import STUDENTS
 
     for name, cls in STUDENTS.items():
         register(name, cls)
@@ -46,7 +46,7 @@ def register_students(register):
 
 @hookimpl
 def register_losses(register):
-    from kdistill.losses import LOSSES
+    from kdistill.distill.losses import LOSSES
 
     for name, fn in LOSSES.items():
         register(name, fn)

@@ -27,7 +27,7 @@ def register_context_encoders(register):
 
 @hookspec
 def register_students(register):
-    """Register student policies: ``register(name, cls)``; see ``kdistill.students``."""
+    """Register student policies: ``register(name, cls)``; see ``kdistill.distill.students``."""
 
 
 @hookspec

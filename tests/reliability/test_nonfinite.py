@@ -90,7 +90,7 @@ def test_runtime_refuses_non_finite_or_misshapen_exports(pipeline, copy_of, what
 
 def test_distillation_stops_at_a_non_finite_loss_and_keeps_the_last_good_checkpoint(cli, pipeline, copy_of,
                                                                                     monkeypatch):
-    import kdistill.distill as distill_mod
+    import kdistill.distill.training as distill_mod
 
     run = copy_of(pipeline["student"])
     real = distill_mod.loss_function

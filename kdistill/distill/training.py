@@ -23,10 +23,10 @@ import torch
 
 from kdistill.domain import Layout
 from kdistill.errors import CheckpointError, DataError, KdistillError
-from kdistill.expert import ExpertData, load_expert_sets, read_expert_meta
+from kdistill.distill.expert_data import ExpertData, load_expert_sets, read_expert_meta
 from kdistill.io import (NonFiniteError, append_jsonl, claim_folder, latest_checkpoint, load_checkpoint, looks_like_run,
                          read_jsonl, save_run_checkpoint, truncate_jsonl)
-from kdistill.students import (Student, build_student, context_tensors, loss_function, student_class,
+from kdistill.distill.students import (Student, build_student, context_tensors, loss_function, student_class,
                                student_tensors)
 
 
@@ -107,7 +107,7 @@ def student_mu(student: Student, data: TorchData, batch: dict[str, torch.Tensor]
 
 def teacher_mu(model, data: TorchData, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """A context-reading teacher architecture's mean actions on a batch: its full observation is the task's
-    ``static`` one with the row's student features written in (see ``kdistill.expert``)."""
+    ``static`` one with the row's student features written in (see ``kdistill.distill.expert_data``)."""
     ti = batch["task_index"]
     full = data.static.index_select(0, ti).clone()
     full[..., data.features.to(full.device)] = batch["obs"]
@@ -119,7 +119,7 @@ def teacher_mu(model, data: TorchData, batch: dict[str, torch.Tensor]) -> torch.
 def teacher_spec_for(name: str):
     """The teacher architecture called ``name`` when it is one (and no student has that name), else None."""
     from kdistill.plugins import get_plugins
-    from kdistill.students import STUDENTS
+    from kdistill.distill.students import STUDENTS
 
     if name in STUDENTS:
         return None
@@ -323,7 +323,7 @@ def distill(data_path: str | Path, student: str = "hnmlp", student_config: Any =
 
     n = len(train)
     steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
-    from kdistill.expert import _progress
+    from kdistill.distill.expert_data import _progress
 
     last: dict[str, Any] = {}
     bar = _progress(progress)

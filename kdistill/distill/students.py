@@ -26,8 +26,8 @@ from torch import nn
 
 from kdistill.domain import Layout, TaskContext
 from kdistill.errors import CheckpointError, KdistillError
-from kdistill.hypernet import HypernetLayer
-from kdistill.policy import Policy
+from kdistill.distill.hypernet import HypernetLayer
+from kdistill.policy import Policy, checked_normalizer
 from kdistill.rl.distributions import ACTION_STD, sample_actions
 from kdistill.rl.normalise import ObsNormalizer
 
@@ -332,7 +332,7 @@ def _lookup(kind: str, builtin: dict, name: str):
 
 
 def context_encoder_class(name: str) -> type:
-    from kdistill.encoders import ENCODERS
+    from kdistill.distill.encoders import ENCODERS
 
     return _lookup("context_encoders", ENCODERS, name)
 
@@ -342,7 +342,7 @@ def student_class(name: str) -> type:
 
 
 def loss_function(name: str):
-    from kdistill.losses import LOSSES
+    from kdistill.distill.losses import LOSSES
 
     return _lookup("losses", LOSSES, name)
 
@@ -449,7 +449,5 @@ def load_student_policy(tensors: dict, meta: dict, device: str = "cpu", seed: in
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"student weights do not fit a {arch!r} student with config {meta.get('config')}: {first}") from None
-    from kdistill.policy import checked_normalizer
-
     normalizer = checked_normalizer(norm_state, (layout.max_tokens, layout.student_token_features))
     return StudentPolicy(student, normalizer, meta, device=device, seed=seed)

@@ -50,9 +50,9 @@ def run_dagger(domain, teacher, teacher_ref: str, data_path: str | Path, student
     """Distill, then ``settings.rounds`` rounds of DAgger (module docstring); returns a summary per round."""
     import attrs as _attrs
 
-    from kdistill.distill import distill, split_tasks
-    from kdistill.expert import CollectSettings, collect_expert_data, read_expert_meta
-    from kdistill.policy import load_policy
+    from kdistill.distill.training import distill, split_tasks
+    from kdistill.distill.expert_data import CollectSettings, collect_expert_data, read_expert_meta
+    from kdistill.loading import load_policy
 
     out, data_path = Path(out), Path(data_path)
     data_meta = read_expert_meta(data_path)

@@ -1,0 +1,45 @@
+"""Trained policies loaded from disk: ``load_policy(path)`` reads a run folder (its newest complete checkpoint)
+or a checkpoint folder and returns a ``kdistill.policy.Policy`` of the kind the checkpoint names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kdistill.distill.students import load_student_policy
+from kdistill.domain import Layout
+from kdistill.errors import CheckpointError
+from kdistill.io import load_run_checkpoint, malformed
+from kdistill.policy import Policy, TeacherPolicy, build_teacher, checked_normalizer
+from kdistill.rl.experts import ExpertSetPolicy
+from kdistill.rl.trainer import load_model_state
+
+
+def load_policy(path: str | Path, domain: str | None = None, device: str = "cpu", seed: int = 0) -> Policy:
+    """Load the policy in ``path`` (a run folder or a checkpoint folder), checking its domain if given."""
+    tensors, meta = load_run_checkpoint(path)
+    if domain is not None and meta.get("domain") != domain:
+        raise CheckpointError(f"{path} holds a policy for domain {meta.get('domain')!r}, not {domain!r}; "
+                              f"pass a policy trained on {domain!r}.")
+    kind = meta.get("kind")
+    try:
+        return _build_policy(kind, tensors, meta, path, device, seed)
+    except CheckpointError as exc:
+        if str(path) in str(exc):
+            raise
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+def _build_policy(kind, tensors: dict, meta: dict, path, device: str, seed: int) -> Policy:
+    with malformed(f"the checkpoint meta.json in {path}", "use another checkpoint or train the policy again."):
+        if kind == "teacher":
+            model = build_teacher(meta)
+            load_model_state(model, tensors)
+            layout = Layout.from_dict(meta["layout"])
+            normalizer = checked_normalizer(meta["normalizer"], (layout.max_tokens, layout.obs_features))
+            return TeacherPolicy(model, normalizer, meta, device=device, seed=seed)
+        if kind == "student":
+            return load_student_policy(tensors, meta, device=device, seed=seed)
+        if kind == "experts":
+            return ExpertSetPolicy(tensors, meta, seed=seed)
+    raise CheckpointError(f"{path} holds a policy of kind {kind!r}; kdistill loads 'teacher', 'student' and 'experts' "
+                          f"policies.")
