@@ -1,4 +1,4 @@
-"""kdistill.bench and `kdistill bench`: every way of running the student agrees, the figures and ratios hang
+"""kdistill.bench.bench and `kdistill bench`: every way of running the student agrees, the figures and ratios hang
 together, runs load from folders, any domain works. Timings are never asserted (see tests/benchmarks/)."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from kdistill import bench as B
+from kdistill.bench import bench as B
 from kdistill.errors import KdistillError
-from kdistill.export import fold_policy
+from kdistill.deploy.export import fold_policy
 from kdistill.plugins import get_domain, get_plugins
 
 ROOT = Path(__file__).resolve().parents[1]

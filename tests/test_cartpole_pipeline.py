@@ -109,7 +109,8 @@ def test_tiny_hnmlp_student_matches_the_teacher_and_the_blind_one_does_not(tiny)
 
 
 def test_tiny_export_equals_the_student(tiny):
-    from kdistill import get_domain, runtime
+    from kdistill import get_domain
+    from kdistill.deploy import runtime
     from kdistill.loading import load_policy
 
     exported = runtime.load(tiny["root"] / "export" / "train-01.json")

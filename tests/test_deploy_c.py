@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from distill_toy import ToyTokenDomain, teacher_normalizer
-from kdistill import runtime
+from kdistill.deploy import runtime
 from kdistill.deploy.c_source import c_identifier, write_c
-from kdistill.export import export_policy
+from kdistill.deploy.export import export_policy
 from kdistill.distill.expert_data import slice_normalizer_state
 from kdistill.rl.normalise import ObsNormalizer
 from kdistill.distill.students import StudentPolicy, build_student
@@ -176,7 +176,7 @@ def test_without_a_compiler_the_runtime_stays_on_numpy(tmp_path, monkeypatch):
 
 
 def test_importing_the_kernel_does_not_import_torch():
-    code = ("import sys, kdistill.runtime, kdistill.deploy.kernel, kdistill.deploy.c_source; "
+    code = ("import sys, kdistill.deploy.runtime, kdistill.deploy.kernel, kdistill.deploy.c_source; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

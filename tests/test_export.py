@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from distill_toy import ToyTokenDomain, teacher_normalizer
-from kdistill import runtime
+from kdistill.deploy import runtime
 from kdistill.errors import DataError
-from kdistill.export import export_policy, fold_policy
+from kdistill.deploy.export import export_policy, fold_policy
 from kdistill.distill.expert_data import slice_normalizer_state
 from kdistill.rl.normalise import ObsNormalizer
 from kdistill.distill.students import StudentPolicy, build_student
@@ -119,7 +119,7 @@ def test_runtime_runs_without_torch(tmp_path):
     np.save(tmp_path / "x.npy", flat)
     code = (
         "import sys, numpy as np\n"
-        "import kdistill.runtime as rt\n"
+        "import kdistill.deploy.runtime as rt\n"
         f"p = rt.load({str(tmp_path / 'e.json')!r})\n"
         f"np.save({str(tmp_path / 'y.npy')!r}, p.act(np.load({str(tmp_path / 'x.npy')!r})))\n"
         "assert 'torch' not in sys.modules, 'runtime imported torch'\n"

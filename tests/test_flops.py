@@ -1,4 +1,4 @@
-"""FLOP and parameter counting (kdistill.flops): both conventions against numbers worked out here by hand."""
+"""FLOP and parameter counting (kdistill.bench.flops): both conventions against numbers worked out here by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdistill import flops as F
+from kdistill.bench import flops as F
 from kdistill.domain import Layout
 from kdistill.distill.students import build_student
 from kdistill.teachers import TransformerTeacherConfig, build_modumorph_teacher, build_transformer_teacher

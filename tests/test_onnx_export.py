@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from distill_toy import ToyTokenDomain, teacher_normalizer
-from kdistill import runtime
+from kdistill.deploy import runtime
 from kdistill.errors import KdistillError
-from kdistill.export import (ONNX_FORMAT, export_onnx, export_policy, onnx_path, onnx_session,
+from kdistill.deploy.export import (ONNX_FORMAT, export_onnx, export_policy, onnx_path, onnx_session,
                              random_student_observations)
 from kdistill.distill.expert_data import slice_normalizer_state
 from student_run import write_student_run
@@ -87,7 +87,7 @@ def test_onnx_path_and_refusals(tmp_path):
     assert onnx_path(tmp_path / "a") == tmp_path / "a.onnx"
     assert onnx_path(tmp_path / "a.json") == tmp_path / "a.onnx"
     assert onnx_path(tmp_path / "a.onnx") == tmp_path / "a.onnx"
-    from kdistill.export import check_onnx_target
+    from kdistill.deploy.export import check_onnx_target
 
     (tmp_path / "mine.onnx").write_text("not a model")
     with pytest.raises(KdistillError, match="not a kdistill ONNX export"):
@@ -113,7 +113,7 @@ def test_cli_export_onnx(tmp_path):
     assert 0 <= info["check"]["max_abs_diff"] <= 1e-5
     assert (tmp_path / "exp" / "robot.onnx").is_file() and not (tmp_path / "exp" / "robot.json").exists()
     # its own export may be written over; a foreign file is refused in one line, exit 2
-    from kdistill.export import check_onnx_target
+    from kdistill.deploy.export import check_onnx_target
 
     assert check_onnx_target(tmp_path / "exp" / "robot.onnx") == tmp_path / "exp" / "robot.onnx"
     (tmp_path / "other.onnx").write_bytes(b"\0junk")

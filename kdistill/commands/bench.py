@@ -91,7 +91,7 @@ def bench_cmd(domain_name: str, teacher_run: str | None, student_run: str | None
     from rich.table import Table
     from rich.text import Text
 
-    from kdistill.bench import STUDENT_ROWS, TEACHER, BenchConfig, build_subjects, plot_latency, run_bench
+    from kdistill.bench.bench import STUDENT_ROWS, TEACHER, BenchConfig, build_subjects, plot_latency, run_bench
     from kdistill.errors import KdistillError
     from kdistill.io import atomic_write_json, prepare_output_dir
     from kdistill.plugins import get_domain

@@ -17,7 +17,7 @@ from kdistill.cli import console, data_dir_option, json_option, print_json, task
                    "(a .json/.safetensors/.onnx suffix is dropped).")
 @click.option("--format", "fmt", type=click.Choice(["safetensors", "onnx", "c"]), default="safetensors",
               show_default=True,
-              help="safetensors: dense layers + JSON for kdistill.runtime (numpy only); onnx: one ONNX model "
+              help="safetensors: dense layers + JSON for kdistill.deploy.runtime (numpy only); onnx: one ONNX model "
                    "(input 'obs' (N, T*S), output 'mu' (N, T*A)), checked with onnxruntime; c: STEM.c + STEM.h, "
                    "dependency-free C99 with policy_act(obs, action), checked with the system compiler.")
 @click.option("--check-samples", type=click.IntRange(0), default=256, show_default=True,
@@ -30,7 +30,7 @@ def export_cmd(domain_name: str, student_path: str, task: str, out: str, fmt: st
     """Fold the student's generated MLP for one task of DOMAIN into a dense MLP on the flat student observation.
 
     The result needs neither the context nor the hypernetwork (nor torch): load it with
-    `kdistill.runtime.load(path)` and call `.act(flat_obs)` or `.act_obs(env_obs)`. With --format onnx it
+    `kdistill.deploy.runtime.load(path)` and call `.act(flat_obs)` or `.act_obs(env_obs)`. With --format onnx it
     is one ONNX model for any ONNX runtime, compared with the student through onnxruntime before it is
     written (largest difference at most 1e-5).
 
@@ -41,8 +41,8 @@ def export_cmd(domain_name: str, student_path: str, task: str, out: str, fmt: st
     """
     import numpy as np
 
-    from kdistill import runtime
-    from kdistill.export import (check_export_target, check_onnx_target, export_onnx, export_policy, load_student_run,
+    from kdistill.deploy import runtime
+    from kdistill.deploy.export import (check_export_target, check_onnx_target, export_onnx, export_policy, load_student_run,
                                  random_student_observations)
     from kdistill.plugins import get_domain
     from kdistill.tasks import select_tasks
@@ -108,10 +108,10 @@ def _export_c(policy, task, context, out: str, check_samples: int) -> dict:
     import tempfile
     from pathlib import Path
 
-    from kdistill import runtime
+    from kdistill.deploy import runtime
     from kdistill.deploy.c_source import check_c, write_c
     from kdistill.errors import KdistillError
-    from kdistill.export import export_policy, random_student_observations
+    from kdistill.deploy.export import export_policy, random_student_observations
 
     stem = Path(out)
     if stem.suffix in (".c", ".h"):

@@ -1,14 +1,14 @@
 """One task's generated policy as self-contained C99: ``policy_act(const float *obs, float *action)``.
 
 The source holds the weights as ``static const float`` arrays and needs nothing beyond the C library. It
-computes what ``kdistill.runtime`` computes, in the same order: the normaliser and clipping folded into
+computes what ``kdistill.deploy.runtime`` computes, in the same order: the normaliser and clipping folded into
 the first layer exactly as the runtime folds them (subtract the mean, clip to +-clip*std, then the first
 layer's weights already divided by std), then dense layers with ReLU between them. Layers are stored
 (in, out) row-major; each block of 32 outputs accumulates over all inputs in registers
 (``acc[j] += w[i][o0 + j] * h[i]``), a loop compilers vectorise without reassociating sums, so every
 output is summed in input order, as the reference does.
 
-The same kernel, compiled once into a shared library, is ``kdistill.runtime``'s fast path
+The same kernel, compiled once into a shared library, is ``kdistill.deploy.runtime``'s fast path
 (``kdistill.deploy.kernel``).
 """
 
@@ -84,7 +84,7 @@ def folded_layers(policy) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarra
 
 
 def c_source(policy, prefix: str = "policy") -> tuple[str, str]:
-    """``(header, source)`` of C99 code for an exported policy (``kdistill.runtime.ExportedPolicy``)."""
+    """``(header, source)`` of C99 code for an exported policy (``kdistill.deploy.runtime.ExportedPolicy``)."""
     prefix = c_identifier(prefix)
     weights, biases, mean, low, high = folded_layers(policy)
     for arr in [*weights, *biases, mean, low, high]:

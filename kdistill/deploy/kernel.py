@@ -1,6 +1,6 @@
 """A C kernel for one observation, compiled once into a shared library and called through ctypes.
 
-``kdistill.runtime`` uses it for single observations, where numpy's per-call overhead, not arithmetic, is the
+``kdistill.deploy.runtime`` uses it for single observations, where numpy's per-call overhead, not arithmetic, is the
 cost. The library is built with the system C compiler on first use and cached (``$KDISTILL_CACHE`` or
 ``~/.cache/kdistill``, keyed by the source and flags, written atomically); without a compiler, or with
 ``KDISTILL_NO_KERNEL=1``, ``load_kernel()`` returns None and the runtime stays on numpy. Importing this

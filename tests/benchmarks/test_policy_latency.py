@@ -10,7 +10,7 @@ One benchmark group per batch size (1, 32, 1024), so the teacher and the student
 * ``hnmlp-per-limb``   the HN-MLP as the reference runs it (per-limb generated weights per row, einsum);
 * ``student-batched``  the student's ``forward_with`` (kdistill's grouped-bmm path);
 * ``dense-torch``      the robot's folded MLP as torch Linear layers;
-* ``numpy-runtime``    the exported MLP in ``kdistill.runtime``;
+* ``numpy-runtime``    the exported MLP in ``kdistill.deploy.runtime``;
 * ``onnxruntime``      the ONNX export in onnxruntime (one intra-op thread);
 
 plus the one-off cost of writing one robot's weights (group ``one-off``). Threads: torch runs on one
@@ -24,7 +24,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdistill import bench as B
+from kdistill.bench import bench as B
 
 BATCHES = (1, 32, 1024)
 MODELS = ("teacher", "hnmlp-per-limb", "student-batched", "dense-torch", "numpy-runtime", "onnxruntime")

@@ -222,7 +222,7 @@ def test_tampered_exports_are_one_data_error(pipeline, copy_of, damage):
     import hashlib
     import struct
 
-    from kdistill import runtime
+    from kdistill.deploy import runtime
     from kdistill.errors import DataError
     from safetensors.numpy import save
 

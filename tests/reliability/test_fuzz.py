@@ -1,4 +1,4 @@
-"""Property-based tests: the robot loader and ``kdistill.runtime.load`` over mutated files.
+"""Property-based tests: the robot loader and ``kdistill.deploy.runtime.load`` over mutated files.
 
 Whatever the mutation, loading ends in a ``KdistillError`` or a valid object, never another exception. Each test
 runs batches of examples until its share of the budget is spent: ``KDISTILL_FUZZ_SECONDS`` in all (default 60,
@@ -202,7 +202,7 @@ def _pack(arrays: dict[str, np.ndarray], header_change=None) -> bytes:
 
 
 def test_runtime_load_over_mutated_exports(pipeline):
-    from kdistill import runtime
+    from kdistill.deploy import runtime
 
     base_meta, base_arrays = _export_files(pipeline)
     budget = Budget(BUDGET_S / 2)

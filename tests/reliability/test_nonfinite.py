@@ -11,7 +11,7 @@ import pytest
 from conftest import assert_one_line_error
 from safetensors.numpy import load_file, save, save_file
 
-from kdistill import runtime
+from kdistill.deploy import runtime
 from kdistill.errors import DataError
 from kdistill.io import latest_checkpoint, load_run_checkpoint, read_json, read_jsonl
 

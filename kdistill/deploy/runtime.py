@@ -9,7 +9,7 @@ features, flattened token-major to ``T*S`` values. It normalises it exactly as t
 (``clip((x - mean) / sqrt(var + eps), -clip, clip)``), then runs the MLP (ReLU between layers) and returns
 ``T*A`` mean actions (padded slots included; ``act_mask`` marks them).
 
-    policy = kdistill.runtime.load("robot.json")
+    policy = kdistill.deploy.runtime.load("robot.json")
     mu = policy.act(flat_obs)                 # (N, T*S) -> (N, T*A), or (T*S,) -> (T*A,)
     mu = policy.act_obs(env_obs)              # from an env observation dict
 

@@ -11,14 +11,14 @@ size, every way of running them:
                      einsum (only for students whose weights are per token, e.g. ``hnmlp``);
 * ``student-batched`` the student's ``forward_with`` (kdistill's grouped-bmm path, the one training uses);
 * ``dense-torch``    the task's folded MLP as ``torch.nn.Linear`` layers;
-* ``numpy-runtime``  the exported MLP in ``kdistill.runtime`` on numpy (normalises raw observations itself);
+* ``numpy-runtime``  the exported MLP in ``kdistill.deploy.runtime`` on numpy (normalises raw observations itself);
 * ``compiled-runtime`` the same export through the runtime's compiled batch-1 kernel (``kdistill.deploy.kernel``;
                      batch 1 only, and only where a C compiler is available);
 * ``onnxruntime``    the ONNX export (``kdistill export --format onnx``) in onnxruntime, on the torch thread count
                      (only when onnx and onnxruntime are installed);
 
 and the one-off cost of writing one task's weights (``generate``: hypernetwork + fold). Costs are counted two
-ways (``kdistill.flops``). Ratios are teacher / fastest student, all measured in the same run: on a shared
+ways (``kdistill.bench.flops``). Ratios are teacher / fastest student, all measured in the same run: on a shared
 machine compare ratios, not absolute times. Latency is the best per-call time over the rounds (``min_s``;
 the median is kept too), as ``timeit`` advises: noise only ever adds time. The machine's single-thread matmul
 peak (a 1024^3 float32 GEMM, same run) gives each student's FLOP limit: its FLOPs per step at that peak, and
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdistill import flops as F
+from kdistill.bench import flops as F
 from kdistill.domain import Domain, Layout, TaskContext
 from kdistill.errors import KdistillError, unknown_name
 
@@ -131,7 +131,7 @@ class Subjects:
     student_source: str
     policy: Any  # kdistill.distill.students.StudentPolicy
     layers: list[tuple[np.ndarray, np.ndarray]]  # the task's folded MLP
-    runtime: Any  # kdistill.runtime.ExportedPolicy
+    runtime: Any  # kdistill.deploy.runtime.ExportedPolicy
 
     def describe(self) -> dict[str, Any]:
         return {"domain": self.domain, "task": self.task,
@@ -161,8 +161,8 @@ def build_subjects(domain: Domain, teacher_run: str | None = None, student_run: 
                    export_dir: str | Path | None = None) -> Subjects:
     """Load (or freshly build, seeded) the teacher and student of ``domain`` and export the student's MLP for
     ``task`` (default: the first training task). ``export_dir`` keeps the export (else a temporary folder)."""
-    from kdistill import runtime
-    from kdistill.export import export_policy, fold_policy, load_student_run
+    from kdistill.deploy import runtime
+    from kdistill.deploy.export import export_policy, fold_policy, load_student_run
     from kdistill.rl.normalise import ObsNormalizer
     from kdistill.loading import load_policy
     from kdistill.policy import TeacherPolicy
@@ -334,7 +334,7 @@ def _onnx_session(s: Subjects):
         import onnxruntime  # noqa: F401
     except ImportError:
         return None
-    from kdistill.export import onnx_model_bytes, onnx_session
+    from kdistill.deploy.export import onnx_model_bytes, onnx_session
 
     norm = s.policy.normalizer
     model = onnx_model_bytes(s.layers, np.asarray(norm.rms.mean), np.asarray(norm.rms.var), norm.clip, norm.epsilon)

@@ -1,9 +1,9 @@
-"""Export one task's student as a plain dense MLP (no context, no hypernetwork) for ``kdistill.runtime``.
+"""Export one task's student as a plain dense MLP (no context, no hypernetwork) for ``kdistill.deploy.runtime``.
 
 The hypernetwork runs once here; its output for the task is folded into dense layers on the task's flat
 student observation (``Student.fold``): the per-token input weights and the masked mean over real tokens
 become one ``(T*S, H)`` layer whose rows for padded tokens are zero. The observation normaliser cannot be
-folded into the weights (it clips), so it is stored beside them. File layout: see ``kdistill.runtime``.
+folded into the weights (it clips), so it is stored beside them. File layout: see ``kdistill.deploy.runtime``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from kdistill.domain import TaskContext
 from kdistill.errors import CheckpointError, KdistillError
 from kdistill.io import (NonFiniteError, atomic_write_bytes, atomic_write_json, first_non_finite, load_run_checkpoint,
                          malformed, prepare_output_dir)
-from kdistill.runtime import FORMAT, export_paths
+from kdistill.deploy.runtime import FORMAT, export_paths
 from kdistill.distill.students import StudentPolicy, context_tensors, load_student_policy
 
 
@@ -153,7 +153,7 @@ def _import_onnx():
 def onnx_model_bytes(layers: list[tuple[np.ndarray, np.ndarray]], mean: np.ndarray, var: np.ndarray, clip: float,
                      epsilon: float, metadata: dict[str, Any] | None = None) -> bytes:
     """A serialised ONNX model of the exported policy: input ``obs`` float32 ``(N, T*S)`` (the raw flat student
-    observation, as ``kdistill.runtime`` reads it), output ``mu`` float32 ``(N, T*A)``.
+    observation, as ``kdistill.deploy.runtime`` reads it), output ``mu`` float32 ``(N, T*A)``.
 
     The graph is the training-time normaliser, ``clip((obs - mean) / sqrt(var + eps), -clip, clip)``, then the
     dense layers (``MatMul`` + ``Add``, ``Relu`` between them). ``metadata`` goes into the model's metadata_props

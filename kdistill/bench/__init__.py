@@ -1,0 +1,1 @@
+"""Cost of a policy: parameters and FLOPs (``flops``), latency and the teacher-against-students report (``bench``)."""
