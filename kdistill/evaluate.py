@@ -67,3 +67,33 @@ def evaluate_policy(domain, policy, tasks: Sequence[str], episodes: int = 16, se
     if random_baseline:
         summary["random_mean_return"] = float(np.mean([r["random_mean"] for r in rows])) if rows else None
     return {"summary": summary, "robots": rows}
+
+
+def compare_policies(domain, policies: dict[str, Any], splits: dict[str, list[str]], episodes: int = 16, seed: int = 0,
+                     deterministic: bool = True, random_baseline: bool = True, on_task=None) -> dict[str, Any]:
+    """Evaluate every policy on every split's tasks (same envs, same reset seeds) and tabulate mean returns."""
+    returns: dict[str, dict[str, float | None]] = {}
+    per_task: dict[str, dict[str, dict[str, float]]] = {}
+    for split, tasks in splits.items():
+        returns[split], per_task[split] = {}, {t: {} for t in tasks}
+        for k, (name, policy) in enumerate(policies.items()):
+            with_random = random_baseline and k == 0  # the random policy plays the same seeds whoever runs it
+            result = evaluate_policy(domain, policy, tasks, episodes=episodes, seed=seed, deterministic=deterministic,
+                                     random_baseline=with_random,
+                                     on_task=(lambda row, n=name, s=split: on_task(s, n, row)) if on_task else None)
+            returns[split][name] = result["summary"]["mean_return"]
+            for row in result["robots"]:
+                per_task[split][row["name"]][name] = row["mean"]
+                if with_random:
+                    per_task[split][row["name"]]["random"] = row["random_mean"]
+            if with_random:
+                returns[split]["random"] = result["summary"]["random_mean_return"]
+    out: dict[str, Any] = {"domain": domain.name, "episodes": episodes, "seed": seed, "deterministic": deterministic,
+                           "tasks": {s: list(t) for s, t in splits.items()}, "returns": returns, "per_task": per_task}
+    if "teacher" in policies:
+        # a fraction of a non-positive return means nothing, so it is left out (None)
+        out["fraction_of_teacher"] = {
+            s: {n: (r / row["teacher"] if r is not None and (row.get("teacher") or 0) > 0 else None)
+                for n, r in row.items() if n not in ("teacher", "random")}
+            for s, row in returns.items()}
+    return out

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 from typing import Any, Sequence
+
+import numpy as np
 
 from kdistill.io import atomic_write_bytes
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: the one place kdistill sets matplotlib up."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,7 +24,7 @@ def _pyplot():
 
 def save_figure(fig, path: str | os.PathLike) -> None:
     """Write a matplotlib figure as PNG atomically and close it."""
-    plt = _pyplot()
+    plt = pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -29,7 +33,7 @@ def save_figure(fig, path: str | os.PathLike) -> None:
 
 def learning_curve(records: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "PPO learning curve") -> None:
     """Mean training-episode return (last 100 episodes, stochastic policy) against env steps."""
-    plt = _pyplot()
+    plt = pyplot()
     pts = [(r["env_steps"], r["mean_return"]) for r in records if r.get("mean_return") is not None]
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     if pts:
@@ -43,9 +47,7 @@ def learning_curve(records: Sequence[dict[str, Any]], path: str | os.PathLike, t
 
 def task_bars(result: dict[str, Any], path: str | os.PathLike, title: str = "evaluation") -> None:
     """Per-task mean return (bars, with the episodes' std) beside the random policy's."""
-    import numpy as np
-
-    plt = _pyplot()
+    plt = pyplot()
     rows = result["robots"]
     names = [r["name"] for r in rows]
     x = np.arange(len(rows))
@@ -72,9 +74,7 @@ def task_curves_grid(curves: dict[str, dict[str, list]], path: str | os.PathLike
 
     ``curves[task]`` holds ``steps``/``returns`` (training) and ``eval_steps``/``eval_returns``.
     """
-    import math
-
-    plt = _pyplot()
+    plt = pyplot()
     names = list(curves)
     cols = max(1, math.ceil(math.sqrt(len(names))))
     rows = max(1, math.ceil(len(names) / cols))
@@ -89,4 +89,32 @@ def task_curves_grid(curves: dict[str, dict[str, list]], path: str | os.PathLike
         ax.tick_params(labelsize=4)
         ax.grid(alpha=0.3)
     fig.suptitle(f"{title} (blue: training episodes, orange: deterministic evaluation)", fontsize=8)
+    save_figure(fig, path)
+
+
+def plot_comparison(result: dict[str, Any], path: str | os.PathLike, title: str = "") -> None:
+    """Grouped bars: mean return per split (groups) and policy (bars)."""
+    plt = pyplot()
+    splits = list(result["returns"])
+    names = list(dict.fromkeys(n for s in splits for n in result["returns"][s] if n != "random"))
+    if any("random" in result["returns"][s] for s in splits):
+        names.append("random")  # the baseline goes last
+    x = np.arange(len(splits))
+    width = 0.8 / max(len(names), 1)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(splits) * max(len(names), 1) * 0.5 + 2), 4.2))
+    for i, name in enumerate(names):
+        vals = [result["returns"][s].get(name) for s in splits]
+        bars = ax.bar(x + i * width, [v if v is not None else 0 for v in vals], width, label=name,
+                      color="tab:gray" if name == "random" else None)
+        for b, v in zip(bars, vals):
+            if v is not None:
+                ax.annotate(f"{v:.0f}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
+                            va="bottom", fontsize=7)
+    ax.set_xticks(x + width * (len(names) - 1) / 2)
+    ax.set_xticklabels([f"{s} ({len(result['tasks'][s])} tasks)" for s in splits])
+    ax.set_ylabel(f"mean return ({result['episodes']} episodes per task)")
+    ax.set_title(title or f"{result['domain']}: policies compared")
+    ax.axhline(0, color="black", lw=0.6)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
     save_figure(fig, path)

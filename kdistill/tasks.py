@@ -44,7 +44,7 @@ def ensure_data(domain, quiet: bool = False) -> None:
         missing = str(exc)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from kdistill.cli import err_console
+    from kdistill.cli.options import err_console
 
     if not quiet:
         err_console.print(f"{missing.split(';')[0]}: installing the {domain.name} data (first use)",
@@ -101,3 +101,11 @@ def select_tasks(domain, robots: str | Sequence[str] | None = None, split: str |
     if not tasks:
         raise KdistillError(f"no tasks selected in domain {domain.name!r}; check --robots/--split/--robots-dir.")
     return list(tasks)
+
+
+def resolve_tasks(domain, robots: str | None, split: str | None, num_tasks: int | None,
+                  tasks_dir: str | None = None) -> list[str]:
+    """Tasks named by ``--robots a,b``, a ``--split`` or a ``--robots-dir``, optionally only the first ``--num-tasks``
+    (``kdistill.tasks.select_tasks``: installs the domain's data on first use)."""
+    return select_tasks(domain, robots=robots, split=split, num_tasks=num_tasks, tasks_dir=tasks_dir,
+                        default_split=None)

@@ -159,7 +159,7 @@ def test_bench_loads_teacher_and_student_runs(cartpole, tmp_path):
 
 
 def test_parse_batches():
-    from kdistill.commands.bench import parse_batches
+    from kdistill.cli.bench import parse_batches
 
     assert parse_batches("1, 32,1024,32") == (1, 32, 1024)
     for bad in ("", "0", "a,2", "1,-3"):

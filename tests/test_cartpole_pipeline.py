@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from kdistill.cli import app
+from kdistill.cli.app import app
 
 TINY_TASKS = 4
 

@@ -197,7 +197,7 @@ def test_padded_inputs_have_zero_weights(unimal):
 def test_cli_train_json_and_resume(tmp_path, unimal_dir, monkeypatch):
     from click.testing import CliRunner
 
-    from kdistill.cli import app
+    from kdistill.cli.app import app
 
     monkeypatch.setenv("KDISTILL_UNIMAL_DIR", str(unimal_dir))
     out = tmp_path / "run"

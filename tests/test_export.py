@@ -212,7 +212,7 @@ def test_cli_collect_distill_export_compare(tmp_path):
 
 
 def test_compare_policy_list_parsing():
-    from kdistill.commands.compare import parse_policies
+    from kdistill.cli.options import parse_policies
     from kdistill.errors import KdistillError
 
     assert parse_policies("teacher=runs/t, hnmlp=runs/h") == {"teacher": "runs/t", "hnmlp": "runs/h"}

@@ -179,7 +179,7 @@ def test_cli_collect_from_experts_and_distill_a_transformer_on_robots(tmp_path, 
     """The UNIMAL path end to end, tiny: experts -> collect -> metamorph student -> an ordinary teacher."""
     from click.testing import CliRunner
 
-    from kdistill.cli import app
+    from kdistill.cli.app import app
 
     monkeypatch.setenv("KDISTILL_UNIMAL_DIR", str(unimal_dir))
     runner = CliRunner()

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from domains.unimal.domain import UnimalDomain
-from kdistill.cli import app
+from kdistill.cli.app import app
 from kdistill.errors import KdistillError
 from kdistill.loading import load_policy
 from kdistill.render import render_side_by_side, rollout_frames, write_video

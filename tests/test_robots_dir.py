@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from domains.unimal.domain import UnimalDomain
-from kdistill.cli import app
+from kdistill.cli.app import app
 from kdistill.errors import DataError, KdistillError
 from kdistill.tasks import select_tasks
 from student_run import write_student_run

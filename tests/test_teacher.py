@@ -264,7 +264,7 @@ def test_a_process_killed_while_saving_leaves_a_loadable_checkpoint(tmp_path):
 # the command ------------------------------------------------------------------------------------------------
 
 def _cli(args, monkeypatch, capsys):
-    from kdistill.cli import main
+    from kdistill.cli.app import main
     from kdistill.plugins import reset_plugins
 
     monkeypatch.setenv("KDISTILL_PLUGINS", str(TOY))

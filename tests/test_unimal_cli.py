@@ -12,7 +12,7 @@ import tarfile
 import pytest
 from click.testing import CliRunner
 
-from kdistill.cli import app
+from kdistill.cli.app import app
 from kdistill.errors import UnknownNameError
 
 SMALL = "floor-5506-3-10-01-14-19-06"

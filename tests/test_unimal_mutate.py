@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from domains.unimal.domain import UnimalDomain
 from domains.unimal.mutate import OPERATORS, Genome, Rejected, grow_limb, mutate_robot
-from kdistill.cli import app
+from kdistill.cli.app import app
 from kdistill.errors import KdistillError, UnknownNameError
 
 SMALL = "floor-5506-3-10-01-14-19-06"  # 4 limbs, 7 dof

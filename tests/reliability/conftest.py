@@ -23,7 +23,7 @@ class Result:
 
 
 def _run(capsys, args) -> Result:
-    from kdistill.cli import main
+    from kdistill.cli.app import main
 
     capsys.readouterr()
     try:
@@ -67,7 +67,7 @@ def pipeline(tmp_path_factory) -> dict[str, Path]:
     import torch
     from click.testing import CliRunner
 
-    from kdistill.cli import app
+    from kdistill.cli.app import app
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -210,7 +210,7 @@ def test_an_unexpected_exception_is_still_one_line(cli, pipeline, monkeypatch):
     res = cli("eval", "cartpole", "--policy", pipeline["teacher"], "--num-tasks", "1", "--json")
     assert_one_line_error(res, "ZeroDivisionError", "--debug", as_json=True)
     with pytest.raises(ZeroDivisionError):
-        from kdistill.cli import main
+        from kdistill.cli.app import main
 
         main(["--debug", "eval", "cartpole", "--policy", str(pipeline["teacher"]), "--num-tasks", "1"])
 

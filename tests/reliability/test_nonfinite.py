@@ -141,7 +141,7 @@ def test_ppo_stops_when_the_model_diverges_and_keeps_the_last_good_checkpoint(cl
 
 
 def test_json_output_is_strict(capsys):
-    from kdistill.cli import print_json
+    from kdistill.cli.options import print_json
 
     print_json({"loss": float("nan"), "rows": [1.0, float("inf"), -float("inf")], "arr": np.array([np.nan, 2.0])})
     doc = strict_loads(capsys.readouterr().out)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from kdistill.cli import console, data_dir_option, err_console, json_option, print_json, tasks_dir_option
+from kdistill.cli.options import console, data_dir_option, err_console, json_option, print_json, tasks_dir_option
 
 
 @click.command("eval")
@@ -43,7 +43,8 @@ def eval_cmd(domain_name: str, policy_path: str, robots: str | None, split: str 
     from rich.table import Table
     from rich.text import Text
 
-    from kdistill.commands.teacher import check_device, resolve_tasks, set_torch_threads
+    from kdistill.devices import check_device, set_torch_threads
+    from kdistill.tasks import resolve_tasks
     from kdistill.errors import KdistillError
     from kdistill.evaluate import evaluate_policy
     from kdistill.io import atomic_write_json, prepare_output_dir

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from kdistill.cli import console, data_dir_option, err_console, json_option, print_json, tasks_dir_option
+from kdistill.cli.options import (console, data_dir_option, err_console, json_option, parse_policies, print_json,
+                                  tasks_dir_option)
 
 
 @click.command("render")
@@ -36,7 +37,6 @@ def render_cmd(domain_name: str, policy_spec: str, task: str, out: str, steps: i
       kdistill render unimal --policy runs/hnmlp --robot floor-5506-3-10-01-14-19-06 --out walk.gif
       kdistill render unimal --policy teacher=runs/t,student=runs/h --robot my-robot --robots-dir mine --out cmp.mp4
     """
-    from kdistill.commands.compare import parse_policies
     from kdistill.plugins import get_domain
     from kdistill.loading import load_policy
     from kdistill.render import check_video_path, render_side_by_side

@@ -20,7 +20,7 @@ from typing import Any
 import click
 from rich.text import Text
 
-from kdistill.cli import console, data_dir_option, err_console, json_option, print_json
+from kdistill.cli.options import console, data_dir_option, err_console, json_option, print_json
 from kdistill.errors import KdistillError
 
 # What a domain's ``demo_defaults()`` may set; anything missing takes these values.

@@ -3,98 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
-from kdistill.cli import console, data_dir_option, err_console, json_option, print_json, tasks_dir_option
-
-
-def parse_policies(spec: str) -> dict[str, str]:
-    """``"teacher=runs/t,hnmlp=runs/h"`` -> ``{"teacher": "runs/t", "hnmlp": "runs/h"}``."""
-    from kdistill.errors import KdistillError
-
-    out: dict[str, str] = {}
-    for part in (p.strip() for p in spec.split(",")):
-        if not part:
-            continue
-        name, sep, path = part.partition("=")
-        name, path = name.strip(), path.strip()
-        if not sep or not name or not path:
-            raise KdistillError(f"--policies takes NAME=RUN pairs separated by commas (e.g. teacher=runs/t,hnmlp=runs/h); got {part!r}.")
-        if name in out or name == "random":
-            raise KdistillError(f"policy name {name!r} is used twice or reserved; give each policy its own name.")
-        out[name] = path
-    if not out:
-        raise KdistillError("--policies is empty; pass NAME=RUN pairs, e.g. teacher=runs/t,hnmlp=runs/h.")
-    return out
-
-
-def compare_policies(domain, policies: dict[str, Any], splits: dict[str, list[str]], episodes: int = 16, seed: int = 0,
-                     deterministic: bool = True, random_baseline: bool = True, on_task=None) -> dict[str, Any]:
-    """Evaluate every policy on every split's tasks (same envs, same reset seeds) and tabulate mean returns."""
-    from kdistill.evaluate import evaluate_policy
-
-    returns: dict[str, dict[str, float | None]] = {}
-    per_task: dict[str, dict[str, dict[str, float]]] = {}
-    for split, tasks in splits.items():
-        returns[split], per_task[split] = {}, {t: {} for t in tasks}
-        for k, (name, policy) in enumerate(policies.items()):
-            with_random = random_baseline and k == 0  # the random policy plays the same seeds whoever runs it
-            result = evaluate_policy(domain, policy, tasks, episodes=episodes, seed=seed, deterministic=deterministic,
-                                     random_baseline=with_random,
-                                     on_task=(lambda row, n=name, s=split: on_task(s, n, row)) if on_task else None)
-            returns[split][name] = result["summary"]["mean_return"]
-            for row in result["robots"]:
-                per_task[split][row["name"]][name] = row["mean"]
-                if with_random:
-                    per_task[split][row["name"]]["random"] = row["random_mean"]
-            if with_random:
-                returns[split]["random"] = result["summary"]["random_mean_return"]
-    out: dict[str, Any] = {"domain": domain.name, "episodes": episodes, "seed": seed, "deterministic": deterministic,
-                           "tasks": {s: list(t) for s, t in splits.items()}, "returns": returns, "per_task": per_task}
-    if "teacher" in policies:
-        # a fraction of a non-positive return means nothing, so it is left out (None)
-        out["fraction_of_teacher"] = {
-            s: {n: (r / row["teacher"] if r is not None and (row.get("teacher") or 0) > 0 else None)
-                for n, r in row.items() if n not in ("teacher", "random")}
-            for s, row in returns.items()}
-    return out
-
-
-def plot_comparison(result: dict[str, Any], path: str | Path, title: str = "") -> None:
-    """Grouped bars: mean return per split (groups) and policy (bars)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    splits = list(result["returns"])
-    names = list(dict.fromkeys(n for s in splits for n in result["returns"][s] if n != "random"))
-    if any("random" in result["returns"][s] for s in splits):
-        names.append("random")  # the baseline goes last
-    x = np.arange(len(splits))
-    width = 0.8 / max(len(names), 1)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(splits) * max(len(names), 1) * 0.5 + 2), 4.2))
-    for i, name in enumerate(names):
-        vals = [result["returns"][s].get(name) for s in splits]
-        bars = ax.bar(x + i * width, [v if v is not None else 0 for v in vals], width, label=name,
-                      color="tab:gray" if name == "random" else None)
-        for b, v in zip(bars, vals):
-            if v is not None:
-                ax.annotate(f"{v:.0f}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
-                            va="bottom", fontsize=7)
-    ax.set_xticks(x + width * (len(names) - 1) / 2)
-    ax.set_xticklabels([f"{s} ({len(result['tasks'][s])} tasks)" for s in splits])
-    ax.set_ylabel(f"mean return ({result['episodes']} episodes per task)")
-    ax.set_title(title or f"{result['domain']}: policies compared")
-    ax.axhline(0, color="black", lw=0.6)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    from kdistill.plots import save_figure
-
-    save_figure(fig, path)
+from kdistill.cli.options import (console, data_dir_option, err_console, json_option, parse_policies, print_json,
+                                  tasks_dir_option)
 
 
 @click.command("compare")
@@ -133,11 +46,14 @@ def compare_cmd(domain_name: str, policies_spec: str, split_spec: str, num_tasks
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from kdistill.commands.teacher import check_device, resolve_tasks, set_torch_threads
+    from kdistill.devices import check_device, set_torch_threads
+    from kdistill.tasks import resolve_tasks
     from kdistill.errors import KdistillError
     from kdistill.io import atomic_write_json, prepare_output_dir
     from kdistill.plugins import get_domain
+    from kdistill.evaluate import compare_policies
     from kdistill.loading import load_policy
+    from kdistill.plots import plot_comparison
 
     if episodes <= 0:
         raise KdistillError(f"--episodes must be positive, got {episodes}.")

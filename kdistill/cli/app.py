@@ -1,4 +1,5 @@
-"""The ``kdistill`` command line. Sub-commands come from plugins through ``register_commands``.
+"""The ``kdistill`` command line: the group, its own verbs (``plugins``, ``domains``) and ``main``, which turns every
+error into one line. Sub-commands come from plugins through ``register_commands``.
 
 Commands that report results take ``--json`` and then print exactly one JSON document on stdout.
 """
@@ -11,34 +12,11 @@ import sys
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from kdistill.cli.options import console, data_dir_option, err_console, json_option, print_json
 from kdistill.errors import KdistillError
-
-# markup off: paths, task names and messages are user text, and "[/x]" in one must print as written
-console = Console(markup=False)
-err_console = Console(stderr=True, markup=False)
-
-
-def print_json(obj: Any) -> None:
-    """Machine-readable output for ``--json``: exactly one strict JSON document on stdout (NaN and
-    infinity become null)."""
-    from kdistill.io import dumps_strict
-
-    sys.stdout.write(dumps_strict(obj, indent=2) + "\n")
-    sys.stdout.flush()
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout instead of tables.")
-tasks_dir_option = click.option(
-    "--tasks-dir", "--robots-dir", "tasks_dir", default=None, type=click.Path(file_okay=False),
-    help="A folder of task files to use as the task set instead of a split (UNIMAL: robot XML + metadata files, "
-         "e.g. your own designs or `kdistill unimal mutate` output); each file is validated first.")
-data_dir_option = click.option("--data-dir", default=None, type=click.Path(file_okay=False),
-                               help="Data folder for domains that read data (else the domain's env var / cache).")
-
 
 class LazyGroup(click.Group):
     """Adds plugin commands on first use, so ``--help`` lists them and import errors surface cleanly."""
@@ -199,6 +177,3 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     sys.exit(rc if isinstance(rc, int) else 0)
 
-
-if __name__ == "__main__":
-    main()

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from kdistill.cli import console, data_dir_option, err_console, json_option, print_json
+from kdistill.cli.options import console, data_dir_option, err_console, json_option, print_json
 from kdistill.errors import KdistillError
 
 
@@ -57,7 +57,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
 
     import torch
 
-    from kdistill.commands.teacher import resolve_tasks
+    from kdistill.tasks import resolve_tasks
     from kdistill.errors import unknown_name
     from kdistill.io import latest_checkpoint, read_json
     from kdistill.plugins import get_domain

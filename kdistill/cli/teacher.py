@@ -2,58 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from kdistill.cli import data_dir_option, err_console, json_option, print_json
+from kdistill.cli.options import data_dir_option, err_console, json_option, print_json
 from kdistill.errors import KdistillError
-
-
-def resolve_tasks(domain, robots: str | None, split: str | None, num_tasks: int | None,
-                  tasks_dir: str | None = None) -> list[str]:
-    """Tasks named by ``--robots a,b``, a ``--split`` or a ``--robots-dir``, optionally only the first ``--num-tasks``
-    (``kdistill.tasks.select_tasks``: installs the domain's data on first use)."""
-    from kdistill.tasks import select_tasks
-
-    return select_tasks(domain, robots=robots, split=split, num_tasks=num_tasks, tasks_dir=tasks_dir,
-                        default_split=None)
-
-
-def set_torch_threads(threads: int | None, workers: int = 0) -> int:
-    import torch
-
-    if threads is not None and threads < 1:
-        raise KdistillError(f"--threads must be at least 1, got {threads}.")
-    if threads is None:
-        cores = os.cpu_count() or 1
-        # on a small machine one thread: torch's OpenMP threads spin, and if anything else wants a core
-        # (env threads, another job) two threads run up to 15x slower than one; gain when idle is ~1.3x
-        threads = 1 if cores <= 4 else max(1, min(8, cores - max(0, workers)))
-    torch.set_num_threads(threads)
-    return threads
-
-
-def check_device(device: str) -> str:
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise KdistillError(f"--device {device!r} is not a device name; use cpu or cuda (cuda:N for the N-th GPU).") from None
-    if dev.type == "cpu":
-        return device
-    if dev.type != "cuda":
-        raise KdistillError(f"--device {device!r} is not supported; use cpu or cuda.")
-    if not torch.cuda.is_available():
-        raise KdistillError("--device cuda was asked for, but this torch has no CUDA device; use --device cpu.")
-    if dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise KdistillError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
-                            f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
-    return device
 
 
 @click.group("teacher")
@@ -98,10 +54,12 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
     most the work since the last one. --steps on --resume may raise the total (the learning-rate
     schedule then stretches to the new end).
     """
+    from kdistill.devices import check_device, set_torch_threads
     from kdistill.io import claim_folder, latest_checkpoint, looks_like_run, read_json_object
     from kdistill.plugins import get_domain
     from kdistill.rl.ppo import PPOConfig
     from kdistill.rl.trainer import RunSettings, find_teacher_spec, start_or_resume
+    from kdistill.tasks import resolve_tasks
 
     run_dir = Path(out)
     saved: dict[str, Any] = {}

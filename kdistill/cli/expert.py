@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from kdistill.cli import console, data_dir_option, err_console, json_option, print_json, tasks_dir_option
+from kdistill.cli.options import console, data_dir_option, err_console, json_option, print_json, tasks_dir_option
 
 
 @click.group("expert")
@@ -49,7 +49,8 @@ def collect_cmd(domain_name: str, teacher_path: str, out: str, robots: str | Non
     """
     from rich.table import Table
 
-    from kdistill.commands.teacher import check_device, resolve_tasks, set_torch_threads
+    from kdistill.devices import check_device, set_torch_threads
+    from kdistill.tasks import resolve_tasks
     from kdistill.errors import KdistillError
     from kdistill.distill.expert_data import CollectSettings, collect_expert_data
     from kdistill.plugins import get_domain

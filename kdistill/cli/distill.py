@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from kdistill.cli import console, data_dir_option, err_console, json_option, print_json, tasks_dir_option
+from kdistill.cli.options import console, data_dir_option, err_console, json_option, print_json, tasks_dir_option
 
 
 @click.command("distill")
@@ -72,7 +72,7 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
     """
     import attrs
 
-    from kdistill.commands.teacher import check_device, set_torch_threads
+    from kdistill.devices import check_device, set_torch_threads
     from kdistill.distill.training import DistillConfig, distill
     from kdistill.errors import KdistillError, unknown_name
 
@@ -143,7 +143,7 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
 
 def _run_dagger(domain_name, data_path, student, student_config, student_preset, config, out, device, teacher_path,
                 rounds, beta, samples, epochs, seed, as_json, data_dir=None, tasks_dir=None) -> dict:
-    from kdistill.commands.teacher import check_device
+    from kdistill.devices import check_device
     from kdistill.distill.dagger import DaggerSettings, run_dagger
     from kdistill.errors import KdistillError
     from kdistill.distill.expert_data import read_expert_meta

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from kdistill.cli import console, data_dir_option, err_console, json_option, print_json
+from kdistill.cli.options import console, data_dir_option, err_console, json_option, print_json
 
 
 def parse_batches(spec: str) -> tuple[int, ...]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from kdistill.cli import console, data_dir_option, json_option, print_json, tasks_dir_option
+from kdistill.cli.options import console, data_dir_option, json_option, print_json, tasks_dir_option
 
 
 @click.command("export")

@@ -1,1 +1,0 @@
-"""Core CLI commands, one module per verb group; registered by ``kdistill.plugins.builtin``."""
