@@ -8,7 +8,7 @@ domain through the same observation layout, whatever it simulates:
 * ``act_mask`` bool    ``(T*A,)``   True where an action slot is padding (the env ignores it)
 * ``context``  float32 ``(T, C)``   per-token task context, constant within a task
 
-``T`` is the number of token slots (limbs for UNIMAL; 1 for a domain whose context is a plain
+``T`` is the number of token slots (one per body part in a morphology domain; 1 for a domain whose context is a plain
 vector), ``F`` the teacher's per-token features, ``A`` the actions per token. The student sees only
 ``obs[..., layout.student_features]`` and the context, which goes through the hypernetwork once
 per task. Envs are ``gymnasium.Env`` whose observation is a ``Dict`` with those keys; a domain may
@@ -33,11 +33,10 @@ import attrs
 import numpy as np
 
 from kdistill.errors import unknown_name
+from kdistill.rl.vec import SyncVecEnv
 
 
-def _positive(instance, attribute, value):
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value}")
+_positive = attrs.validators.gt(0)
 
 
 @attrs.frozen
@@ -142,7 +141,6 @@ class Domain:
 
         The default steps ``make_env`` envs in this process; override for something faster.
         """
-        from kdistill.rl.vec import SyncVecEnv
 
         return SyncVecEnv.from_domain(self, tasks, num_envs, seed=seed, sampler=sampler, **kwargs)
 
@@ -151,11 +149,7 @@ class Domain:
         raise NotImplementedError
 
     # teachers ----------------------------------------------------------------------------------------
-    default_teacher: str = ""
-
-    def teachers(self) -> dict[str, TeacherSpec]:
-        """Teacher architectures for this domain, by name (also registered via ``register_teachers``)."""
-        return {}
+    default_teacher: str = ""  # a teacher registered through ``register_teachers`` by this domain's plugin
 
     # optional ----------------------------------------------------------------------------------------
     def check(self, tasks: Sequence[str], steps: int = 1000) -> list[dict[str, Any]]:
@@ -169,7 +163,7 @@ class Domain:
         raise NotImplementedError(f"domain {self.name!r} has no data to fetch")
 
     def add_task_folder(self, path: str) -> list[str]:
-        """Make the task files in folder ``path`` tasks of this domain (``--tasks-dir/--robots-dir``) and return
+        """Make the task files in folder ``path`` tasks of this domain (``--tasks-dir``) and return
         their names. Each file is validated here, with the same one-line ``DataError``s as the domain's own data;
         a name that clashes with a different task is an error. Afterwards ``make_env``, ``context`` and
         ``make_vec_env`` accept them like any other task."""

@@ -21,7 +21,7 @@ class UnknownNameError(KdistillError, KeyError):
 
 
 class DataError(KdistillError):
-    """Input data (robot files, datasets, checkpoints) is missing or malformed."""
+    """Input data (task files, datasets, checkpoints) is missing or malformed."""
 
 
 class MissingDataError(DataError):

@@ -66,7 +66,7 @@ def evaluate_policy(domain, policy, tasks: Sequence[str], episodes: int = 16, se
                                "tasks": len(rows), "episodes": episodes, "deterministic": deterministic, "seed": seed}
     if random_baseline:
         summary["random_mean_return"] = float(np.mean([r["random_mean"] for r in rows])) if rows else None
-    return {"summary": summary, "robots": rows}
+    return {"summary": summary, "tasks": rows}
 
 
 def compare_policies(domain, policies: dict[str, Any], splits: dict[str, list[str]], episodes: int = 16, seed: int = 0,
@@ -82,7 +82,7 @@ def compare_policies(domain, policies: dict[str, Any], splits: dict[str, list[st
                                      random_baseline=with_random,
                                      on_task=(lambda row, n=name, s=split: on_task(s, n, row)) if on_task else None)
             returns[split][name] = result["summary"]["mean_return"]
-            for row in result["robots"]:
+            for row in result["tasks"]:
                 per_task[split][row["name"]][name] = row["mean"]
                 if with_random:
                     per_task[split][row["name"]]["random"] = row["random_mean"]

@@ -9,9 +9,10 @@ from kdistill.distill.students import load_student_policy
 from kdistill.domain import Layout
 from kdistill.errors import CheckpointError
 from kdistill.io import load_run_checkpoint, malformed
-from kdistill.policy import Policy, TeacherPolicy, build_teacher, checked_normalizer
+from kdistill.policy import Policy, TeacherPolicy, checked_normalizer
 from kdistill.rl.experts import ExpertSetPolicy
-from kdistill.rl.trainer import load_model_state
+from kdistill.state import load_model_state
+from kdistill.teachers.lookup import build_teacher
 
 
 def load_policy(path: str | Path, domain: str | None = None, device: str = "cpu", seed: int = 0) -> Policy:

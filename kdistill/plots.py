@@ -48,7 +48,7 @@ def learning_curve(records: Sequence[dict[str, Any]], path: str | os.PathLike, t
 def task_bars(result: dict[str, Any], path: str | os.PathLike, title: str = "evaluation") -> None:
     """Per-task mean return (bars, with the episodes' std) beside the random policy's."""
     plt = pyplot()
-    rows = result["robots"]
+    rows = result["tasks"]
     names = [r["name"] for r in rows]
     x = np.arange(len(rows))
     has_random = bool(rows) and "random_mean" in rows[0]

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from kdistill.domain import Layout, TaskContext
-from kdistill.errors import CheckpointError
 from kdistill.rl.distributions import sample_actions
+from kdistill.rl.normalise import ObsNormalizer
 
 
 class Policy:
@@ -67,26 +67,8 @@ class TeacherPolicy(Policy):
         return sample_actions(mu, self.std, self.rng)
 
 
-def build_teacher(meta: dict[str, Any]):
-    """The teacher module a checkpoint's meta describes (weights not loaded)."""
-    from kdistill.plugins import get_plugins
-
-    registry = get_plugins().teachers
-    arch = meta.get("arch")
-    if arch not in registry:
-        raise CheckpointError(f"the checkpoint's teacher {arch!r} is not registered (is the plugin of domain "
-                              f"{meta.get('domain')!r} installed?); available: {', '.join(registry.names()) or 'none'}.")
-    spec = registry.get(arch)
-    try:
-        config = spec.config_cls(**meta["config"])
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"the checkpoint's config does not fit teacher {arch!r} ({exc}); it was written by another version.") from None
-    return spec.build(Layout.from_dict(meta["layout"]), config)
-
-
 def checked_normalizer(state: Any, shape: tuple[int, ...]):
     """An ObsNormalizer from saved state, checked: the layout's shape, finite statistics, a sane clip."""
-    from kdistill.rl.normalise import ObsNormalizer
 
     if not isinstance(state, dict):
         raise ValueError("the normaliser state is not a JSON object")

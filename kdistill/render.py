@@ -18,13 +18,14 @@ from typing import Any, Mapping
 import numpy as np
 
 from kdistill.errors import KdistillError
+from kdistill.io import prepare_output_dir
+from kdistill.io import file_mode
 
 FORMATS = (".gif", ".mp4")
 
 
 def check_video_path(out: str | Path, overwrite: bool = False, option: str = "--out") -> Path:
     """The video's path after checking its suffix and that it may be written (its folder is created)."""
-    from kdistill.io import prepare_output_dir
 
     path = Path(out)
     if path.suffix.lower() not in FORMATS:
@@ -69,7 +70,6 @@ def write_video(frames: list[np.ndarray], path: str | Path, fps: float = 25.0) -
             even = [f[: h - h % 2, : w - w % 2] for f in frames]  # H.264 with yuv420p wants even sizes
             iio.mimwrite(tmp, even, format="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p",
                          macro_block_size=1, output_params=["-loglevel", "error"])
-        from kdistill.io import file_mode
 
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)

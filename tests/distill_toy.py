@@ -123,7 +123,7 @@ def _teacher_spec():
     import attrs
 
     from kdistill import TeacherSpec
-    from kdistill.teachers import TransformerTeacherConfig, build_transformer_teacher
+    from kdistill.teachers.transformer import TransformerTeacherConfig, build_transformer_teacher
 
     @attrs.frozen
     class TinyTeacherConfig(TransformerTeacherConfig):

@@ -71,11 +71,11 @@ def test_every_student_path_computes_the_same_actions(unimal_dir):
         want = s.student.forward(x, context, mask)
         params = B._generated(s)
         real = (~mask).float()
-        per_limb = B.per_limb_forward(B._per_row(params, batch), x, real, real.sum(-1, keepdim=True))
+        per_token = B.per_row_forward(B._per_row(params, batch), x, real, real.sum(-1, keepdim=True))
         batched = s.student.forward_with(params, x, mask, torch.zeros(batch, dtype=torch.long))
         dense = B.dense_torch(s.layers)(x.reshape(batch, T * S))
     assert want.abs().max() > 0.05
-    for got in (per_limb, batched, dense):
+    for got in (per_token, batched, dense):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
@@ -98,7 +98,7 @@ def test_bench_result_on_cartpole_hangs_together(cartpole, tmp_path):
     assert ratios["params_analytic"] == pytest.approx(teacher["analytic"]["params"] / mlp_params)
     lat = result["latency"]
     compiled = {"compiled-runtime"} if 1 in QUICK.batches and shutil.which("cc") else set()
-    assert set(lat) == {"teacher", "hnmlp-per-limb", "student-batched", "dense-torch", "numpy-runtime",
+    assert set(lat) == {"teacher", "hnmlp-per-token", "student-batched", "dense-torch", "numpy-runtime",
                         "onnxruntime"} | compiled
     assert all(set(lat["compiled-runtime"]) == {"1"} for _ in compiled)  # the compiled path is for one row only
     peak = result["environment"]["gemm_flops_per_s"]
@@ -151,7 +151,7 @@ def test_bench_loads_teacher_and_student_runs(cartpole, tmp_path):
     assert costs["teacher"]["measured"]["params"] == sum(p.numel() for p in teacher.actor.parameters())
     inp = layout.max_tokens * layout.student_token_features
     assert costs["generated_mlp"]["analytic"]["params"] == (inp + 1) * 64 + 65 * 64 + 65 * layout.num_actions
-    assert "hnmlp-per-limb" not in B.make_callers(s, 2)  # the plain MLP has no per-limb weights
+    assert "hnmlp-per-token" not in B.make_callers(s, 2)  # the plain MLP has no per-token weights
     with pytest.raises(KdistillError, match="student"):
         B.build_subjects(cartpole, teacher_run=str(tmp_path / "student"))
     with pytest.raises(KdistillError):

@@ -172,9 +172,10 @@ def test_demo_runs_the_pipeline_writes_a_report_and_continues(tiny):
     assert first["tasks"]["train"] == [f"train-{i:02d}" for i in range(TINY_TASKS)] and len(first["tasks"]["test"]) == 2
     for split in ("train", "test"):
         row = first["returns"][split]
-        assert set(row) >= {"teacher", "hnmlp", "mlp", "blind", "random"}
+        assert set(row) >= {"teacher", "hnmlp", "blind", "random"}
         assert all(isinstance(v, float) for v in row.values())
-        assert row["blind"] == row["mlp"]
+        compared = json.loads((out / f"compare-{split}" / "compare.json").read_text())["returns"][split]
+        assert {k: row[k] for k in ("teacher", "hnmlp", "blind", "random")} == {k: compared[k] for k in ("teacher", "hnmlp", "blind", "random")}
         expected = (row["hnmlp"] - row["random"]) / (row["teacher"] - row["random"])
         assert first["normalised"][split]["hnmlp"] == pytest.approx(expected)
     assert first["returns"]["train"]["teacher"] > first["returns"]["train"]["random"] + 50

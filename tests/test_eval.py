@@ -66,7 +66,7 @@ def test_evaluate_policy_means_over_episodes_then_tasks(toy):
     for k, task in enumerate(tasks):
         seeds = [int(s) for s in np.random.SeedSequence([4, k]).generate_state(3)]
         expected = [_manual_return(toy, task, s, 0.5)[0] for s in seeds]
-        row = result["robots"][k]
+        row = result["tasks"][k]
         assert row["name"] == task
         np.testing.assert_allclose(row["returns"], expected)
         assert row["mean"] == pytest.approx(np.mean(expected))
@@ -74,7 +74,7 @@ def test_evaluate_policy_means_over_episodes_then_tasks(toy):
         # the random row plays the same starts with other actions
         assert len(row["random_returns"]) == 3 and row["random_mean"] != pytest.approx(row["mean"])
     assert result["summary"]["mean_return"] == pytest.approx(np.mean(per_task))
-    assert result["summary"]["random_mean_return"] == pytest.approx(np.mean([r["random_mean"] for r in result["robots"]]))
+    assert result["summary"]["random_mean_return"] == pytest.approx(np.mean([r["random_mean"] for r in result["tasks"]]))
     # prepare comes once per task, before that task's actions, with the task's context
     prepares = [(i, c) for i, c in enumerate(policy.calls) if c[0] == "prepare"]
     assert [c[1] for _, c in prepares] == tasks
@@ -127,9 +127,9 @@ def test_eval_command_json_table_and_chart(tmp_path, monkeypatch, capsys, toy):
                            "--json", "--out", str(tmp_path / "ev")], monkeypatch, capsys)
     assert code == 0, err
     result = json.loads(out)
-    assert [r["name"] for r in result["robots"]] == toy.tasks("all")
-    assert all(len(r["returns"]) == 2 and "random_mean" in r for r in result["robots"])
-    assert result["summary"]["mean_return"] == pytest.approx(np.mean([r["mean"] for r in result["robots"]]))
+    assert [r["name"] for r in result["tasks"]] == toy.tasks("all")
+    assert all(len(r["returns"]) == 2 and "random_mean" in r for r in result["tasks"])
+    assert result["summary"]["mean_return"] == pytest.approx(np.mean([r["mean"] for r in result["tasks"]]))
     assert "random_mean_return" in result["summary"] and result["policy"]["kind"] == "teacher"
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["summary"] == result["summary"]
     assert (tmp_path / "ev" / "eval.png").read_bytes()[:4] == b"\x89PNG"

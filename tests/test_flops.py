@@ -9,7 +9,7 @@ from torch import nn
 from kdistill.bench import flops as F
 from kdistill.domain import Layout
 from kdistill.distill.students import build_student
-from kdistill.teachers import TransformerTeacherConfig, build_modumorph_teacher, build_transformer_teacher
+from kdistill.teachers.transformer import TransformerTeacherConfig, build_modumorph_teacher, build_transformer_teacher
 
 # UNIMAL flat terrain as the reference counts it: 12 limb slots, 52 teacher / 17 student features per limb,
 # 2 actions per limb, 53 context features
@@ -134,7 +134,7 @@ def test_paper_teacher_counted_both_ways():
 
 def test_modumorph_teacher_sizes_read_from_the_module():
     torch.manual_seed(0)
-    from kdistill.teachers import ModuMorphTeacherConfig
+    from kdistill.teachers.transformer import ModuMorphTeacherConfig
 
     teacher = build_modumorph_teacher(UNIMAL, ModuMorphTeacherConfig(d_model=32, num_layers=2, feedforward=64))
     sizes = F.token_transformer_sizes(teacher.actor)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdistill.distill.training import DistillConfig, distill
+from kdistill.distill.training import DistillConfig, distill, train_student
 from kdistill.errors import KdistillError
 from kdistill.distill.expert_data import CollectSettings, collect_expert_data, load_expert_data, load_expert_sets, read_expert_meta
 from kdistill.loading import load_policy
@@ -83,7 +83,7 @@ def test_the_fitted_normaliser_is_pinned_on_resume(cartpole, experts, expert_dat
 def test_a_teacher_architecture_distils_into_an_ordinary_teacher(cartpole, expert_data, tmp_path):
     from kdistill.evaluate import evaluate_policy
 
-    result = distill(expert_data, "context-mlp", None, DistillConfig(epochs=6, batch_size=256, checkpoint_every=3),
+    model, result = train_student(expert_data, "context-mlp", None, DistillConfig(epochs=6, batch_size=256, checkpoint_every=3),
                      out=tmp_path / "tf", domain="cartpole", student_preset="default")
     assert result["train_loss"] < json.loads((tmp_path / "tf" / "metrics.jsonl").read_text().splitlines()[0])["train_loss"]
     policy = load_policy(tmp_path / "tf", domain="cartpole")
@@ -97,7 +97,7 @@ def test_a_teacher_architecture_distils_into_an_ordinary_teacher(cartpole, exper
     obs = {"obs": raw, "obs_mask": data.obs_mask[:8], "act_mask": data.act_mask[:8],
            "context": np.repeat(ctx.tokens[None], 8, 0)}
     with torch.no_grad():
-        expected = result["model"].mu({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in
+        expected = model.mu({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in
                                        {**obs, "obs": data.obs[:8]}.items()}).numpy()
     np.testing.assert_allclose(policy.act(obs), expected, rtol=1e-4, atol=1e-5)
     report = evaluate_policy(cartpole, policy, cartpole.tasks("train")[:2], episodes=2, random_baseline=False)

@@ -46,11 +46,11 @@ def test_a_folder_is_a_task_set_without_the_shipped_robots(unimal_dir, no_robot_
     domain = UnimalDomain()
     assert select_tasks(domain, tasks_dir=str(folder)) == [SMALL, LARGE]
     assert domain.make_env(LARGE).robot.dof == 16 and domain.context(SMALL).tokens.shape == (12, 53)
-    assert select_tasks(domain, robots=LARGE, tasks_dir=str(folder)) == [LARGE]
+    assert select_tasks(domain, tasks=LARGE, tasks_dir=str(folder)) == [LARGE]
     with pytest.raises(KdistillError, match="not both"):
         select_tasks(domain, split="train", tasks_dir=str(folder))
     with pytest.raises(KdistillError, match="unknown task"):
-        select_tasks(domain, robots=MEDIAN, tasks_dir=str(folder))
+        select_tasks(domain, tasks=MEDIAN, tasks_dir=str(folder))
     # the xml/ + metadata/ layout is read too
     nested = no_robot_set / "nested"
     for kind, ext in (("xml", ".xml"), ("metadata", ".json")):
@@ -95,14 +95,14 @@ def test_commands_take_robots_dir(unimal_dir, no_robot_set, one_torch_thread):
     res = invoke("env", "check", "unimal", "--robots-dir", str(folder), "--steps", "20", "--json")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    assert [r["name"] for r in doc["robots"]] == [SMALL, LARGE] and doc["passed"] == 2
+    assert [r["name"] for r in doc["tasks"]] == [SMALL, LARGE] and doc["passed"] == 2
 
     write_student_run(no_robot_set / "hn", UnimalDomain.layout, "unimal")
     res = invoke("eval", "unimal", "--policy", str(no_robot_set / "hn"), "--robots-dir", str(folder), "--episodes", "1",
                  "--no-random", "--json")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    assert [r["name"] for r in doc["robots"]] == [SMALL, LARGE] and doc["tasks_dir"] == str(folder)
+    assert [r["name"] for r in doc["tasks"]] == [SMALL, LARGE] and doc["tasks_dir"] == str(folder)
 
     res = invoke("compare", "unimal", "--policies", f"hn={no_robot_set / 'hn'}", "--robots-dir", str(folder),
                  "--episodes", "1", "--num-tasks", "1", "--no-random", "--json")

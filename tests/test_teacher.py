@@ -18,8 +18,9 @@ from kdistill.errors import CheckpointError, KdistillError
 from kdistill.io import latest_checkpoint, load_run_checkpoint, read_jsonl
 from kdistill.rl.ppo import PPOConfig
 from kdistill.rl.trainer import start_or_resume
-from kdistill.teachers import (ModuMorphTeacherConfig, TransformerTeacherConfig, build_modumorph_teacher,
-                               build_transformer_teacher, count_parameters)
+from kdistill.bench.flops import parameter_count
+from kdistill.teachers.transformer import (ModuMorphTeacherConfig, TransformerTeacherConfig, build_modumorph_teacher,
+                               build_transformer_teacher)
 from test_ppo import TOY, make_trainer, small_config, toy  # noqa: F401  (toy is a fixture)
 
 UNIMAL_LAYOUT = Layout(max_tokens=12, obs_features=52, student_features=tuple(range(13)) + (30, 31, 41, 42),
@@ -42,8 +43,8 @@ def test_paper_actor_has_the_reference_parameter_count():
     expected_actor = (f * d + d) + layers * per_layer + (d * a + a)
     expected_critic = (f * d + d) + layers * per_layer + (d + 1)
     model = build_transformer_teacher(UNIMAL_LAYOUT, TransformerTeacherConfig.presets()["paper"])
-    assert count_parameters(model.actor) == expected_actor == 1_656_322  # reference 3.1
-    assert count_parameters(model.critic) == expected_critic
+    assert parameter_count(model.actor) == expected_actor == 1_656_322  # reference 3.1
+    assert parameter_count(model.critic) == expected_critic
     assert model.action_std == 0.9
 
 
@@ -126,7 +127,7 @@ def test_paper_presets_train_a_few_iterations(toy, tmp_path):
     small = PPOConfig(**{**cfg.to_dict(), "num_envs": 2, "num_steps": 32, "minibatch_size": 32, "epochs": 2})
     trainer = make_trainer(toy, iterations=2, config=small, preset="paper", run_dir=tmp_path / "run")
     try:
-        n_actor = count_parameters(trainer.model.actor)
+        n_actor = parameter_count(trainer.model.actor)
         before = [p.detach().clone() for p in trainer.model.parameters()]
         last = trainer.train()
     finally:
@@ -314,7 +315,7 @@ def test_unimal_paper_teacher_trains_an_iteration(unimal_dir, tmp_path):
                            preset="paper", seed=0, total_steps=tiny.batch_size, checkpoint_every=1)
     trainer = PPOTrainer(domain, settings, spec, spec.config_cls.presets()["paper"], tiny, run_dir=tmp_path / "run")
     try:
-        assert count_parameters(trainer.model.actor) == 1_656_322
+        assert parameter_count(trainer.model.actor) == 1_656_322
         last = trainer.train()
     finally:
         trainer.close()

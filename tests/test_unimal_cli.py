@@ -45,7 +45,7 @@ def test_env_check_json(unimal_dir, tmp_path):
     res = invoke("env", "check", "unimal", "--split", "all", "--steps", "40", "--data-dir", str(tmp_path / "set"), "--json")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)  # stdout holds the JSON document and nothing else
-    rows = {(r["name"], r["split"]): r for r in doc["robots"]}
+    rows = {(r["name"], r["split"]): r for r in doc["tasks"]}
     assert set(rows) == {(SMALL, "train"), (SMALL, "test"), (LARGE, "test")}
     for r in rows.values():
         assert r["ok"] is True and r["error"] is None and r["steps"] == 40 and r["steps_per_s"] > 0
@@ -53,7 +53,7 @@ def test_env_check_json(unimal_dir, tmp_path):
     assert doc["failed"] == 0 and doc["total"] == 3
 
     res = invoke("env", "check", "unimal", "--robots", LARGE, "--steps", "10", "--data-dir", str(tmp_path / "set"), "--json")
-    assert [r["name"] for r in json.loads(res.stdout)["robots"]] == [LARGE]
+    assert [r["name"] for r in json.loads(res.stdout)["tasks"]] == [LARGE]
 
 
 def test_env_check_fails_on_a_broken_robot(unimal_dir, tmp_path):
@@ -62,7 +62,7 @@ def test_env_check_fails_on_a_broken_robot(unimal_dir, tmp_path):
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "num_limbs": 9}))
     res = invoke("env", "check", "unimal", "--split", "train", "--steps", "10", "--data-dir", str(tmp_path / "set"), "--json")
     assert res.exit_code == 1
-    (row,) = json.loads(res.stdout)["robots"]
+    (row,) = json.loads(res.stdout)["tasks"]
     assert row["ok"] is False and "num_limbs=9" in row["error"]
     # the table view reports it too
     res = invoke("env", "check", "unimal", "--steps", "10", "--data-dir", str(tmp_path / "set"))
@@ -106,6 +106,6 @@ def test_every_robot_passes_the_env_check(unimal_dir):
     """The issue's acceptance check: all 202 robots (train 100 + test 102), 1000 random steps each."""
     res = invoke("env", "check", "unimal", "--split", "all", "--data-dir", str(unimal_dir), "--json")
     doc = json.loads(res.stdout)
-    assert res.exit_code == 0, [r for r in doc["robots"] if not r["ok"]][:3]
+    assert res.exit_code == 0, [r for r in doc["tasks"] if not r["ok"]][:3]
     assert doc["total"] == 202 and doc["passed"] == 202
-    assert all(r["steps"] == 1000 and r["unstable"] == 0 for r in doc["robots"])
+    assert all(r["steps"] == 1000 and r["unstable"] == 0 for r in doc["tasks"])

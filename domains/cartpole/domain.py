@@ -9,9 +9,9 @@ import attrs
 import numpy as np
 
 import kdistill
-from kdistill import KdistillError, Layout, TaskContext, TeacherSpec
+from kdistill import KdistillError, Layout, TaskContext
 from kdistill.errors import unknown_name
-from domains.cartpole.env import NUM_CONTEXT, NUM_FEATURES, CartPoleEnv, CartPoleVecEnv, register_env
+from domains.cartpole.env import NUM_CONTEXT, NUM_FEATURES, CartPoleEnv, CartPoleVecEnv
 from domains.cartpole.physics import PARAM_NAMES, STATE_NAMES, CartPoleParams, Dynamics, ParamRanges, make_task_params
 from domains.cartpole.teacher import CONTEXT_MLP
 
@@ -70,7 +70,6 @@ class CartPoleDomain(kdistill.Domain):
         self._splits = {"train": [f"train-{i:02d}" for i in range(len(train))],
                         "test": [f"test-{i:02d}" for i in range(len(test))]}
         self.params: dict[str, CartPoleParams] = dict(zip(self._splits["train"] + self._splits["test"], train + test))
-        register_env()
 
     # tasks -----------------------------------------------------------------------------------------
     def splits(self) -> dict[str, list[str]]:
@@ -98,13 +97,10 @@ class CartPoleDomain(kdistill.Domain):
         return CartPoleVecEnv(tasks, {t: self._params(t) for t in tasks}, num_envs, seed=seed, sampler=sampler,
                               ranges=self.config.ranges, dynamics=self.config.dynamics)
 
-    # teachers ----------------------------------------------------------------------------------------
-    def teachers(self) -> dict[str, TeacherSpec]:
-        return {CONTEXT_MLP.name: CONTEXT_MLP}
-
     # extras ------------------------------------------------------------------------------------------
     def demo_defaults(self) -> dict[str, Any]:
-        """Settings for ``kdistill demo cartpole`` that meet the issue-7 targets within ~10 minutes on 2 cores."""
+        """Settings for ``kdistill demo cartpole``: within ~10 minutes on 2 cores the HN-MLP student reaches at least
+        0.95 of the teacher (normalised) on held-out tasks, and the context-blind MLP stays well below it."""
         return dict(DEMO_DEFAULTS)
 
     def check(self, tasks: Sequence[str], steps: int = 1000) -> list[dict[str, Any]]:

@@ -90,12 +90,6 @@ class CartPoleEnv(gym.Env):
         return self._obs(), float(reward), bool(failed), bool(truncated), info
 
 
-def register_env() -> None:
-    """Make ``gymnasium.make("kdistill/CartPole-v0", params=..., task=...)`` work (idempotent)."""
-    if ENV_ID not in gym.registry:
-        gym.register(id=ENV_ID, entry_point="domains.cartpole.env:CartPoleEnv", disable_env_checker=True)
-
-
 class CartPoleVecEnv(VecEnv):
     """``num_envs`` cart-poles stepped together in numpy (kdistill's ``VecEnv`` contract, see docs/design.md).
 

@@ -18,9 +18,7 @@ PARAM_NAMES = ("half_length", "pole_mass", "cart_mass", "gravity", "gain", "sign
 STATE_NAMES = ("x", "x_dot", "theta", "theta_dot")
 
 
-def _positive(instance, attribute, value):
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value}")
+_positive = attrs.validators.gt(0)
 
 
 def _interval(instance, attribute, value):

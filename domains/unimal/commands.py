@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from kdistill.cli.options import console, data_dir_option, err_console, json_option, print_json
+from kdistill.cli.options import console, data_dir_option, err_console, json_option, print_json, progress_lines
 
 
 @click.group("unimal")
@@ -59,11 +59,13 @@ def mutate_cmd(source: str, per_robot: int, seed: int, out: str, robots: str | N
         raise KdistillError("--operators is empty; pass some of " + ", ".join(OPERATORS) + ".")
     domain = UnimalDomain(data_dir=data_dir)
     if Path(source).is_dir():
-        names = select_tasks(domain, robots=robots, tasks_dir=source, num_tasks=num_robots, quiet=as_json)
+        names = select_tasks(domain, tasks=robots, tasks_dir=source, num_tasks=num_robots,
+                             progress=progress_lines(as_json))
     elif "/" in source or source.startswith("."):
         raise KdistillError(f"--from {source}: no such folder; pass a split (train, test, all) or a folder of robot files.")
     else:
-        names = select_tasks(domain, robots=robots, split=None if robots else source, num_tasks=num_robots, quiet=as_json)
+        names = select_tasks(domain, tasks=robots, split=None if robots else source, num_tasks=num_robots,
+                             progress=progress_lines(as_json))
     out_path = claim_folder(out, "unimal-mutants")
     records = []
     with Progress(TextColumn("[bold]mutate[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("robots"),

@@ -1,6 +1,6 @@
 """UNIMAL's teachers: the MetaMorph and ModuMorph transformers of the HyperDistill paper.
 
-The networks are kdistill's generic token transformers (``kdistill.teachers``) over UNIMAL's layout:
+The networks are kdistill's generic token transformers (``kdistill.teachers.transformer``) over UNIMAL's layout:
 12 limb tokens of 52 features (state and morphology), 2 actions per limb, 53 context features per
 limb for ModuMorph. ``paper`` is the reference flat-terrain teacher (reference section 3.1: d_model
 128, 5 pre-LN layers, 2 heads, feed-forward 1024, no positional embedding, no dropout; 1,656,322 actor
@@ -10,7 +10,7 @@ parameters); ``cpu`` is the compact teacher sized for 2 CPU cores (docs/teacher.
 from __future__ import annotations
 
 from kdistill import TeacherSpec
-from kdistill.teachers import (ModuMorphTeacherConfig, TransformerTeacherConfig, build_modumorph_teacher,
+from kdistill.teachers.transformer import (ModuMorphTeacherConfig, TransformerTeacherConfig, build_modumorph_teacher,
                                build_transformer_teacher)
 
 METAMORPH = TeacherSpec(

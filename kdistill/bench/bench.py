@@ -7,7 +7,7 @@ size, every way of running them:
 
 * ``teacher``        the teacher's actor, torch inference mode, fused MHA fast path on (its fastest standard
                      runtime); it reads normalised observations;
-* ``hnmlp-per-limb`` the HN-MLP as the reference runs it: per-limb generated weights stored for every row,
+* ``hnmlp-per-token`` the HN-MLP as the reference runs it: per-token generated weights stored for every row,
                      einsum (only for students whose weights are per token, e.g. ``hnmlp``);
 * ``student-batched`` the student's ``forward_with`` (kdistill's grouped-bmm path, the one training uses);
 * ``dense-torch``    the task's folded MLP as ``torch.nn.Linear`` layers;
@@ -43,10 +43,19 @@ from torch import nn
 
 from kdistill.bench import flops as F
 from kdistill.domain import Domain, Layout, TaskContext
-from kdistill.errors import KdistillError, unknown_name
+from kdistill.errors import KdistillError
+from kdistill.plots import pyplot, save_figure
+from kdistill.teachers.lookup import find_teacher_spec, teacher_preset
+from kdistill.deploy import runtime
+from kdistill.deploy.export import export_policy, fold_policy, load_student_run
+from kdistill.rl.normalise import ObsNormalizer
+from kdistill.loading import load_policy
+from kdistill.policy import TeacherPolicy
+from kdistill.distill.students import StudentPolicy, build_student, per_row_forward
+from kdistill.deploy.export import onnx_model_bytes, onnx_session
 
 TEACHER = "teacher"
-STUDENT_ROWS = ("hnmlp-per-limb", "student-batched", "dense-torch", "numpy-runtime", "compiled-runtime", "onnxruntime")
+STUDENT_ROWS = ("hnmlp-per-token", "student-batched", "dense-torch", "numpy-runtime", "compiled-runtime", "onnxruntime")
 
 
 def _positive_ints(value) -> tuple[int, ...]:
@@ -56,9 +65,7 @@ def _positive_ints(value) -> tuple[int, ...]:
     return out
 
 
-def _positive(instance, attribute, value):
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value}")
+_positive = attrs.validators.gt(0)
 
 
 @attrs.frozen
@@ -141,18 +148,9 @@ class Subjects:
 
 
 def _fresh_teacher(domain: Domain, arch: str | None, preset: str) -> tuple[nn.Module, str, str]:
-    from kdistill.plugins import get_plugins
-
-    registry = get_plugins().teachers
-    arch = arch or domain.default_teacher or next(iter(domain.teachers()), None)
-    if not arch:
-        raise KdistillError(f"domain {domain.name!r} names no default teacher; pass --teacher-arch or --teacher RUN.")
-    spec = registry.get(arch)
-    presets = spec.config_cls.presets()
-    name = preset if preset in presets else ("default" if preset == "paper" and "default" in presets else None)
-    if name is None:
-        raise unknown_name(f"{arch} teacher preset", preset, presets)
-    return spec.build(domain.layout, presets[name]), arch, f"fresh {arch} ({name} preset)"
+    arch, spec = find_teacher_spec(domain, arch)
+    name = teacher_preset(spec, preset)
+    return spec.build(domain.layout, spec.config_cls.presets()[name]), arch, f"fresh {arch} ({name} preset)"
 
 
 def build_subjects(domain: Domain, teacher_run: str | None = None, student_run: str | None = None,
@@ -161,12 +159,6 @@ def build_subjects(domain: Domain, teacher_run: str | None = None, student_run: 
                    export_dir: str | Path | None = None) -> Subjects:
     """Load (or freshly build, seeded) the teacher and student of ``domain`` and export the student's MLP for
     ``task`` (default: the first training task). ``export_dir`` keeps the export (else a temporary folder)."""
-    from kdistill.deploy import runtime
-    from kdistill.deploy.export import export_policy, fold_policy, load_student_run
-    from kdistill.rl.normalise import ObsNormalizer
-    from kdistill.loading import load_policy
-    from kdistill.policy import TeacherPolicy
-    from kdistill.distill.students import StudentPolicy, build_student
 
     layout = domain.layout
     splits = domain.splits()
@@ -229,17 +221,6 @@ def _generated(s: Subjects) -> dict:
         return s.student.generate(tokens, mask)
 
 
-def per_limb_forward(params: dict, x: torch.Tensor, real: torch.Tensor, n_real: torch.Tensor) -> torch.Tensor:
-    """The reference HN-MLP step: every row carries its own generated per-limb weights (``params`` with a
-    leading batch dimension), applied by einsum; the input layer is averaged over real limbs."""
-    h = torch.einsum("bts,btsh->bth", x, params["w_in"]) + params["b_in"]
-    h = torch.relu((h * real.unsqueeze(-1)).sum(1) / n_real)
-    for w, b in params["hidden"]:
-        h = torch.relu(torch.einsum("bi,bio->bo", h, w) + b)
-    mu = torch.einsum("bh,btha->bta", h, params["w_out"]) + params["b_out"]
-    return mu.reshape(x.shape[0], -1)
-
-
 def _per_row(params: dict, batch: int) -> dict:
     def rows(t: torch.Tensor) -> torch.Tensor:
         return t.expand(batch, *t.shape[1:]).contiguous()  # stored per row, as the reference's generate_params does
@@ -263,7 +244,7 @@ def dense_torch(layers: list[tuple[np.ndarray, np.ndarray]]) -> nn.Sequential:
     return nn.Sequential(*mods).eval()
 
 
-def _has_per_limb_weights(params: dict) -> bool:
+def _has_per_token_weights(params: dict) -> bool:
     return all(k in params for k in ("w_in", "b_in", "hidden", "w_out", "b_out"))
 
 
@@ -279,11 +260,11 @@ def make_callers(s: Subjects, batch: int, seed: int = 0) -> dict[str, Callable[[
     x = torch.from_numpy(rng.standard_normal((batch, T, S), np.float32))
     mask = obs["obs_mask"]
     params = _generated(s)
-    if _has_per_limb_weights(params):
+    if _has_per_token_weights(params):
         rows = _per_row(params, batch)
         real = (~mask).to(torch.float32)
         n_real = real.sum(-1, keepdim=True).clamp(min=1.0)
-        callers["hnmlp-per-limb"] = lambda: per_limb_forward(rows, x, real, n_real)
+        callers["hnmlp-per-token"] = lambda: per_row_forward(rows, x, real, n_real)
     index = torch.zeros(batch, dtype=torch.long)
     callers["student-batched"] = lambda: s.student.forward_with(params, x, mask, index)
     dense = dense_torch(s.layers)
@@ -334,7 +315,6 @@ def _onnx_session(s: Subjects):
         import onnxruntime  # noqa: F401
     except ImportError:
         return None
-    from kdistill.deploy.export import onnx_model_bytes, onnx_session
 
     norm = s.policy.normalizer
     model = onnx_model_bytes(s.layers, np.asarray(norm.rms.mean), np.asarray(norm.rms.var), norm.clip, norm.epsilon)
@@ -385,7 +365,7 @@ def time_generation(s: Subjects, rounds: int = 5) -> dict[str, Any]:
 def count_costs(s: Subjects) -> dict[str, Any]:
     """Parameters and per-sample FLOPs of the teacher's actor and of the generated MLP, both conventions.
 
-    Counted at every token slot real (the reference counts the 12 padded limb slots of UNIMAL).
+    Counted at every token slot real (the reference counts every padded token slot).
     """
     rng = np.random.default_rng(0)
     batch = 2
@@ -414,7 +394,7 @@ def count_costs(s: Subjects) -> dict[str, Any]:
     # what the other ways of running the student execute, for reference (FlopCounterMode, per sample)
     callers = make_callers(s, batch)
     per_row = {name: F.measured_flops(callers[name], batch)
-               for name in ("hnmlp-per-limb", "student-batched") if name in callers}
+               for name in ("hnmlp-per-token", "student-batched") if name in callers}
     return {"teacher": teacher, "generated_mlp": student, "student_paths_measured_flops": per_row,
             "conventions": {"measured": F.MEASURED, "analytic": F.ANALYTIC}}
 
@@ -508,10 +488,7 @@ def _cpu_name() -> str:
 
 def plot_latency(result: dict[str, Any], path: str | Path) -> None:
     """Per-call latency against batch size, log-log, one line per way of running a policy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, rows in result["latency"].items():
@@ -533,6 +510,4 @@ def plot_latency(result: dict[str, Any], path: str | Path) -> None:
                  fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    from kdistill.plots import save_figure
-
     save_figure(fig, path)

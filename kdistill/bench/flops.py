@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 import attrs
 import torch
 from torch import nn
+from kdistill.teachers.transformer import ModularTokenTransformer, TokenTransformer
 
 ANALYTIC = "analytic (reference 6.2: Linear = 2*in*out FLOPs per row, (in+1)*out params)"
 MEASURED = "measured (torch FlopCounterMode, MHA fast path off; parameters = tensor sizes)"
@@ -114,9 +115,8 @@ def token_transformer_cost(tokens: int, in_features: int, d_model: int, num_laye
 
 
 def token_transformer_sizes(net: nn.Module) -> dict[str, Any] | None:
-    """The sizes ``token_transformer_cost`` needs, read off one of ``kdistill.teachers``' token networks
+    """The sizes ``token_transformer_cost`` needs, read off one of ``kdistill.teachers.transformer``' token networks
     (``TokenTransformer`` -> style metamorph, ``ModularTokenTransformer`` -> style modumorph); None otherwise."""
-    from kdistill.teachers import ModularTokenTransformer, TokenTransformer
 
     if isinstance(net, TokenTransformer):
         first = net.layers[0]

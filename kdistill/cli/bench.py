@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from kdistill.cli.options import console, data_dir_option, err_console, json_option, print_json
+from kdistill.cli.options import (console, data_dir_option, err_console, json_option, print_json, progress_lines, task_option)
 
 
 def parse_batches(spec: str) -> tuple[int, ...]:
@@ -49,7 +49,7 @@ def _ratio(r: float | None) -> str:
 @click.option("--student", "student_run", default=None, type=click.Path(),
               help="Student run folder (or checkpoint folder) from `kdistill distill`. "
                    "Default: a freshly built student at --student-preset.")
-@click.option("--task", "--robot", "task", default=None, help="Task whose generated MLP is timed (default: first training task).")
+@task_option("Task whose generated MLP is timed (default: first training task).", default=None)
 @click.option("--batches", "batches_spec", default=None,
               help="Comma-separated batch sizes to time (default: the preset's, 1,32,1024).")
 @click.option("--teacher-arch", default=None, help="Teacher architecture for a fresh teacher (default: the domain's).")
@@ -76,7 +76,7 @@ def bench_cmd(domain_name: str, teacher_run: str | None, student_run: str | None
     FlopCounterMode, MHA fast path off) and analytic (the reference's convention: Linear = 2*in*out FLOPs,
     (in+1)*out parameters; only the generated MLP counts for the student). Latency is timed single-thread
     for the teacher (torch inference mode, fused fast path on) and four ways of running the student:
-    per-limb einsum as in the reference, kdistill's batched path, the folded MLP in torch, and the numpy
+    per-token einsum as in the reference, kdistill's batched path, the folded MLP in torch, and the numpy
     runtime. Ratios are teacher / fastest student, measured in the same run.
 
     \b
@@ -108,7 +108,7 @@ def bench_cmd(domain_name: str, teacher_run: str | None, student_run: str | None
     domain = get_domain(domain_name, data_dir=data_dir)
     from kdistill.tasks import ensure_data
 
-    ensure_data(domain, quiet=as_json)
+    ensure_data(domain, progress_lines(as_json))
     out = Path(out_dir) if out_dir else Path(f"bench-{domain.name}")
 
     with err_console.status("loading the teacher and the student", spinner="dots"):  # transient: errors stay one line

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from kdistill.cli.options import (console, data_dir_option, err_console, json_option, parse_policies, print_json,
-                                  tasks_dir_option)
+                                  progress_lines, tasks_dir_option)
 
 
 @click.command("compare")
@@ -41,7 +41,7 @@ def compare_cmd(domain_name: str, policies_spec: str, split_spec: str, num_tasks
     \b
     Example:
       kdistill compare unimal --policies teacher=runs/t,hnmlp=runs/h,mlp=runs/m --split train,test --out runs/cmp
-      kdistill compare unimal --policies teacher=runs/t,hnmlp=runs/h --robots-dir mutants   # the folder only
+      kdistill compare unimal --policies teacher=runs/t,hnmlp=runs/h --tasks-dir mutants    # the folder only
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -62,12 +62,12 @@ def compare_cmd(domain_name: str, policies_spec: str, split_spec: str, num_tasks
     domain = get_domain(domain_name, data_dir=data_dir)
     split_names = [s.strip() for s in split_spec.split(",") if s.strip()]
     if tasks_dir is not None and click.get_current_context().get_parameter_source("split_spec").name == "DEFAULT":
-        split_names = []  # --robots-dir alone: the folder's tasks only (add --split to compare with splits too)
+        split_names = []  # --tasks-dir alone: the folder's tasks only (add --split to compare with splits too)
     elif not split_names:
         raise KdistillError("--split is empty; pass e.g. train,test.")
-    splits = {s: resolve_tasks(domain, None, s, num_tasks) for s in split_names}
+    splits = {s: resolve_tasks(domain, None, s, num_tasks, progress=progress_lines()) for s in split_names}
     if tasks_dir is not None:
-        label = Path(tasks_dir).name or "robots-dir"
+        label = Path(tasks_dir).name or "tasks-dir"
         if label in splits:
             label = f"{label} (folder)"
         splits[label] = resolve_tasks(domain, None, None, num_tasks, tasks_dir)

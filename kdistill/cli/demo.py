@@ -168,7 +168,7 @@ def demo_cmd(domain_name: str, out_dir: str | None, teacher_run: str | None, sam
 
     \b
     Examples:
-      kdistill demo unimal                      # the shipped teacher, robots from KDISTILL_UNIMAL_DIR
+      kdistill demo unimal                      # the shipped teacher, the domain's data
       kdistill demo DOMAIN --json               # a domain with no shipped teacher trains one first
     """
     from kdistill.plugins import get_domain
@@ -270,7 +270,7 @@ def demo_cmd(domain_name: str, out_dir: str | None, teacher_run: str | None, sam
     clip = None
     try:
         step("render", ["render", domain_name, "--policy", f"teacher={teacher},student={out / 'hnmlp'}",
-                        "--robot", test_split[0], "--out", str(out / "clip.gif"), "--steps", "150", "--every", "3",
+                        "--task", test_split[0], "--out", str(out / "clip.gif"), "--steps", "150", "--every", "3",
                         "--overwrite", *data_args], f"render teacher and student on the unseen task {test_split[0]}")
         clip = "clip.gif"
     except KdistillError as exc:
@@ -278,7 +278,7 @@ def demo_cmd(domain_name: str, out_dir: str | None, teacher_run: str | None, sam
 
     # export one task's generated MLP, then the cost benchmark
     task = train_tasks[0]
-    exported = step("export", ["export", domain_name, "--student", str(out / "hnmlp"), "--robot", task,
+    exported = step("export", ["export", domain_name, "--student", str(out / "hnmlp"), "--task", task,
                                "--out", str(out / "export" / "policy"), *data_args], f"export the generated MLP of {task}")
     bench = None
     if not no_bench:
@@ -290,8 +290,7 @@ def demo_cmd(domain_name: str, out_dir: str | None, teacher_run: str | None, sam
     normalised: dict[str, dict[str, float | None]] = {}
     for split, result in compared.items():
         row = result["returns"][split]
-        returns[split] = {"teacher": row.get("teacher"), "hnmlp": row.get("hnmlp"), "mlp": row.get("blind"),
-                          "blind": row.get("blind"), "random": row.get("random")}
+        returns[split] = {"teacher": row.get("teacher"), "hnmlp": row.get("hnmlp"), "blind": row.get("blind"), "random": row.get("random")}
         normalised[split] = {k: _normalised(returns[split][k], row.get("teacher"), row.get("random"))
                              for k in ("hnmlp", "blind")}
     outcome: dict[str, Any] = {

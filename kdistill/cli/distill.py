@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from kdistill.cli.options import console, data_dir_option, err_console, json_option, print_json, tasks_dir_option
+from kdistill.cli.options import (console, data_dir_option, err_console, json_option, print_json, progress_bars, tasks_dir_option)
 
 
 @click.command("distill")
@@ -45,7 +45,7 @@ from kdistill.cli.options import console, data_dir_option, err_console, json_opt
               help="Continue the run in --out from its newest checkpoint, with the run's own settings "
                    "(--epochs and --checkpoint-every may be changed; other options must match the run).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device: cpu or cuda.")
-@click.option("--threads", type=click.IntRange(1), default=None, help="Torch CPU threads. [default: all cores]")
+@click.option("--threads", type=click.IntRange(1), default=None, help="Torch CPU threads. [default: 1 on machines of up to 4 cores, else cores minus workers, at most 8]")
 @json_option
 @data_dir_option
 @tasks_dir_option
@@ -107,7 +107,7 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
     except (TypeError, ValueError) as exc:
         raise KdistillError(f"invalid distillation setting: {exc}.") from None
     set_torch_threads(threads)
-    from kdistill.distill.training import teacher_spec_for
+    from kdistill.teachers.lookup import teacher_spec_for
     from kdistill.distill.students import make_config, student_class
 
     if teacher_spec_for(student) is None:
@@ -128,9 +128,9 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
         return
     if teacher_path is not None:
         raise KdistillError("--teacher is used with --dagger only; the data folder already names its teacher.")
-    result = distill(data_path, student, student_config, config, out=out, resume=resume, domain=domain_name,
-                     device=check_device(device), progress=not as_json, student_preset=student_preset)
-    result.pop("model", None)
+    with progress_bars(not as_json) as report:
+        result = distill(data_path, student, student_config, config, out=out, resume=resume, domain=domain_name,
+                         device=check_device(device), progress=report, student_preset=student_preset)
     if as_json:
         print_json(result)
         return
@@ -165,8 +165,9 @@ def _run_dagger(domain_name, data_path, student, student_config, student_preset,
     if meta.get("teacher_sha256") not in (None, sha):
         raise KdistillError(f"--teacher {teacher_path} is not the teacher that collected {data_path}; pass that one.")
     settings = DaggerSettings(rounds=rounds, beta=beta, samples_per_task=samples, epochs=epochs, seed=seed or 0)
-    return run_dagger(domain, teacher, str(teacher_path), data_path, student, student_config, config, out, settings,
-                      device=check_device(device), progress=not as_json, student_preset=student_preset)
+    with progress_bars(not as_json) as report:
+        return run_dagger(domain, teacher, str(teacher_path), data_path, student, student_config, config, out, settings,
+                          device=check_device(device), progress=report, student_preset=student_preset)
 
 
 def _saved_run(out: str) -> dict | None:

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from kdistill.cli.options import console, data_dir_option, err_console, json_option, print_json, tasks_dir_option
+from kdistill.cli.options import (AliasOption, console, data_dir_option, err_console, json_option, print_json, progress_lines, tasks_dir_option)
 from kdistill.errors import KdistillError
 
 
@@ -41,7 +41,7 @@ def _split_names(values: tuple[str, ...]) -> list[str]:
 @click.argument("domain")
 @click.option("--split", default="all", show_default=True,
               help="Which tasks to check: a split name (e.g. train, test) or 'all'.")
-@click.option("--robots", "--tasks", "names", multiple=True, metavar="NAMES",
+@click.option("--tasks", "--robots", "names", cls=AliasOption, multiple=True, metavar="NAMES",
               help="Check only these tasks (repeat the option or separate names with commas).")
 @click.option("--steps", default=1000, show_default=True, type=click.IntRange(1),
               help="Random-action steps per task; episodes are reset when they end.")
@@ -58,23 +58,23 @@ def env_check_cmd(domain: str, split: str, names: tuple[str, ...], steps: int, d
     \b
     Examples:
       kdistill env check unimal --split test --json
-      kdistill env check unimal --robots-dir my-robots
+      kdistill env check unimal --tasks-dir my-tasks
     """
     from kdistill.tasks import ensure_data, select_tasks
 
     dom = _domain(domain, data_dir)
     wanted = _split_names(names)
     if tasks_dir is not None:
-        pairs = [(t, None) for t in select_tasks(dom, robots=wanted, tasks_dir=tasks_dir)]
+        pairs = [(t, None) for t in select_tasks(dom, tasks=wanted, tasks_dir=tasks_dir, progress=progress_lines())]
     elif wanted:
-        ensure_data(dom)
+        ensure_data(dom, progress_lines())
         tasks = dom.tasks(names=wanted)
         pairs = [(t, None) for t in tasks]
     elif split == "all":
-        ensure_data(dom)
+        ensure_data(dom, progress_lines())
         pairs = [(t, s) for s, ts in dom.splits().items() for t in ts]  # a task in two splits is checked in each
     else:
-        ensure_data(dom)
+        ensure_data(dom, progress_lines())
         pairs = [(t, split) for t in dom.tasks(split)]
 
     rows: list[dict[str, Any]] = []
@@ -95,16 +95,18 @@ def env_check_cmd(domain: str, split: str, names: tuple[str, ...], steps: int, d
     failed = [r for r in rows if not r.get("ok")]
     if as_json:
         print_json({"domain": domain, "steps": steps, "total": len(rows), "passed": len(rows) - len(failed),
-                    "failed": len(failed), "robots": rows})
+                    "failed": len(failed), "tasks": rows})
     else:
         table = Table(title=f"{domain}: {len(rows) - len(failed)}/{len(rows)} tasks pass")
         table.add_column("task", overflow="fold")
-        for col in ("split", "limbs", "dof", "steps/s", "episodes", "result"):
+        core = ("name", "split", "ok", "error", "steps", "episodes", "unstable", "steps_per_s")
+        extra = list(dict.fromkeys(k for r in rows for k in r if k not in core))  # the domain's own columns
+        for col in ("split", *extra, "steps/s", "episodes", "result"):
             table.add_column(col)
         for r in rows:
             result = Text("ok", style="green") if r.get("ok") else Text(str(r.get("error")), style="red")
             sps = r.get("steps_per_s")
-            table.add_row(str(r["name"]), str(r.get("split", "")), str(r.get("limbs", "")), str(r.get("dof", "")),
+            table.add_row(str(r["name"]), str(r.get("split", "")), *(str(r.get(k, "")) for k in extra),
                           f"{sps:,.0f}" if sps else "-", str(r.get("episodes", "")), result)
         console.print(table)
     if failed:
@@ -133,7 +135,7 @@ def data_fetch_cmd(domain: str, source: str | None, data_dir: str | None, as_jso
     \b
     Examples:
       kdistill data fetch unimal
-      kdistill data fetch unimal --from Universal-Morphology-Control-18c0516.tar.gz --data-dir ./robots
+      kdistill data fetch unimal --from Universal-Morphology-Control-18c0516.tar.gz --data-dir ./data
     """
     dom = _domain(domain, data_dir)
     with _progress() as progress:

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import click
 
-from kdistill.cli.options import console, data_dir_option, err_console, json_option, print_json, tasks_dir_option
+from kdistill.cli.options import (console, data_dir_option, err_console, json_option, print_json, progress_lines, tasks_dir_option, tasks_option)
 
 
 @click.command("eval")
 @click.argument("domain_name", metavar="DOMAIN")
 @click.option("--policy", "policy_path", required=True, type=click.Path(),
               help="Run folder (its newest checkpoint) or checkpoint folder of a teacher or student.")
-@click.option("--robots", default=None, help="Comma-separated tasks (instead of --split).")
+@tasks_option()
 @click.option("--split", default=None, help="Evaluate a split's tasks: train, test or all. [default: train]")
 @click.option("--num-tasks", type=click.IntRange(1), default=None, help="Only the first N tasks of the selection.")
 @click.option("--episodes", type=click.IntRange(1), default=16, show_default=True, help="Episodes per task (one per env).")
@@ -29,7 +29,7 @@ from kdistill.cli.options import console, data_dir_option, err_console, json_opt
 @json_option
 @data_dir_option
 @tasks_dir_option
-def eval_cmd(domain_name: str, policy_path: str, robots: str | None, split: str | None, num_tasks: int | None,
+def eval_cmd(domain_name: str, policy_path: str, task_names: str | None, split: str | None, num_tasks: int | None,
              episodes: int, seed: int, stochastic: bool, no_random: bool, device: str, threads: int, out_dir: str | None,
              as_json: bool, data_dir: str | None, tasks_dir: str | None) -> None:
     """Evaluate a policy on DOMAIN: one episode per env, raw undiscounted returns, mean over episodes then tasks.
@@ -37,7 +37,7 @@ def eval_cmd(domain_name: str, policy_path: str, robots: str | None, split: str 
     \b
     Example:
       kdistill eval unimal --policy runs/t1 --split test --episodes 16 --out runs/t1/eval-test
-      kdistill eval unimal --policy runs/t1 --robots-dir my-robots      # a folder of your own robot files
+      kdistill eval unimal --policy runs/t1 --tasks-dir my-tasks       # a folder of your own task files
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -56,7 +56,8 @@ def eval_cmd(domain_name: str, policy_path: str, robots: str | None, split: str 
         raise KdistillError(f"--episodes must be positive, got {episodes}.")
     set_torch_threads(threads)
     domain = get_domain(domain_name, data_dir=data_dir)
-    tasks = resolve_tasks(domain, robots, split or (None if robots or tasks_dir else "train"), num_tasks, tasks_dir)
+    tasks = resolve_tasks(domain, task_names, split or (None if task_names or tasks_dir else "train"), num_tasks, tasks_dir,
+                          progress=progress_lines())
     policy = load_policy(policy_path, domain=domain.name, device=check_device(device), seed=seed)
     if out_dir is not None:
         prepare_output_dir(out_dir)  # before the evaluation, so its results cannot be lost to a bad --out
@@ -70,7 +71,7 @@ def eval_cmd(domain_name: str, policy_path: str, robots: str | None, split: str 
             on_task=lambda row: progress.update(bar, advance=1, last=f"{row['name']}: {row['mean']:.1f}"))
     result["policy"] = {"path": str(policy_path), **policy.describe()}
     result["domain"] = domain.name
-    result["split"] = None if robots or tasks_dir else (split or "train")
+    result["split"] = None if task_names or tasks_dir else (split or "train")
     result["tasks_dir"] = tasks_dir
     if out_dir is not None:
         out = Path(out_dir)
@@ -86,7 +87,7 @@ def eval_cmd(domain_name: str, policy_path: str, robots: str | None, split: str 
     for col, justify in (("task", "left"), ("mean return", "right"), ("std", "right"), ("mean length", "right"),
                          ("random", "right")):
         table.add_column(col, justify=justify)
-    for row in result["robots"]:
+    for row in result["tasks"]:
         table.add_row(row["name"], f"{row['mean']:.1f}", f"{np.std(row['returns']):.1f}", f"{np.mean(row['lengths']):.0f}",
                       f"{row['random_mean']:.1f}" if "random_mean" in row else "-")
     s = result["summary"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from kdistill.cli.options import console, data_dir_option, err_console, json_option, print_json, tasks_dir_option
+from kdistill.cli.options import (AliasOption, console, data_dir_option, err_console, json_option, print_json, progress_bars, progress_lines, tasks_dir_option, tasks_option)
 
 
 @click.group("expert")
@@ -19,10 +19,10 @@ def expert_group() -> None:
                    "(`kdistill experts export`): each task's rows are then labelled by its own expert.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="Data folder: shards/<task>.safetensors and meta.json. Re-running skips finished tasks.")
-@click.option("--robots", "--tasks", "robots", default=None, help="Comma-separated tasks (instead of --split).")
+@tasks_option()
 @click.option("--split", default=None, help="Collect a split's tasks: train, test or all. [default: train]")
 @click.option("--num-tasks", type=int, default=None, help="Only the first N tasks of the selection.")
-@click.option("--samples-per-robot", "--samples-per-task", "samples", type=int, default=16000, show_default=True,
+@click.option("--samples-per-task", "--samples-per-robot", "samples", cls=AliasOption, type=int, default=16000, show_default=True,
               help="Rows stored per task (time-major over the envs).")
 @click.option("--envs", type=int, default=16, show_default=True, help="Envs of the task stepped together per task.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the resets and the sampled actions.")
@@ -33,7 +33,7 @@ def expert_group() -> None:
 @json_option
 @data_dir_option
 @tasks_dir_option
-def collect_cmd(domain_name: str, teacher_path: str, out: str, robots: str | None, split: str | None,
+def collect_cmd(domain_name: str, teacher_path: str, out: str, task_names: str | None, split: str | None,
                 num_tasks: int | None, samples: int, envs: int, seed: int, device: str, threads: int | None,
                 as_json: bool, data_dir: str | None, tasks_dir: str | None = None) -> None:
     """Roll out the teacher on each task of DOMAIN and store what students learn from.
@@ -57,19 +57,21 @@ def collect_cmd(domain_name: str, teacher_path: str, out: str, robots: str | Non
     from kdistill.loading import load_policy
 
     if samples <= 0 or envs <= 0:
-        raise KdistillError("--samples-per-robot and --envs must be positive.")
+        raise KdistillError("--samples-per-task and --envs must be positive.")
     set_torch_threads(threads)
     domain = get_domain(domain_name, data_dir=data_dir)
-    tasks = resolve_tasks(domain, robots, split or (None if robots or tasks_dir else "train"), num_tasks, tasks_dir)
+    tasks = resolve_tasks(domain, task_names, split or (None if task_names or tasks_dir else "train"), num_tasks, tasks_dir,
+                          progress=progress_lines())
     teacher = load_policy(teacher_path, domain=domain.name, device=check_device(device), seed=seed)
     if teacher.kind not in ("teacher", "experts"):
         raise KdistillError(f"{teacher_path} holds a {teacher.kind!r} policy; pass a teacher run from `kdistill teacher "
                             f"train` or per-task experts from `kdistill experts export`.")
     # per-task experts have no common normaliser: the data's is fitted on their rollouts over the tasks
     normalizer = teacher.meta["normalizer"] if teacher.kind == "teacher" else None
-    summary = collect_expert_data(domain, teacher, normalizer, tasks, out,
-                                  CollectSettings(samples_per_task=samples, num_envs=envs, seed=seed),
-                                  teacher_ref=str(teacher_path), progress=not as_json)
+    with progress_bars(not as_json) as report:
+        summary = collect_expert_data(domain, teacher, normalizer, tasks, out,
+                                      CollectSettings(samples_per_task=samples, num_envs=envs, seed=seed),
+                                      teacher_ref=str(teacher_path), progress=report)
     summary["domain"] = domain.name
     if as_json:
         print_json(summary)

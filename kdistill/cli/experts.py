@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from kdistill.cli.options import console, data_dir_option, err_console, json_option, print_json
+from kdistill.cli.options import (console, data_dir_option, err_console, json_option, print_json, progress_lines, tasks_option)
 from kdistill.errors import KdistillError
 
 
@@ -22,7 +22,7 @@ def experts_group() -> None:
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoints, metrics.jsonl, tasks/*.jsonl, learning_curves.png.")
 @click.option("--preset", default=None, help="Config preset: sb3 (Stable-Baselines3's PPO defaults) or tiny. [default: sb3]")
-@click.option("--tasks", "task_names", default=None, help="Comma-separated tasks (instead of --split).")
+@tasks_option()
 @click.option("--split", default=None, help="Train on a split's tasks: train, test or all. [default: train]")
 @click.option("--num-tasks", type=int, default=None, help="Only the first N tasks of the selection.")
 @click.option("--steps-per-task", type=int, default=None, help="Env steps per task at most. [default: 1,500,000]")
@@ -83,12 +83,13 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
     domain = get_domain(domain_name, data_dir=data_dir)
     if saved:
         if task_names or split or num_tasks:
-            if resolve_tasks(domain, task_names, split, num_tasks) != list(saved["tasks"]):
+            if resolve_tasks(domain, task_names, split, num_tasks, progress=progress_lines()) != list(saved["tasks"]):
                 raise KdistillError(f"{run_dir} trains other tasks ({len(saved['tasks'])}); resume without "
                                     f"--tasks/--split/--num-tasks or choose a new --out folder.")
         tasks = list(saved["tasks"])
     else:
-        tasks = resolve_tasks(domain, task_names, split or (None if task_names else "train"), num_tasks)
+        tasks = resolve_tasks(domain, task_names, split or (None if task_names else "train"), num_tasks,
+                              progress=progress_lines())
     preset = preset or saved.get("preset") or "sb3"
     presets = ExpertConfig.presets()
     if preset not in presets:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import click
 
-from kdistill.cli.options import console, data_dir_option, json_option, print_json, tasks_dir_option
+from kdistill.cli.options import console, data_dir_option, json_option, print_json, progress_lines, task_option, tasks_dir_option
 
 
 @click.command("export")
 @click.argument("domain_name", metavar="DOMAIN")
 @click.option("--student", "student_path", required=True, type=click.Path(),
               help="Student run folder (its newest checkpoint) or checkpoint folder from `kdistill distill`.")
-@click.option("--robot", "--task", "task", required=True, help="The task (robot) whose MLP to export.")
+@task_option("The task whose MLP to export.", required=True)
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
               help="Output stem: writes STEM.safetensors and STEM.json, or STEM.onnx with --format onnx "
                    "(a .json/.safetensors/.onnx suffix is dropped).")
@@ -36,8 +36,8 @@ def export_cmd(domain_name: str, student_path: str, task: str, out: str, fmt: st
 
     \b
     Examples:
-      kdistill export unimal --student runs/hnmlp --robot floor-1409-11-11-01-08-26-42 --out exports/floor
-      kdistill export unimal --student runs/hnmlp --robot my-robot --robots-dir my-robots --format onnx --out exports/my
+      kdistill export unimal --student runs/hnmlp --task floor-1409-11-11-01-08-26-42 --out exports/floor
+      kdistill export unimal --student runs/hnmlp --task my-task --tasks-dir my-tasks --format onnx --out exports/my
     """
     import numpy as np
 
@@ -52,7 +52,7 @@ def export_cmd(domain_name: str, student_path: str, task: str, out: str, fmt: st
     else:
         check_export_target(out)
     domain = get_domain(domain_name, data_dir=data_dir)
-    task = select_tasks(domain, robots=task, tasks_dir=tasks_dir)[0]
+    task = select_tasks(domain, tasks=task, tasks_dir=tasks_dir, progress=progress_lines())[0]
     policy = load_student_run(student_path, domain.name)
     context = domain.context(task)
     if fmt == "onnx":

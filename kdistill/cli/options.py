@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from kdistill.errors import KdistillError
 from kdistill.io import dumps_strict
+from kdistill.progress import Progress as ProgressFn
 
 # markup off: paths, task names and messages are user text, and "[/x]" in one must print as written
 console = Console(markup=False)
@@ -23,11 +26,65 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+class AliasOption(click.Option):
+    """An option whose names after the first are aliases kept for existing scripts (e.g. ``--robots`` for
+    ``--tasks``): they work, and ``--help`` shows only the first name."""
+
+    def get_help_record(self, ctx):
+        names, self.opts = self.opts, self.opts[:1]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = names
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout instead of tables.")
 tasks_dir_option = click.option(
-    "--tasks-dir", "--robots-dir", "tasks_dir", default=None, type=click.Path(file_okay=False),
-    help="A folder of task files to use as the task set instead of a split (UNIMAL: robot XML + metadata files, "
-         "e.g. your own designs or `kdistill unimal mutate` output); each file is validated first.")
+    "--tasks-dir", "--robots-dir", "tasks_dir", cls=AliasOption, default=None, type=click.Path(file_okay=False),
+    help="A folder of task files to use as the task set instead of a split (the domain reads its own file format, "
+         "e.g. your own designs); each file is validated first.")
+
+
+def tasks_option(help: str = "Comma-separated tasks (instead of --split).", **kwargs):
+    """``--tasks a,b`` (alias ``--robots``), passed to the command as ``task_names``."""
+    return click.option("--tasks", "--robots", "task_names", cls=AliasOption, default=None, help=help, **kwargs)
+
+
+def task_option(help: str, **kwargs):
+    """``--task NAME`` (alias ``--robot``), passed to the command as ``task``."""
+    return click.option("--task", "--robot", "task", cls=AliasOption, help=help, **kwargs)
+
+
+def progress_lines(quiet: bool = False) -> ProgressFn | None:
+    """A ``kdistill.progress`` callback that prints a line on stderr for each new piece of work (stdout, which
+    ``--json`` owns, stays clean); None (silence) when ``quiet``."""
+    if quiet:
+        return None
+    started: set[str] = set()
+
+    def report(description: str, completed: int, total: int | None) -> None:
+        if description not in started:
+            started.add(description)
+            err_console.print(description, highlight=False, soft_wrap=True)
+
+    return report
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool = True) -> Iterator[ProgressFn]:
+    """A ``kdistill.progress`` callback drawn as bars on stderr while the block runs: a call whose count goes back
+    or whose total changes starts a new bar; otherwise it advances the current one (and updates its description)."""
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err_console, disable=not enabled) as bars:
+        current: dict[str, Any] = {}
+
+        def report(description: str, completed: int, total: int | None) -> None:
+            if not current or completed < current["completed"] or total != current["total"]:
+                current["id"] = bars.add_task(description, total=total)
+            current.update(completed=completed, total=total)
+            bars.update(current["id"], description=description, completed=completed, total=total)
+
+        yield report
 data_dir_option = click.option("--data-dir", default=None, type=click.Path(file_okay=False),
                                help="Data folder for domains that read data (else the domain's env var / cache).")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from kdistill.cli.options import (console, data_dir_option, err_console, json_option, parse_policies, print_json,
-                                  tasks_dir_option)
+                                  progress_lines, task_option, tasks_dir_option)
 
 
 @click.command("render")
@@ -13,7 +13,7 @@ from kdistill.cli.options import (console, data_dir_option, err_console, json_op
 @click.option("--policy", "policy_spec", required=True,
               help="A run folder (teacher or student), or NAME=RUN pairs separated by commas to put several policies "
                    "side by side, e.g. teacher=runs/t,student=runs/h.")
-@click.option("--task", "--robot", "task", required=True, help="The task (robot) to play.")
+@task_option("The task to play.", required=True)
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Video file: FILE.gif or FILE.mp4.")
 @click.option("--steps", type=click.IntRange(1), default=300, show_default=True,
               help="Control steps at most (the episode may end sooner).")
@@ -34,8 +34,8 @@ def render_cmd(domain_name: str, policy_spec: str, task: str, out: str, steps: i
 
     \b
     Examples:
-      kdistill render unimal --policy runs/hnmlp --robot floor-5506-3-10-01-14-19-06 --out walk.gif
-      kdistill render unimal --policy teacher=runs/t,student=runs/h --robot my-robot --robots-dir mine --out cmp.mp4
+      kdistill render unimal --policy runs/hnmlp --task floor-5506-3-10-01-14-19-06 --out walk.gif
+      kdistill render unimal --policy teacher=runs/t,student=runs/h --task my-task --tasks-dir mine --out cmp.mp4
     """
     from kdistill.plugins import get_domain
     from kdistill.loading import load_policy
@@ -45,7 +45,7 @@ def render_cmd(domain_name: str, policy_spec: str, task: str, out: str, steps: i
     path = check_video_path(out, overwrite=overwrite)
     paths = parse_policies(policy_spec) if "=" in policy_spec else {"policy": policy_spec}
     domain = get_domain(domain_name, data_dir=data_dir)
-    task = select_tasks(domain, robots=task, tasks_dir=tasks_dir, quiet=as_json)[0]
+    task = select_tasks(domain, tasks=task, tasks_dir=tasks_dir, progress=progress_lines(as_json))[0]
     policies = {name: load_policy(p, domain=domain.name, seed=seed) for name, p in paths.items()}
     if len(policies) == 1:
         name = next(iter(policies))

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from kdistill.cli.options import data_dir_option, err_console, json_option, print_json
+from kdistill.cli.options import data_dir_option, err_console, json_option, print_json, progress_lines, tasks_option
 from kdistill.errors import KdistillError
 
 
@@ -25,7 +25,7 @@ def teacher_group() -> None:
 @click.option("--teacher-preset", default=None,
               help="Teacher config preset when it differs from --preset. [default: --preset if the teacher has it, else 'default']")
 @click.option("--teacher", default=None, help="Teacher architecture (e.g. metamorph, modumorph). [default: the domain's]")
-@click.option("--robots", default=None, help="Comma-separated tasks to train on (instead of --split).")
+@tasks_option("Comma-separated tasks to train on (instead of --split).")
 @click.option("--split", default=None, help="Train on a split's tasks: train, test or all. [default: train]")
 @click.option("--num-tasks", type=click.IntRange(1), default=None, help="Only the first N tasks of the selection.")
 @click.option("--steps", type=click.IntRange(1), default=None, help="Total env steps of the run (required for a new run).")
@@ -39,7 +39,7 @@ def teacher_group() -> None:
 @click.option("--checkpoint-every", type=click.IntRange(1), default=None, help="Iterations between checkpoints. [default: 10]")
 @json_option
 @data_dir_option
-def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: str | None, teacher: str | None, robots: str | None,
+def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: str | None, teacher: str | None, task_names: str | None,
               split: str | None, num_tasks: int | None, steps: int | None, resume: bool, seed: int | None,
               device: str, workers: int, threads: int | None, checkpoint_every: int | None, as_json: bool,
               data_dir: str | None) -> None:
@@ -58,7 +58,8 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
     from kdistill.io import claim_folder, latest_checkpoint, looks_like_run, read_json_object
     from kdistill.plugins import get_domain
     from kdistill.rl.ppo import PPOConfig
-    from kdistill.rl.trainer import RunSettings, find_teacher_spec, start_or_resume
+    from kdistill.rl.trainer import RunSettings, start_or_resume
+    from kdistill.teachers.lookup import find_teacher_spec, teacher_preset as default_teacher_preset
     from kdistill.tasks import resolve_tasks
 
     run_dir = Path(out)
@@ -75,14 +76,15 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
                                     f"resume it with that domain or choose a new --out folder.")
     domain = get_domain(domain_name, data_dir=data_dir)
     if saved:
-        if robots or split or num_tasks:
-            chosen = resolve_tasks(domain, robots, split, num_tasks)
+        if task_names or split or num_tasks:
+            chosen = resolve_tasks(domain, task_names, split, num_tasks, progress=progress_lines())
             if chosen != list(saved["tasks"]):
                 raise KdistillError(f"{run_dir} was trained on other tasks ({len(saved['tasks'])} tasks); resume without "
-                                    f"--robots/--split/--num-tasks or choose a new --out folder.")
+                                    f"--tasks/--split/--num-tasks or choose a new --out folder.")
         tasks = list(saved["tasks"])
     else:
-        tasks = resolve_tasks(domain, robots, split or (None if robots else "train"), num_tasks)
+        tasks = resolve_tasks(domain, task_names, split or (None if task_names else "train"), num_tasks,
+                              progress=progress_lines())
     preset = preset or saved.get("preset") or "cpu"
     teacher_name, spec = find_teacher_spec(domain, teacher or saved.get("teacher"))
     steps = steps if steps is not None else saved.get("total_steps")
@@ -93,7 +95,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
     presets, ppo_presets = spec.config_cls.presets(), PPOConfig.presets()
     if preset not in ppo_presets:
         raise unknown_name("PPO preset", preset, ppo_presets)
-    teacher_preset = teacher_preset or saved.get("teacher_preset") or (preset if preset in presets else "default")
+    teacher_preset = teacher_preset or saved.get("teacher_preset") or default_teacher_preset(spec, preset)
     if teacher_preset not in presets:
         raise unknown_name(f"{teacher_name} preset", teacher_preset, presets)
     settings = RunSettings(domain=domain.name, tasks=tasks, teacher=teacher_name, preset=preset, teacher_preset=teacher_preset,
@@ -116,7 +118,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
         if unstable:
             worst = ", ".join(f"{t} ({n})" for t, n in sorted(unstable.items(), key=lambda kv: -kv[1])[:5])
             err_console.print(f"{sum(unstable.values())} episode(s) ended because the simulation went unstable: {worst}; "
-                              f"check these tasks with `kdistill env check {domain.name} --robots NAMES`.")
+                              f"check these tasks with `kdistill env check {domain.name} --tasks NAMES`.")
         err_console.print(f"done: {summary['env_steps']:,} env steps, mean return {summary['mean_return']}, "
                           f"{summary['steps_per_s']:.0f} env steps/s; checkpoint {summary['checkpoint']}")
 

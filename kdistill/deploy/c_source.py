@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from kdistill.errors import KdistillError
+from kdistill.io import atomic_write_text
 
 KERNEL = r"""
 /* y = MLP(clip(x - mean, low, high)); ReLU between layers. Weights (in, out) row-major.
@@ -122,7 +123,6 @@ def c_source(policy, prefix: str = "policy") -> tuple[str, str]:
 def write_c(policy, out: str | Path, prefix: str = "policy", stem: str | None = None) -> dict:
     """Write ``<stem>.h`` and ``<stem>.c`` (``stem`` defaults to ``prefix``) into the folder ``out`` atomically;
     the function is ``<prefix>_act``. Returns the paths and sizes."""
-    from kdistill.io import atomic_write_text
 
     out = Path(out)
     prefix = c_identifier(prefix)

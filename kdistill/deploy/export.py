@@ -120,12 +120,6 @@ def load_student_run(run: str | Path, domain: str | None = None) -> StudentPolic
         return load_student_policy(tensors, meta)
 
 
-def export_student(run: str | Path, task: str, context: TaskContext, out: str | Path, domain: str | None = None) -> dict[str, Any]:
-    """Load the student of ``run`` and export its MLP for ``task``."""
-    policy = load_student_run(run, domain)
-    return export_policy(policy, task, context, out, source=str(run), domain=domain or "")
-
-
 # ONNX ---------------------------------------------------------------------------------------------------------
 ONNX_FORMAT = "kdistill-onnx/1"
 ONNX_OPSET = 17

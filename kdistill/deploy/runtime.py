@@ -9,7 +9,7 @@ features, flattened token-major to ``T*S`` values. It normalises it exactly as t
 (``clip((x - mean) / sqrt(var + eps), -clip, clip)``), then runs the MLP (ReLU between layers) and returns
 ``T*A`` mean actions (padded slots included; ``act_mask`` marks them).
 
-    policy = kdistill.deploy.runtime.load("robot.json")
+    policy = kdistill.deploy.runtime.load("policy.json")
     mu = policy.act(flat_obs)                 # (N, T*S) -> (N, T*A), or (T*S,) -> (T*A,)
     mu = policy.act_obs(env_obs)              # from an env observation dict
 
@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from kdistill.errors import DataError
+from kdistill.deploy.kernel import KernelPlan, load_kernel
 
 FORMAT = "kdistill-export/1"
 _ZERO = np.zeros((), np.float32)  # ReLU's floor for one row: a Python 0.0 costs a conversion per call
@@ -249,7 +250,6 @@ class ExportedPolicy:
 
     def _prepare_kernel(self):
         """The compiled path for one observation, or False when no compiler is available (numpy then)."""
-        from kdistill.deploy.kernel import KernelPlan, load_kernel
 
         fn = load_kernel()
         self._kernel = KernelPlan(fn, self._layers, self.biases, self._mean32, self._low, self._high) if fn else False

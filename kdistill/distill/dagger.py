@@ -24,8 +24,12 @@ from typing import Any, Callable
 import attrs
 
 from kdistill.errors import KdistillError
+from kdistill.progress import Progress
 from kdistill.io import (atomic_write_json, claim_folder, latest_checkpoint, load_checkpoint, read_json_object,
                          save_run_checkpoint)
+from kdistill.distill.training import distill, split_tasks
+from kdistill.distill.expert_data import CollectSettings, collect_expert_data, read_expert_meta
+from kdistill.loading import load_policy
 
 _pos = attrs.validators.gt(0)
 
@@ -44,15 +48,11 @@ class DaggerSettings:
 
 
 def run_dagger(domain, teacher, teacher_ref: str, data_path: str | Path, student: str, student_config: Any, config,
-               out: str | Path, settings: DaggerSettings, device: str = "cpu", progress: bool = False,
+               out: str | Path, settings: DaggerSettings, device: str = "cpu", progress: Progress | None = None,
                student_preset: str | None = None,
                on_round: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Distill, then ``settings.rounds`` rounds of DAgger (module docstring); returns a summary per round."""
     import attrs as _attrs
-
-    from kdistill.distill.training import distill, split_tasks
-    from kdistill.distill.expert_data import CollectSettings, collect_expert_data, read_expert_meta
-    from kdistill.loading import load_policy
 
     out, data_path = Path(out), Path(data_path)
     data_meta = read_expert_meta(data_path)
@@ -85,7 +85,6 @@ def run_dagger(domain, teacher, teacher_ref: str, data_path: str | Path, student
 
     result = distill(data_path, student, student_config, config, out=out / "round-0", resume=True, domain=domain.name,
                      device=device, progress=progress, student_preset=student_preset)
-    result.pop("model", None)
     publish(0, result)
     tasks, _ = split_tasks(sorted(data_meta["tasks"]), config.val_tasks, config.seed)  # distill's own split
     round_config = _attrs.evolve(config, epochs=settings.epochs)
@@ -101,6 +100,5 @@ def run_dagger(domain, teacher, teacher_ref: str, data_path: str | Path, student
                          domain=domain.name, device=device, progress=progress, student_preset=student_preset,
                          extra_data=[out / f"data-{i}" for i in range(1, r + 1)],
                          init_from=latest_checkpoint(previous))
-        result.pop("model", None)
         publish(r, result)
     return {"run": str(out), "rounds": rounds, "student": student, "final": str(latest_checkpoint(out))}

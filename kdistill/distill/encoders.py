@@ -17,7 +17,7 @@ from kdistill.errors import KdistillError
 class TransformerContextEncoder(nn.Module):
     """Linear(C, E), then one pre-LN transformer layer over the tokens with a key padding mask (no final norm).
 
-    Tokens exchange information here, so each token's embedding knows the whole task (e.g. a limb knows
+    Tokens exchange information here, so each token's embedding knows the whole task (e.g. a body part's token knows
     the rest of the body); padded tokens are never attended to.
     """
 

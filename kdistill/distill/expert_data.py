@@ -38,6 +38,7 @@ import numpy as np
 from kdistill.domain import Layout, TaskContext
 from kdistill.errors import DataError
 from kdistill.io import atomic_write_bytes, atomic_write_json, claim_folder, read_json, read_json_object
+from kdistill.progress import Progress
 from kdistill.rl.distributions import action_std_of, sample_actions
 from kdistill.rl.normalise import ObsNormalizer
 
@@ -74,7 +75,7 @@ def context_from_json(d: dict) -> TaskContext:
 @attrs.frozen
 class CollectSettings:
     """How much to collect per task. ``samples_per_task`` rows come from ``num_envs`` envs of that task
-    (16 x 1000 steps = the reference's 16,000 rows per robot)."""
+    (16 x 1000 steps = the reference's 16,000 rows per task)."""
 
     samples_per_task: int = attrs.field(default=16000, validator=attrs.validators.gt(0))
     num_envs: int = attrs.field(default=16, validator=attrs.validators.gt(0))
@@ -211,7 +212,7 @@ def _is_expert_folder(path: Path) -> bool:
 
 def collect_expert_data(domain, teacher, normalizer_state: dict | None, tasks: Sequence[str], out: str | Path,
                         settings: CollectSettings = CollectSettings(), teacher_ref: str = "",
-                        progress: bool = False, actor=None, beta: float = 1.0, actor_ref: str = "",
+                        progress: Progress | None = None, actor=None, beta: float = 1.0, actor_ref: str = "",
                         fit_tasks: Sequence[str] | None = None) -> dict[str, Any]:
     """Collect one shard per task into ``out`` (skipping tasks already there); returns a summary.
 
@@ -257,26 +258,31 @@ def collect_expert_data(domain, teacher, normalizer_state: dict | None, tasks: S
 
     from safetensors.numpy import save as st_save
 
-    bar = _progress(progress)
-    with bar:
-        job = bar.add_task("expert data", total=len(todo) * settings.samples_per_task)
-        for task in todo:
-            bar.update(job, description=f"expert {task}")
-            ctx = domain.context(task)
-            arrays, returns = rollout_task(domain, teacher, normalizer, task, ctx, settings,
-                                           on_step=lambda n: bar.advance(job, n), actor=actor, beta=beta)
-            problem = _shard_problem(arrays, layout)
-            if problem:
-                raise DataError(f"the rollouts of task {task!r} {problem.replace('has ', 'have ', 1)}; nothing was written "
-                                f"for it. Check the teacher ({teacher_ref}) and the task with `kdistill env check`.")
-            shard = f"shards/{shard_name(task)}"
-            atomic_write_bytes(out / shard, st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()}))
-            meta["tasks"][task] = {
-                "shard": shard, "samples": int(len(arrays["obs"])), "num_envs": settings.num_envs,
-                "episodes": len(returns), "mean_return": float(np.mean(returns)) if returns else None,
-                "context": context_to_json(ctx), "static": "static" in arrays,
-            }
-            atomic_write_json(meta_path, meta)
+    report = progress or (lambda description, completed, total: None)
+    total, rows_done = len(todo) * settings.samples_per_task, 0
+    for task in todo:
+        report(f"expert {task}", rows_done, total)
+        ctx = domain.context(task)
+
+        def step(n: int, task: str = task) -> None:
+            nonlocal rows_done
+            rows_done += n
+            report(f"expert {task}", rows_done, total)
+
+        arrays, returns = rollout_task(domain, teacher, normalizer, task, ctx, settings,
+                                       on_step=step, actor=actor, beta=beta)
+        problem = _shard_problem(arrays, layout)
+        if problem:
+            raise DataError(f"the rollouts of task {task!r} {problem.replace('has ', 'have ', 1)}; nothing was written "
+                            f"for it. Check the teacher ({teacher_ref}) and the task with `kdistill env check`.")
+        shard = f"shards/{shard_name(task)}"
+        atomic_write_bytes(out / shard, st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()}))
+        meta["tasks"][task] = {
+            "shard": shard, "samples": int(len(arrays["obs"])), "num_envs": settings.num_envs,
+            "episodes": len(returns), "mean_return": float(np.mean(returns)) if returns else None,
+            "context": context_to_json(ctx), "static": "static" in arrays,
+        }
+        atomic_write_json(meta_path, meta)
     if not meta_path.exists():
         atomic_write_json(meta_path, meta)
     return {
@@ -284,14 +290,6 @@ def collect_expert_data(domain, teacher, normalizer_state: dict | None, tasks: S
         "samples": sum(meta["tasks"][t]["samples"] for t in tasks if t in meta["tasks"]),
         "mean_return": {t: meta["tasks"][t]["mean_return"] for t in tasks if t in meta["tasks"]},
     }
-
-
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), disable=not enabled, transient=False)
 
 
 # -------------------------------------------------------------------------------------------------

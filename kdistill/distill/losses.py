@@ -2,8 +2,8 @@
 
 ``batch`` holds ``mu`` (teacher mean action), ``action`` (the teacher's sampled action) and ``act_mask``
 (True = padded action slot), all ``(B, T*A)``, and optionally ``action_std`` (default 0.9). Both losses
-are *balanced*: each row is averaged over its own valid action dims before the batch mean, so robots with
-few actuators weigh as much as robots with many.
+are *balanced*: each row is averaged over its own valid action dims before the batch mean, so tasks with
+few action dims weigh as much as tasks with many.
 """
 
 from __future__ import annotations

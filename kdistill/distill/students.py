@@ -30,8 +30,12 @@ from kdistill.distill.hypernet import HypernetLayer
 from kdistill.policy import Policy, checked_normalizer
 from kdistill.rl.distributions import ACTION_STD, sample_actions
 from kdistill.rl.normalise import ObsNormalizer
+from kdistill.state import MODEL_PREFIX, model_tensors
+from kdistill.errors import unknown_name
+from kdistill.plugins import get_plugins
+from kdistill.distill.encoders import ENCODERS
+from kdistill.distill.losses import LOSSES
 
-STATE_PREFIX = "model."
 
 
 def _at_least_one(instance, attribute, value):
@@ -89,8 +93,6 @@ def make_config(config_cls, config: Any = None, preset: str | None = None):
         presets = config_cls.presets()
         name = preset or "paper"
         if name not in presets:
-            from kdistill.errors import unknown_name
-
             raise unknown_name(f"{config_cls.__name__} preset", name, presets)
         return presets[name]
     if isinstance(config, dict):
@@ -153,7 +155,7 @@ class Student(nn.Module):
     """Common plumbing: layout sizes, fixed action std, config round trip."""
 
     name = ""
-    Config: type = object
+    Config: type  # the student's attrs config class, with a ``presets()`` classmethod
 
     def __init__(self, layout: Layout, config):
         super().__init__()
@@ -267,14 +269,20 @@ class HNMLPStudent(Student):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-sample path: weights generated for every row (the reference's training forward)."""
-        p = self.generate(context, mask)
         real, n_real = _real_tokens(mask)
-        h_tok = torch.einsum("bts,btsh->bth", x, p["w_in"]) + p["b_in"]
-        h = torch.relu((h_tok * real.unsqueeze(-1)).sum(1) / n_real.unsqueeze(-1))
-        for w, b in p["hidden"]:
-            h = torch.relu(torch.einsum("bi,bio->bo", h, w) + b)
-        mu = torch.einsum("bh,btha->bta", h, p["w_out"]) + p["b_out"]
-        return mu.reshape(x.shape[0], -1)
+        return per_row_forward(self.generate(context, mask), x, real, n_real.unsqueeze(-1))
+
+
+def per_row_forward(params: dict, x: torch.Tensor, real: torch.Tensor, n_real: torch.Tensor) -> torch.Tensor:
+    """The reference HN-MLP step: every row carries its own generated per-token weights (``params`` with a leading
+    batch dimension), applied by einsum; the input layer is averaged over the real tokens (``real`` (B, T) float,
+    ``n_real`` (B, 1))."""
+    h_tok = torch.einsum("bts,btsh->bth", x, params["w_in"]) + params["b_in"]
+    h = torch.relu((h_tok * real.unsqueeze(-1)).sum(1) / n_real)
+    for w, b in params["hidden"]:
+        h = torch.relu(torch.einsum("bi,bio->bo", h, w) + b)
+    mu = torch.einsum("bh,btha->bta", h, params["w_out"]) + params["b_out"]
+    return mu.reshape(x.shape[0], -1)
 
 
 class MLPStudent(Student):
@@ -326,14 +334,11 @@ def _lookup(kind: str, builtin: dict, name: str):
     # plugins cannot re-register these names anyway.
     if name in builtin:
         return builtin[name]
-    from kdistill.plugins import get_plugins
 
     return getattr(get_plugins(), kind).get(name)
 
 
 def context_encoder_class(name: str) -> type:
-    from kdistill.distill.encoders import ENCODERS
-
     return _lookup("context_encoders", ENCODERS, name)
 
 
@@ -342,8 +347,6 @@ def student_class(name: str) -> type:
 
 
 def loss_function(name: str):
-    from kdistill.distill.losses import LOSSES
-
     return _lookup("losses", LOSSES, name)
 
 
@@ -358,7 +361,7 @@ def build_student(name: str, layout: Layout, config: Any = None, preset: str | N
 
 def student_tensors(student: nn.Module) -> dict[str, torch.Tensor]:
     """The student's weights, keyed for a checkpoint (prefix ``model.``, as for teachers)."""
-    return {STATE_PREFIX + k: v for k, v in student.state_dict().items()}
+    return model_tensors(student)
 
 
 def context_tensors(contexts: list[TaskContext]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -442,7 +445,7 @@ def load_student_policy(tensors: dict, meta: dict, device: str = "cpu", seed: in
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"student checkpoint meta.json is incomplete ({exc}); it was not written by `kdistill distill`.") from None
     student = build_student(arch, layout, meta.get("config"))
-    state = {k[len(STATE_PREFIX):]: v for k, v in tensors.items() if k.startswith(STATE_PREFIX)}
+    state = {k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
     state = {k: (torch.as_tensor(v) if not isinstance(v, torch.Tensor) else v) for k, v in state.items()}
     try:
         student.load_state_dict(state)

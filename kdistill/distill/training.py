@@ -26,8 +26,13 @@ from kdistill.errors import CheckpointError, DataError, KdistillError
 from kdistill.distill.expert_data import ExpertData, load_expert_sets, read_expert_meta
 from kdistill.io import (NonFiniteError, append_jsonl, claim_folder, latest_checkpoint, load_checkpoint, looks_like_run,
                          read_jsonl, save_run_checkpoint, truncate_jsonl)
+from kdistill.plots import pyplot, save_figure
+from kdistill.progress import Progress
+from kdistill.state import load_model_state, load_optimizer, optimizer_tensors
+from kdistill.teachers.lookup import teacher_spec_for
 from kdistill.distill.students import (Student, build_student, context_tensors, loss_function, student_class,
                                student_tensors)
+from kdistill.errors import unknown_name
 
 
 @attrs.frozen
@@ -116,22 +121,8 @@ def teacher_mu(model, data: TorchData, batch: dict[str, torch.Tensor]) -> torch.
     return model.mu(feed)
 
 
-def teacher_spec_for(name: str):
-    """The teacher architecture called ``name`` when it is one (and no student has that name), else None."""
-    from kdistill.plugins import get_plugins
-    from kdistill.distill.students import STUDENTS
-
-    if name in STUDENTS:
-        return None
-    plugins = get_plugins()
-    if name in plugins.students or name not in plugins.teachers:
-        return None
-    return plugins.teachers.get(name)
-
-
 def teacher_student_config(spec, config: Any, preset: str | None):
     """A teacher architecture's config from a dict (a resumed run's), else its ``preset`` (default ``cpu``)."""
-    from kdistill.errors import unknown_name
 
     if isinstance(config, dict):
         try:
@@ -166,31 +157,9 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    out = {}
-    for pid, state in optimizer.state_dict()["state"].items():
-        for name, value in state.items():
-            out[f"optim.{pid}.{name}"] = torch.as_tensor(value)
-    return out
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = value
-    sd = optimizer.state_dict()
-    sd["state"] = state
-    optimizer.load_state_dict(sd)
-
-
 def plot_loss_curve(records: list[dict], path: Path, title: str = "") -> None:
     """Train and validation loss per epoch (log scale) as a PNG, written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = [r["epoch"] for r in records]
@@ -205,8 +174,6 @@ def plot_loss_curve(records: list[dict], path: Path, title: str = "") -> None:
     ax.set_title(title or "distillation loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    from kdistill.plots import save_figure
-
     save_figure(fig, path)
 
 
@@ -238,18 +205,19 @@ def _diverged(run: Path | None, epoch: int, step: int, what: str) -> NonFiniteEr
                           f"Try a lower --lr, or check the expert data.")
 
 
-def distill(data_path: str | Path, student: str = "hnmlp", student_config: Any = None, config: DistillConfig = DistillConfig(),
-            out: str | Path | None = None, resume: bool = False, domain: str | None = None, device: str = "cpu",
-            progress: bool = False, on_epoch: Callable[[dict], None] | None = None,
-            extra_data: Sequence[str | Path] = (), init_from: str | Path | None = None,
-            student_preset: str | None = None) -> dict[str, Any]:
+def train_student(data_path: str | Path, student: str = "hnmlp", student_config: Any = None, config: DistillConfig = DistillConfig(),
+                  out: str | Path | None = None, resume: bool = False, domain: str | None = None, device: str = "cpu",
+                  progress: Progress | None = None, on_epoch: Callable[[dict], None] | None = None,
+                  extra_data: Sequence[str | Path] = (), init_from: str | Path | None = None,
+                  student_preset: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Distill the expert data at ``data_path`` into a ``student``; checkpoints into ``out`` if given.
 
     ``student`` is a student architecture (HN-MLP, MLP, a plugin's) or a teacher architecture (a transformer):
     a distilled teacher architecture is saved as an ordinary teacher checkpoint (kind ``teacher``) that
     every command loads. ``extra_data``: more data folders whose rows join the first's (DAgger rounds);
     ``init_from``: a checkpoint of the same architecture to start from instead of a fresh initialisation.
-    Returns a summary with the final losses, counters and the run folder.
+    Returns the trained module and a summary (final losses, counters, the run folder); ``distill`` returns only
+    the summary. ``progress``: see ``kdistill.progress``.
     """
     data_path = Path(data_path)
     meta = read_expert_meta(data_path)
@@ -291,8 +259,8 @@ def distill(data_path: str | Path, student: str = "hnmlp", student_config: Any =
         if ck_meta.get("train_tasks") != train_tasks:
             raise CheckpointError(f"{run} was distilled on other tasks than {data_path} now holds "
                                   f"({len(ck_meta.get('train_tasks', []))} vs {len(train_tasks)}); pass another --out.")
-        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-        _load_optimizer(optimizer, tensors)
+        load_model_state(model, tensors)
+        load_optimizer(optimizer, tensors)
         counters = ck_meta["counters"]
         start_epoch, step, samples_seen = counters["epoch"], counters["step"], counters["samples"]
         truncate_jsonl(run / "metrics.jsonl", lambda r: r.get("epoch", 0) <= start_epoch)
@@ -301,7 +269,7 @@ def distill(data_path: str | Path, student: str = "hnmlp", student_config: Any =
         if init_meta.get("arch") != student or init_meta.get("config") != cfg_dict:
             raise CheckpointError(f"--init-from {init_from} holds a {init_meta.get('arch')!r} model with another config; "
                                   f"it cannot start a {student!r} run.")
-        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        load_model_state(model, tensors)
 
     with_static = spec is not None
     train = TorchData(load_expert_sets([data_path, *extra_data], train_tasks, config.samples_per_task, with_static), device)
@@ -323,58 +291,62 @@ def distill(data_path: str | Path, student: str = "hnmlp", student_config: Any =
 
     n = len(train)
     steps_per_epoch = (n + config.batch_size - 1) // config.batch_size
-    from kdistill.distill.expert_data import _progress
-
     last: dict[str, Any] = {}
-    bar = _progress(progress)
-    with bar:
-        job = bar.add_task("distill", total=(config.epochs - start_epoch) * steps_per_epoch)
-        for epoch in range(start_epoch, config.epochs):
-            model.train()
-            gen = _epoch_generator(config.seed, epoch)
-            torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=gen)))  # dropout stream of this epoch
-            perm = torch.randperm(n, generator=gen)
-            t0, total = time.perf_counter(), 0.0
-            for start in range(0, n, config.batch_size):
-                batch = train.batch(perm[start:start + config.batch_size])
-                loss = loss_fn(mu_fn(model, train, batch), batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                rows = len(batch["obs"])
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise _diverged(run, epoch, step, f"the loss is {loss_value}")
-                total += loss_value * rows
-                step += 1
-                samples_seen += rows
-                bar.update(job, advance=1, description=f"distill {student} epoch {epoch + 1}/{config.epochs} loss {loss_value:.4f}")
-            seconds = time.perf_counter() - t0
-            if not all(torch.isfinite(p).all() for p in model.parameters()):
-                raise _diverged(run, epoch, step, "the weights hold NaN or infinity")
-            record = {"epoch": epoch + 1, "step": step, "samples": samples_seen, "train_loss": total / n,
-                      "val_loss": evaluate_loss(model, val, loss_fn, config.batch_size, mu_fn) if val is not None else None,
-                      "seconds": seconds, "samples_per_s": n / seconds if seconds > 0 else None}
-            last = record
-            if run is not None:
-                append_jsonl(run / "metrics.jsonl", record)
-                if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
-                    tensors = {**student_tensors(model), **_optimizer_tensors(optimizer)}  # "model." prefix for both kinds
-                    save_run_checkpoint(run, epoch + 1, tensors, checkpoint_meta(epoch + 1))
-                    plot_loss_curve(read_jsonl(run / "metrics.jsonl"), run / "loss_curve.png",
-                                    f"{meta['domain']}: {student} student")
-            if on_epoch is not None:
-                on_epoch(record)
+    report = progress or (lambda description, completed, total: None)
+    todo, done = (config.epochs - start_epoch) * steps_per_epoch, 0
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        gen = _epoch_generator(config.seed, epoch)
+        torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=gen)))  # dropout stream of this epoch
+        perm = torch.randperm(n, generator=gen)
+        t0, total = time.perf_counter(), 0.0
+        for start in range(0, n, config.batch_size):
+            batch = train.batch(perm[start:start + config.batch_size])
+            loss = loss_fn(mu_fn(model, train, batch), batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            rows = len(batch["obs"])
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise _diverged(run, epoch, step, f"the loss is {loss_value}")
+            total += loss_value * rows
+            step += 1
+            samples_seen += rows
+            done += 1
+            report(f"distill {student} epoch {epoch + 1}/{config.epochs} loss {loss_value:.4f}", done, todo)
+        seconds = time.perf_counter() - t0
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise _diverged(run, epoch, step, "the weights hold NaN or infinity")
+        record = {"epoch": epoch + 1, "step": step, "samples": samples_seen, "train_loss": total / n,
+                  "val_loss": evaluate_loss(model, val, loss_fn, config.batch_size, mu_fn) if val is not None else None,
+                  "seconds": seconds, "samples_per_s": n / seconds if seconds > 0 else None}
+        last = record
+        if run is not None:
+            append_jsonl(run / "metrics.jsonl", record)
+            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
+                tensors = {**student_tensors(model), **optimizer_tensors(optimizer)}  # "model." prefix for both kinds
+                save_run_checkpoint(run, epoch + 1, tensors, checkpoint_meta(epoch + 1))
+                plot_loss_curve(read_jsonl(run / "metrics.jsonl"), run / "loss_curve.png",
+                                f"{meta['domain']}: {student} student")
+        if on_epoch is not None:
+            on_epoch(record)
 
     if not last and run is not None:  # resumed a finished run: report its last epoch
         records = read_jsonl(run / "metrics.jsonl")
         last = records[-1] if records else {}
-    return {
+    return model, {
         "run": str(run) if run is not None else None, "student": student, "config": cfg_dict,
         "distill": config.to_dict(), "epochs": config.epochs, "resumed_from_epoch": start_epoch, "steps": step,
         "train_tasks": len(train_tasks), "val_tasks": val_tasks, "train_rows": n,
         "train_loss": last.get("train_loss"), "val_loss": last.get("val_loss"),
-        "samples_per_s": last.get("samples_per_s"), "model": model,
+        "samples_per_s": last.get("samples_per_s"),
     }
+
+
+def distill(data_path: str | Path, student: str = "hnmlp", student_config: Any = None, config: DistillConfig = DistillConfig(),
+            **kwargs) -> dict[str, Any]:
+    """``train_student`` without the module: the JSON-ready summary of a distillation (see ``train_student``)."""
+    return train_student(data_path, student, student_config, config, **kwargs)[1]

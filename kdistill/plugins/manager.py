@@ -30,7 +30,7 @@ ENTRY_POINT_GROUP = "kdistill"
 PLUGINS_ENV = "KDISTILL_PLUGINS"
 DISABLE_ENV = "KDISTILL_DISABLE_PLUGINS"
 
-# registry kind -> hook name. A later issue adds a hook by adding a line here and a spec in hookspecs.
+# registry kind -> hook name. A new hook is a line here and a spec in hookspecs.
 KINDS = {
     "domains": "register_domains",
     "context_encoders": "register_context_encoders",
@@ -176,4 +176,9 @@ def reset_plugins() -> None:
 
 def get_domain(name: str, **options):
     """Build the domain registered as ``name`` with ``options`` (e.g. ``data_dir``)."""
-    return get_plugins().domains.get(name)(**options)
+    plugins = get_plugins()
+    domain = plugins.domains.get(name)(**options)
+    if getattr(domain, "name", None) != name:
+        raise PluginError(f"plugin {plugins.domains.entry(name).plugin!r} registered domain {name!r}, but the domain it "
+                          f"builds calls itself {getattr(domain, 'name', None)!r}; the registered name must equal Domain.name.")
+    return domain

@@ -41,6 +41,13 @@ from kdistill.io import (append_jsonl, atomic_write_json, claim_folder, latest_c
                          read_json_object, save_run_checkpoint, truncate_jsonl)
 from kdistill.policy import Policy
 from kdistill.rl.ppo import compute_gae
+from kdistill.state import (OPTIM_PREFIX, load_model_state, load_optimizer, model_tensors, optimizer_state,
+                            optimizer_tensors)
+from kdistill.rl.sampling import PinnedSampler
+from kdistill.rl.vec import SubprocVecEnv
+from kdistill.io import save_checkpoint
+from kdistill.io import NonFiniteError
+from kdistill.domain import Layout
 
 _pos = attrs.validators.gt(0)
 _nonneg = attrs.validators.ge(0)
@@ -558,7 +565,6 @@ class ExpertTrainer:
         bad = np.flatnonzero(bad_loss | bad_weights)
         if not bad.size:
             return
-        from kdistill.io import NonFiniteError
 
         names = [self.tasks[self._rows[j]] for j in bad]
         kept = latest_checkpoint(self.run_dir) if self.run_dir is not None else None
@@ -626,10 +632,8 @@ class ExpertTrainer:
 
     def tensors(self) -> dict[str, Any]:
         out = self.policy_tensors()
-        out.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
-        for pid, state in self.optimizer.state_dict()["state"].items():
-            for name, value in state.items():
-                out[f"optim.{pid}.{name}"] = torch.as_tensor(value)
+        out.update(model_tensors(self.model))
+        out.update(optimizer_tensors(self.optimizer))
         out["obs_rms.mean"], out["obs_rms.var"], out["obs_rms.count"] = self.obs_rms.mean, self.obs_rms.var, self.obs_rms.count
         out["rew_rms.mean"], out["rew_rms.var"], out["rew_rms.count"] = self.rew_rms.mean, self.rew_rms.var, self.rew_rms.count
         out["rew_ret"] = self.rew_ret
@@ -646,20 +650,14 @@ class ExpertTrainer:
         self.active = np.array([t["active"] for t in meta["tasks"]], bool)
         self._rows = np.flatnonzero(self.active)
         self.model = StackedActorCritic(len(self._rows), self.in_features, self.num_actions, self.config.hidden)
-        from kdistill.rl.trainer import load_model_state
-
         load_model_state(self.model, tensors)
         self.optimizer = self._new_optimizer()
-        optim_state: dict[int, dict[str, torch.Tensor]] = collections.defaultdict(dict)
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, pid, name = key.split(".", 2)
-                optim_state[int(pid)][name] = value
+        optim_state = optimizer_state(tensors)
         # a snapshot (``snapshot_run``) carries no Adam moments: Adam then starts afresh, the one inexact resume
         self.optimizer_restarted = not optim_state
         if optim_state:
             groups = [dict(g, params=list(range(len(list(self.model.parameters()))))) for g in meta["optimizer_groups"]]
-            self.optimizer.load_state_dict({"state": dict(optim_state), "param_groups": groups})
+            load_optimizer(self.optimizer, tensors, groups)
         for name in self.best_actor:
             self.best_actor[name] = tensors[f"best.{name}"].clone()
         self.best_obs_mean = tensors["best.obs_mean"].numpy().copy()
@@ -721,7 +719,7 @@ def snapshot_run(run: str | Path, out: str | Path) -> dict[str, Any]:
     if meta.get("kind") != "experts":
         raise CheckpointError(f"{run} is a {meta.get('kind')!r} run, not a per-task expert run; pass an experts run folder.")
     claim_folder(out, "experts-run")
-    keep = {k: v for k, v in tensors.items() if not k.startswith("optim.")}
+    keep = {k: v for k, v in tensors.items() if not k.startswith(OPTIM_PREFIX)}
     meta = {**meta, "snapshot_of": str(run)}
     for old in out.glob("ckpt-*"):
         shutil.rmtree(old)
@@ -785,8 +783,6 @@ def start_or_resume(domain, settings: ExpertRunSettings, config: ExpertConfig, r
 
 def pinned_vec_env(domain, tasks: Sequence[str], envs_per_task: int, workers: int = 0):
     """A vector env whose slots ``k*E .. k*E+E-1`` always play ``tasks[k]``, in-process or over workers."""
-    from kdistill.rl.sampling import PinnedSampler
-    from kdistill.rl.vec import SubprocVecEnv
 
     tasks = list(tasks)
     slot_tasks = [t for t in tasks for _ in range(envs_per_task)]
@@ -832,8 +828,6 @@ class ExpertSetPolicy(Policy):
     kind = "experts"
 
     def __init__(self, tensors: dict[str, Any], meta: dict[str, Any], seed: int = 0):
-        from kdistill.domain import Layout
-
         self.meta = meta
         self.domain = meta["domain"]
         self.layout = Layout.from_dict(meta["layout"])
@@ -911,7 +905,6 @@ class ExpertSetPolicy(Policy):
 
 def export_experts(run: str | Path, out: str | Path) -> dict[str, Any]:
     """Write the best actors and normalisers of an expert run (no critic, no optimiser) as a checkpoint folder."""
-    from kdistill.io import save_checkpoint
 
     tensors, meta = load_run_checkpoint(run)
     if meta.get("kind") != "experts":

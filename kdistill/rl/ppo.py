@@ -35,7 +35,6 @@ class PPOConfig:
     gae_lambda: float = attrs.field(default=0.95, validator=[_nonneg, attrs.validators.le(1)])
     clip_eps: float = attrs.field(default=0.2, validator=_pos)  # policy ratio and value clipping
     value_coef: float = attrs.field(default=0.5, validator=_nonneg)
-    entropy_coef: float = attrs.field(default=0.0, validator=_nonneg)
     lr: float = attrs.field(default=3e-4, validator=_pos)
     min_lr: float = attrs.field(default=0.0, validator=_nonneg)
     warmup_iterations: int = attrs.field(default=5, validator=_nonneg)

@@ -1,7 +1,7 @@
 """Which task a sub-environment plays next.
 
-``BalancedSampler`` is MetaMorph's balanced scheme: a task whose episodes end early (a robot that
-falls) yields few samples per episode, so it is drawn more often. Its probability is
+``BalancedSampler`` is MetaMorph's balanced scheme: a task whose episodes end early (an agent that
+fails) yields few samples per episode, so it is drawn more often. Its probability is
 ``p_i ∝ (max_episode_length / ema_length_i) ** alpha``, where ``ema_length_i`` is an exponential
 moving average of the task's episode lengths. Sampling is uniform for the first
 ``warmup_iterations`` iterations, and a task's average becomes an EMA only after ``min_episodes``
@@ -34,7 +34,7 @@ class TaskSampler:
         return self.tasks[int(rng.choice(len(self.tasks), p=self.probs()))]
 
     def probs(self) -> np.ndarray:
-        return np.full(len(self.tasks), 1.0 / len(self.tasks))
+        raise NotImplementedError
 
     def update(self, task: str, episode_length: int) -> None:
         pass
@@ -53,7 +53,7 @@ class TaskSampler:
 def _check_tasks(tasks: Sequence[str]) -> list[str]:
     tasks = list(tasks)
     if not tasks:
-        raise KdistillError("no tasks to sample from; pass at least one task (e.g. --robots NAME or --split train).")
+        raise KdistillError("no tasks to sample from; pass at least one task (e.g. --tasks NAME or --split train).")
     if len(set(tasks)) != len(tasks):
         raise KdistillError("the task list names a task twice; pass each task once.")
     return tasks
@@ -64,6 +64,9 @@ class UniformSampler(TaskSampler):
 
     def __init__(self, tasks: Sequence[str]):
         self.tasks = _check_tasks(tasks)
+
+    def probs(self) -> np.ndarray:
+        return np.full(len(self.tasks), 1.0 / len(self.tasks))
 
 
 class PinnedSampler(TaskSampler):

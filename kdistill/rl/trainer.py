@@ -26,15 +26,16 @@ import attrs
 import numpy as np
 import torch
 
-from kdistill.errors import CheckpointError, KdistillError, unknown_name
+from kdistill.errors import CheckpointError, KdistillError
 from kdistill.io import (append_jsonl, latest_checkpoint, load_run_checkpoint, save_run_checkpoint,
                          truncate_jsonl)
-from kdistill.plugins import get_plugins
 from kdistill.rl.distributions import gaussian_log_prob
 from kdistill.rl.normalise import ObsNormalizer, RewardNormalizer
 from kdistill.rl.ppo import PPOConfig, compute_gae, learning_rate, ppo_update
 from kdistill.rl.sampling import BalancedSampler, UniformSampler
 from kdistill.rl.vec import make_vec_env
+from kdistill.state import load_model_state, load_optimizer, model_tensors, optimizer_tensors
+from kdistill.io import NonFiniteError
 
 _pos = attrs.validators.gt(0)
 
@@ -124,10 +125,7 @@ class PPOTrainer:
         }
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        for pid, state in self.optimizer.state_dict()["state"].items():
-            for name, value in state.items():
-                out[f"optim.{pid}.{name}"] = torch.as_tensor(value)
+        out = {**model_tensors(self.model), **optimizer_tensors(self.optimizer)}
         out["rng.torch"] = self.generator.get_state()
         return out
 
@@ -139,14 +137,9 @@ class PPOTrainer:
     def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         check_compatible(meta, self.settings, self.teacher_config, self.config)
         load_model_state(self.model, tensors)
-        optim_state: dict[int, dict[str, torch.Tensor]] = collections.defaultdict(dict)
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, pid, name = key.split(".", 2)
-                optim_state[int(pid)][name] = value
         groups = [dict(g, params=list(range(len(self.optimizer.param_groups[0]["params"]))))
                   for g in meta["optimizer_groups"]]
-        self.optimizer.load_state_dict({"state": dict(optim_state), "param_groups": groups})
+        load_optimizer(self.optimizer, tensors, groups)
         self.generator.set_state(tensors["rng.torch"])
         self.obs_norm.rms.load_state(meta["normalizer"])
         self.reward_norm.load_state(meta["reward_normalizer"])
@@ -285,7 +278,6 @@ class PPOTrainer:
         bad = [k for k, v in losses.items() if v is not None and not math.isfinite(v)]
         if not bad and all(torch.isfinite(p).all() for p in self.model.parameters()):
             return
-        from kdistill.io import NonFiniteError
 
         what = f"the {bad[0].replace('_', ' ')} is {losses[bad[0]]}" if bad else "the weights hold NaN or infinity"
         kept = latest_checkpoint(self.run_dir) if self.run_dir is not None else None
@@ -299,19 +291,6 @@ class PPOTrainer:
 
 # helpers shared with resume and policy loading -----------------------------------------------------------
 
-def load_model_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str = "model.") -> None:
-    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    bad = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or bad:
-        what = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
-                else f"shape mismatch in {bad[:3]}")
-        raise CheckpointError(f"checkpoint weights do not fit this model ({what}); it was saved with another architecture or config.")
-    model.load_state_dict(state)
-
-
 def check_compatible(meta: dict[str, Any], settings: RunSettings, teacher_config, config: PPOConfig) -> None:
     """Raise ``CheckpointError`` unless ``meta`` is a teacher run of the same domain, teacher and configs."""
     if meta.get("kind") != "teacher":
@@ -321,7 +300,7 @@ def check_compatible(meta: dict[str, Any], settings: RunSettings, teacher_config
         ("domain", meta.get("domain"), settings.domain),
         ("teacher", meta.get("arch"), settings.teacher),
         ("teacher config", meta.get("config"), teacher_config.to_dict()),
-        ("PPO config", meta.get("ppo"), config.to_dict()),
+        ("PPO config", _without(meta.get("ppo"), "entropy_coef"), config.to_dict()),
         ("tasks", run.get("tasks"), list(settings.tasks)),
         ("seed", run.get("seed"), settings.seed),
     ]
@@ -333,27 +312,13 @@ def check_compatible(meta: dict[str, Any], settings: RunSettings, teacher_config
                 f"with teacher {meta.get('arch')!r}; resume with the run's own settings or write to a new --out folder.")
 
 
+def _without(config: Any, key: str) -> Any:
+    """A saved config less ``key``: checkpoints written before a never-read setting was removed still resume."""
+    return {k: v for k, v in config.items() if k != key} if isinstance(config, dict) else config
+
+
 def _jsonable(x):
     return json.loads(json.dumps(x, default=list))
-
-
-def find_teacher_spec(domain, name: str | None):
-    """The TeacherSpec called ``name`` (or the domain's default teacher)."""
-    own = dict(domain.teachers())
-    registry = get_plugins().teachers
-    if name is None:
-        name = domain.default_teacher or (next(iter(own)) if own else None)
-        if name is None:
-            domain_plugin = get_plugins().domains.entry(domain.name).plugin
-            candidates = sorted(e.name for e in registry if e.plugin == domain_plugin)
-            if not candidates:
-                raise KdistillError(f"domain {domain.name!r} offers no teacher; register one with register_teachers.")
-            name = candidates[0]
-    if name in own:
-        return name, own[name]
-    if name in registry:
-        return name, registry.get(name)
-    raise unknown_name("teacher", name, set(own) | set(registry.names()))
 
 
 def start_or_resume(domain, settings: RunSettings, teacher_spec, teacher_config, config: PPOConfig, run_dir,

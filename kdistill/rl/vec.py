@@ -24,6 +24,7 @@ import numpy as np
 
 from kdistill.errors import KdistillError
 from kdistill.rl.sampling import FixedProbsSampler, TaskSampler, UniformSampler
+from kdistill.procs import die_with_parent
 
 
 def stack_obs(obs_list: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -160,8 +161,6 @@ class SyncVecEnv(VecEnv):
 # worker processes ---------------------------------------------------------------------------------
 
 def _worker(conn, make_chunk: Callable[[int, int, TaskSampler], VecEnv], index: int, num_envs: int, tasks: list[str]) -> None:
-    from kdistill.procs import die_with_parent
-
     die_with_parent()  # also when the parent is not the CLI (a script using SubprocVecEnv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and closes us
     sampler = FixedProbsSampler(tasks)

@@ -7,7 +7,7 @@ Run (skipped by the default test run)::
 One benchmark group per batch size (1, 32, 1024), so the teacher and the students sit side by side:
 
 * ``teacher``          MetaMorph actor, paper preset, torch inference mode, fused MHA fast path on;
-* ``hnmlp-per-limb``   the HN-MLP as the reference runs it (per-limb generated weights per row, einsum);
+* ``hnmlp-per-token``   the HN-MLP as the reference runs it (per-limb generated weights per row, einsum);
 * ``student-batched``  the student's ``forward_with`` (kdistill's grouped-bmm path);
 * ``dense-torch``      the robot's folded MLP as torch Linear layers;
 * ``numpy-runtime``    the exported MLP in ``kdistill.deploy.runtime``;
@@ -27,7 +27,7 @@ import torch
 from kdistill.bench import bench as B
 
 BATCHES = (1, 32, 1024)
-MODELS = ("teacher", "hnmlp-per-limb", "student-batched", "dense-torch", "numpy-runtime", "onnxruntime")
+MODELS = ("teacher", "hnmlp-per-token", "student-batched", "dense-torch", "numpy-runtime", "onnxruntime")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def costs(subjects):
 
 
 class CallerCache:
-    """Inputs and callables of one batch size at a time (the per-limb weights at 1024 rows take 0.5 GB)."""
+    """Inputs and callables of one batch size at a time (the per-token weights at 1024 rows take 0.5 GB)."""
 
     def __init__(self, subjects):
         self.subjects, self.batch, self.callers = subjects, None, {}
@@ -76,7 +76,7 @@ def test_policy_step(benchmark, callers, costs, single_thread, batch, model):
     benchmark.extra_info.update(batch=batch, flops_per_sample=flops["flops"], params=flops["params"],
                                 blas_threads=single_thread, torch_threads=torch.get_num_threads())
     with torch.inference_mode():
-        if batch >= 1024 and model in ("teacher", "hnmlp-per-limb"):  # about a second per teacher call
+        if batch >= 1024 and model in ("teacher", "hnmlp-per-token"):  # about a second per teacher call
             benchmark.pedantic(fn, rounds=5, iterations=1, warmup_rounds=1)
         else:
             benchmark(fn)

@@ -29,9 +29,7 @@ from kdistill.domain import Layout
 from kdistill.rl.distributions import ACTION_STD
 
 
-def _positive(instance, attribute, value):
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value}")
+_positive = attrs.validators.gt(0)
 
 
 def _even_split(instance, attribute, value):
@@ -58,7 +56,7 @@ class TransformerTeacherConfig:
         return {
             "paper": cls(),
             # ~1/8 of the paper's per-sample compute (fwd+bwd at batch 512: ~0.3-0.5 s on one core):
-            # two pre-LN layers of width 64 keep cross-limb attention, which is what lets one policy
+            # two pre-LN layers of width 64 keep cross-token attention, which is what lets one policy
             # serve many morphologies; PPO's update dominates the wall time on CPU, so depth is costly
             "cpu": cls(d_model=64, num_layers=2, num_heads=2, feedforward=256),
         }
@@ -230,7 +228,3 @@ def build_modumorph_teacher(layout: Layout, config: ModuMorphTeacherConfig) -> T
         return ModularTokenTransformer(layout.obs_features, layout.context_features, out, config)
 
     return TransformerActorCritic(layout, net(layout.actions_per_token), net(1), config.action_std)
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
