@@ -12,8 +12,8 @@ __version__ = "0.1.0"
 
 hookimpl = pluggy.HookimplMarker("kdistill")
 
-from kdistill.errors import KdistillError  # noqa: E402
 from kdistill.domain import Domain, Layout, TaskContext, TeacherSpec  # noqa: E402
+from kdistill.errors import KdistillError  # noqa: E402
 from kdistill.plugins import get_domain, get_plugins  # noqa: E402
 
 __all__ = [

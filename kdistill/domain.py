@@ -35,7 +35,6 @@ import numpy as np
 from kdistill.errors import unknown_name
 from kdistill.rl.vec import SyncVecEnv
 
-
 _positive = attrs.validators.gt(0)
 
 

@@ -54,7 +54,7 @@ def evaluate_policy(domain, policy, tasks: Sequence[str], episodes: int = 16, se
             if random_baseline:
                 num_actions = domain.layout.num_actions
                 rand, rand_len = play_episodes(
-                    envs, seeds, lambda o: rng.uniform(-1.0, 1.0, (o["obs"].shape[0], num_actions)))
+                    envs, seeds, lambda o, n=num_actions: rng.uniform(-1.0, 1.0, (o["obs"].shape[0], n)))
                 row.update(random_returns=rand, random_lengths=rand_len, random_mean=float(np.mean(rand)))
         finally:
             for env in envs:

@@ -302,7 +302,8 @@ def load_run_checkpoint(run: str | os.PathLike, as_torch: bool = True) -> tuple[
         raise CheckpointError(f"{run} does not exist; pass a run folder written by kdistill.")
     ckpt = latest_checkpoint(run)
     if ckpt is None:
-        raise CheckpointError(f"{run} holds no complete kdistill checkpoint (ckpt-*/meta.json); pass a run folder written by kdistill, or wait for its first checkpoint.")
+        raise CheckpointError(f"{run} holds no complete kdistill checkpoint (ckpt-*/meta.json); pass a run folder written by "
+                              f"kdistill, or wait for its first checkpoint.")
     try:
         return load_checkpoint(ckpt, as_torch)
     except CheckpointError:

@@ -18,8 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from kdistill.errors import KdistillError
-from kdistill.io import prepare_output_dir
-from kdistill.io import file_mode
+from kdistill.io import file_mode, prepare_output_dir
 
 FORMATS = (".gif", ".mp4")
 

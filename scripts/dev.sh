@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for a fresh clone: sets up (or reuses) .venv, then runs the demo or the tests.
 #   bash scripts/dev.sh demo [DOMAIN] [args...]   end-to-end pipeline (default domain: unimal)
-#   bash scripts/dev.sh test [pytest args...]     the default test suite
+#   bash scripts/dev.sh test [pytest args...]     ruff (lint, import order, complexity), then the default test suite
 #   bash scripts/dev.sh setup                     only the environment
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +48,7 @@ case "$cmd" in
   setup) setup ;;
   test)
     setup
+    .venv/bin/ruff check . || { echo "error: ruff found problems (see above); fix them or run .venv/bin/ruff check --fix ." >&2; exit 1; }
     exec .venv/bin/python -m pytest "$@" ;;
   demo)
     setup

@@ -12,8 +12,7 @@ import gymnasium as gym
 import numpy as np
 
 from kdistill import Domain, Layout, TaskContext, TeacherSpec, hookimpl
-from kdistill.teachers.transformer import (ModuMorphTeacherConfig, TransformerTeacherConfig, build_modumorph_teacher,
-                               build_transformer_teacher)
+from kdistill.teachers.transformer import ModuMorphTeacherConfig, TransformerTeacherConfig, build_modumorph_teacher, build_transformer_teacher
 
 TOKENS, FEATURES, CONTEXT = 3, 4, 2
 GOALS = {

@@ -6,9 +6,9 @@ import attrs
 import numpy as np
 import torch
 
+from kdistill.distill.students import build_student, student_tensors
 from kdistill.io import save_run_checkpoint
 from kdistill.rl.normalise import ObsNormalizer
-from kdistill.distill.students import build_student, student_tensors
 
 
 def write_student_run(run, layout, domain: str, arch: str = "hnmlp", preset: str = "small", seed: int = 0,

@@ -4,8 +4,8 @@ together, runs load from folders, any domain works. Timings are never asserted (
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from kdistill.bench import bench as B
-from kdistill.errors import KdistillError
 from kdistill.deploy.export import fold_policy
+from kdistill.errors import KdistillError
 from kdistill.plugins import get_domain, get_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,9 +125,9 @@ def test_fresh_models_are_seeded(cartpole):
 
 
 def test_bench_loads_teacher_and_student_runs(cartpole, tmp_path):
+    from kdistill.distill.students import build_student, student_tensors
     from kdistill.io import save_run_checkpoint
     from kdistill.rl.normalise import ObsNormalizer
-    from kdistill.distill.students import build_student, student_tensors
 
     layout = cartpole.layout
     spec = get_plugins().teachers.get("context-mlp")

@@ -14,8 +14,7 @@ import torch
 
 from domains.cartpole.domain import DEMO_DEFAULTS, CartPoleConfig, CartPoleDomain
 from domains.cartpole.env import ENV_ID
-from domains.cartpole.physics import (PARAM_NAMES, CartPoleParams, Dynamics, ParamRanges, make_task_params,
-                                      reward_and_failure, step_one, step_state)
+from domains.cartpole.physics import PARAM_NAMES, CartPoleParams, Dynamics, ParamRanges, make_task_params, reward_and_failure, step_one, step_state
 from domains.cartpole.teacher import CONTEXT_MLP, ContextMLPConfig, build_context_mlp
 from kdistill import KdistillError
 from kdistill.rl.sampling import BalancedSampler, FixedProbsSampler
@@ -120,7 +119,7 @@ def test_push_from_rest_matches_the_lagrangian():
 def test_unforced_motion_conserves_momentum_and_energy():
     p = CartPoleParams(0.6, 0.25, 0.8, 9.8, 1.0, 1.0)
     dyn = Dynamics(dt=0.001, substeps=4)
-    m, M, l, g = p.pole_mass, p.pole_mass + p.cart_mass, p.half_length, p.gravity
+    m, M, l, g = p.pole_mass, p.pole_mass + p.cart_mass, p.half_length, p.gravity  # noqa: E741 (the physics' names)
 
     def momentum(s):
         return M * s[1] + m * l * s[3] * math.cos(s[2])
@@ -362,9 +361,9 @@ def test_demo_defaults_are_complete(domain):
     from kdistill.teachers.lookup import domain_teachers
 
     assert d["teacher"] in domain_teachers(domain) and d["teacher_preset"] in ContextMLPConfig.presets()
+    from kdistill.distill.students import STUDENTS
     from kdistill.distill.training import DistillConfig
     from kdistill.rl.ppo import PPOConfig
-    from kdistill.distill.students import STUDENTS
 
     assert d["ppo_preset"] in PPOConfig.presets() and d["distill_preset"] in DistillConfig.presets()
     assert d["student"] in STUDENTS and d["blind_student"] in STUDENTS

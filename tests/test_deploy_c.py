@@ -17,8 +17,8 @@ from kdistill.deploy import runtime
 from kdistill.deploy.c_source import c_identifier, write_c
 from kdistill.deploy.export import export_policy
 from kdistill.distill.expert_data import slice_normalizer_state
-from kdistill.rl.normalise import ObsNormalizer
 from kdistill.distill.students import StudentPolicy, build_student
+from kdistill.rl.normalise import ObsNormalizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CC = shutil.which("cc") or shutil.which("gcc")

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from distill_toy import ToyTeacher, ToyTokenDomain
+from kdistill.distill.expert_data import CollectSettings, collect_expert_data
 from kdistill.distill.training import DistillConfig, distill, split_tasks, train_student
 from kdistill.errors import CheckpointError, DataError, KdistillError
-from kdistill.distill.expert_data import CollectSettings, collect_expert_data
 from kdistill.io import load_run_checkpoint, read_jsonl
 
 SMALL_HN = {"hidden": 32, "embed": 16}
@@ -118,9 +118,9 @@ def test_refuses_to_overwrite_or_resume_with_other_settings(data, tmp_path):
 def test_logp_loss_trains_towards_the_mean_too(data):
     model, result = train_student(data, "hnmlp", SMALL_HN, DistillConfig(epochs=6, batch_size=256, loss="logp"))
     model = model.eval()
-    from kdistill.distill.training import TorchData, student_mu
     from kdistill.distill.expert_data import load_expert_data
     from kdistill.distill.losses import mse_loss
+    from kdistill.distill.training import TorchData, student_mu
 
     td = TorchData(load_expert_data(data))
     batch = td.batch(torch.arange(len(td)))

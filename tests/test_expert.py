@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from distill_toy import S_IDX, ToyTeacher, ToyTokenDomain, teacher_normalizer
+from kdistill.distill.expert_data import CollectSettings, collect_expert_data, load_expert_data, read_expert_meta, shard_name, task_seed
 from kdistill.errors import DataError
-from kdistill.distill.expert_data import (CollectSettings, collect_expert_data, load_expert_data, read_expert_meta, shard_name,
-                             task_seed)
 
 SETTINGS = CollectSettings(samples_per_task=203, num_envs=4, seed=3)  # 51 steps, last row of step 50 dropped
 

@@ -9,9 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from kdistill.rl.experts import (
+    ExpertConfig,
+    ExpertRunSettings,
+    ExpertTrainer,
+    StackedActorCritic,
+    StackedRunningMeanStd,
+    pinned_vec_env,
+    start_or_resume,
+)
 from kdistill.rl.normalise import RunningMeanStd
-from kdistill.rl.experts import (ExpertConfig, ExpertRunSettings, ExpertTrainer, StackedActorCritic,
-                                 StackedRunningMeanStd, pinned_vec_env, start_or_resume)
 from kdistill.rl.sampling import PinnedSampler
 
 TINY = ExpertConfig.presets()["tiny"]

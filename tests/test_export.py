@@ -14,11 +14,11 @@ import torch
 
 from distill_toy import ToyTokenDomain, teacher_normalizer
 from kdistill.deploy import runtime
-from kdistill.errors import DataError
 from kdistill.deploy.export import export_policy, fold_policy
 from kdistill.distill.expert_data import slice_normalizer_state
-from kdistill.rl.normalise import ObsNormalizer
 from kdistill.distill.students import StudentPolicy, build_student
+from kdistill.errors import DataError
+from kdistill.rl.normalise import ObsNormalizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_PLUGIN = Path(__file__).with_name("distill_toy.py")

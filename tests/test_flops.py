@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from kdistill.bench import flops as F
-from kdistill.domain import Layout
 from kdistill.distill.students import build_student
+from kdistill.domain import Layout
 from kdistill.teachers.transformer import TransformerTeacherConfig, build_modumorph_teacher, build_transformer_teacher
 
 # UNIMAL flat terrain as the reference counts it: 12 limb slots, 52 teacher / 17 student features per limb,

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from kdistill.distill.expert_data import CollectSettings, collect_expert_data, load_expert_data, load_expert_sets, read_expert_meta
 from kdistill.distill.training import DistillConfig, distill, train_student
 from kdistill.errors import KdistillError
-from kdistill.distill.expert_data import CollectSettings, collect_expert_data, load_expert_data, load_expert_sets, read_expert_meta
 from kdistill.loading import load_policy
 from kdistill.rl.experts import ExpertConfig, ExpertRunSettings, ExpertTrainer, export_experts
 
@@ -57,7 +57,7 @@ def test_each_task_is_labelled_by_its_own_expert(cartpole, experts, expert_data)
     std = np.sqrt(np.asarray(meta["normalizer"]["var"]) + meta["normalizer"]["epsilon"])
     data = load_expert_data(expert_data)
     disagree = 0.0
-    for k, task in enumerate(tasks):
+    for k, _task in enumerate(tasks):
         rows = data.task_index == k
         raw = data.obs[rows] * std + mean  # the student view is the whole state here; invert the normaliser
         obs = {"obs": raw.astype(np.float32), "obs_mask": data.obs_mask[rows]}

@@ -13,10 +13,9 @@ import pytest
 
 from distill_toy import ToyTokenDomain, teacher_normalizer
 from kdistill.deploy import runtime
-from kdistill.errors import KdistillError
-from kdistill.deploy.export import (ONNX_FORMAT, export_onnx, export_policy, onnx_path, onnx_session,
-                             random_student_observations)
+from kdistill.deploy.export import ONNX_FORMAT, export_onnx, export_policy, onnx_path, onnx_session, random_student_observations
 from kdistill.distill.expert_data import slice_normalizer_state
+from kdistill.errors import KdistillError
 from student_run import write_student_run
 from test_export import make_policy, rollout_obs
 
@@ -57,8 +56,8 @@ def test_onnx_matches_the_student_and_the_numpy_runtime(tmp_path, name, config):
 
 def test_onnx_of_a_paper_sized_unimal_student(tmp_path, unimal_dir):
     """The paper-sized HN-MLP on UNIMAL robots of 4 to 11 limbs: onnxruntime within 1e-5 of the student."""
-    from kdistill.rl.normalise import ObsNormalizer
     from kdistill.plugins import get_domain
+    from kdistill.rl.normalise import ObsNormalizer
 
     domain = get_domain("unimal", data_dir=str(unimal_dir))
     layout = domain.layout

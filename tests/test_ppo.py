@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from kdistill.rl.normalise import ObsNormalizer
 from kdistill.rl.distributions import gaussian_log_prob
+from kdistill.rl.normalise import ObsNormalizer
 from kdistill.rl.ppo import PPOConfig, compute_gae, learning_rate, ppo_update
-from kdistill.rl.trainer import PPOTrainer, RunSettings
 from kdistill.rl.sampling import BalancedSampler, FixedProbsSampler, UniformSampler
+from kdistill.rl.trainer import PPOTrainer, RunSettings
 from kdistill.rl.vec import SubprocVecEnv, SyncVecEnv
 
 TOY = Path(__file__).with_name("ppo_toy.py")
@@ -223,7 +223,7 @@ def test_sync_vec_env_auto_resets_and_reports_raw_returns(toy):
     obs = vec.reset(seed=2)
     assert obs["obs"].shape == (3, 3, 4) and obs["act_mask"].shape == (3, 3)
     total = np.zeros(3)
-    for t in range(MAX_STEPS):
+    for _t in range(MAX_STEPS):
         obs, rew, term, trunc, infos = vec.step(np.zeros((3, 3), np.float32))
         total += rew
     assert trunc.all() and not term.any()

@@ -8,12 +8,21 @@ import numpy as np
 import pytest
 import torch
 
-from kdistill.domain import Layout
-from kdistill.errors import CheckpointError, KdistillError
 from kdistill.distill.hypernet import HypernetLayer
 from kdistill.distill.losses import logp_loss, mse_loss
-from kdistill.distill.students import (HNMLPConfig, HNMLPStudent, MLPConfig, MLPStudent, TaskGroups, build_student,
-                               load_student_policy, make_config, student_tensors)
+from kdistill.distill.students import (
+    HNMLPConfig,
+    HNMLPStudent,
+    MLPConfig,
+    MLPStudent,
+    TaskGroups,
+    build_student,
+    load_student_policy,
+    make_config,
+    student_tensors,
+)
+from kdistill.domain import Layout
+from kdistill.errors import CheckpointError, KdistillError
 
 LAYOUT = Layout(max_tokens=4, obs_features=6, student_features=(0, 2, 3), context_features=5, actions_per_token=2)
 SMALL_HN = HNMLPConfig(hidden=16, embed=8)
@@ -306,8 +315,8 @@ def test_configs_validate_and_have_presets():
 
 def test_student_checkpoint_loads_through_load_policy(tmp_path):
     from kdistill.io import save_run_checkpoint
-    from kdistill.rl.normalise import ObsNormalizer
     from kdistill.loading import load_policy
+    from kdistill.rl.normalise import ObsNormalizer
 
     torch.manual_seed(0)
     student = HNMLPStudent(LAYOUT, SMALL_HN)

@@ -13,14 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from kdistill.bench.flops import parameter_count
 from kdistill.domain import Layout
 from kdistill.errors import CheckpointError, KdistillError
 from kdistill.io import latest_checkpoint, load_run_checkpoint, read_jsonl
 from kdistill.rl.ppo import PPOConfig
 from kdistill.rl.trainer import start_or_resume
-from kdistill.bench.flops import parameter_count
-from kdistill.teachers.transformer import (ModuMorphTeacherConfig, TransformerTeacherConfig, build_modumorph_teacher,
-                               build_transformer_teacher)
+from kdistill.teachers.transformer import ModuMorphTeacherConfig, TransformerTeacherConfig, build_modumorph_teacher, build_transformer_teacher
 from test_ppo import TOY, make_trainer, small_config, toy  # noqa: F401  (toy is a fixture)
 
 UNIMAL_LAYOUT = Layout(max_tokens=12, obs_features=52, student_features=tuple(range(13)) + (30, 31, 41, 42),
@@ -203,8 +202,8 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(toy, tmp_path, tea
 
 
 def test_resume_refuses_another_config_or_domain(toy, tmp_path):
-    from kdistill.plugins import get_plugins
     from kdistill.loading import load_policy
+    from kdistill.plugins import get_plugins
 
     torch.set_num_threads(1)
     trainer = make_trainer(toy, iterations=1, run_dir=tmp_path / "run")

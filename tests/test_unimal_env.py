@@ -236,7 +236,7 @@ def test_termination_at_half_the_original_height(envs, unimal_dir):
     env.reset(seed=0)
     rng = np.random.default_rng(0)
     ended = 0
-    for t in range(400):
+    for _t in range(400):
         obs, reward, terminated, truncated, info = env.step(rng.uniform(-1, 1, 24))
         height = env.sim.data.xpos[1, 2] - 1.0
         assert terminated == (height <= threshold)

@@ -9,11 +9,11 @@ import attrs
 import numpy as np
 
 import kdistill
-from kdistill import KdistillError, Layout, TaskContext
-from kdistill.errors import unknown_name
 from domains.cartpole.env import NUM_CONTEXT, NUM_FEATURES, CartPoleEnv, CartPoleVecEnv
 from domains.cartpole.physics import PARAM_NAMES, STATE_NAMES, CartPoleParams, Dynamics, ParamRanges, make_task_params
 from domains.cartpole.teacher import CONTEXT_MLP
+from kdistill import KdistillError, Layout, TaskContext
+from kdistill.errors import unknown_name
 
 
 def _non_negative(instance, attribute, value):

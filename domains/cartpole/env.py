@@ -13,10 +13,6 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from kdistill.errors import KdistillError
-from kdistill.rl.sampling import UniformSampler
-from kdistill.rl.vec import VecEnv, slot_seeds
-
 from domains.cartpole.physics import (
     PARAM_NAMES,
     STATE_NAMES,
@@ -28,6 +24,9 @@ from domains.cartpole.physics import (
     step_one,
     step_state,
 )
+from kdistill.errors import KdistillError
+from kdistill.rl.sampling import UniformSampler
+from kdistill.rl.vec import VecEnv, slot_seeds
 
 ENV_ID = "kdistill/CartPole-v0"
 NUM_FEATURES = len(STATE_NAMES)

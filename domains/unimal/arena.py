@@ -136,7 +136,7 @@ def assemble(xml_path: str | Path, metadata: dict | None = None, name: str | Non
         raise _not_unimal(Path(xml_path), f"its structure is unexpected ({type(exc).__name__}: {exc})") from None
 
 
-def _assemble(xml_path: str | Path, metadata: dict | None = None, name: str | None = None) -> RobotXml:
+def _assemble(xml_path: str | Path, metadata: dict | None = None, name: str | None = None) -> RobotXml:  # noqa: C901 (one step per XML part, in order)
     path = Path(xml_path)
     name = name or path.stem
     try:

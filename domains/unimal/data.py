@@ -60,7 +60,8 @@ def find_robot_set(data_dir: str | os.PathLike | None = None) -> Path:
         raise MissingDataError(f"no UNIMAL robots at {path} (from {origin}); {FETCH_HINT}.")
     if not any((path / s / "xml").is_dir() for s in SPLITS):
         # an empty folder can be installed into (MissingDataError); one holding other files cannot
-        raise (MissingDataError if _is_empty(path) else DataError)(f"{path} (from {origin}) holds no UNIMAL robot set (train/xml or test/xml); {FETCH_HINT}.")
+        raise (MissingDataError if _is_empty(path) else DataError)(
+            f"{path} (from {origin}) holds no UNIMAL robot set (train/xml or test/xml); {FETCH_HINT}.")
     return path
 
 

@@ -23,8 +23,8 @@ import gymnasium as gym
 import numpy as np
 
 from domains.unimal import features as F
-from domains.unimal.data import find_robot_set, list_splits
 from domains.unimal.arena import assemble
+from domains.unimal.data import find_robot_set, list_splits
 from domains.unimal.robot import Robot, Sim, read_metadata
 from kdistill.errors import DataError, KdistillError, MissingDataError, UnknownNameError, closest, unknown_name
 

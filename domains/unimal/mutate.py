@@ -19,7 +19,8 @@ After an operator the torso's spawn height is set so that the robot's lowest poi
 the original's. A product is kept only if it is valid: it passes the loader's checks (at most 12 bodies, named limbs and
 joints, one motor per joint), its metadata (``num_limbs``, ``dof``) agrees with its XML, it compiles, nothing new touches
 at spawn, and 1000 steps of random actions run with no instability. (Nothing may touch at spawn that did not touch in
-the parent: the arena drops the files' contact excludes, as the original did, so a few parents start touching.) Otherwise another draw is tried. Everything is
+the parent: the arena drops the files' contact excludes, as the original did, so a few parents start touching.)
+Otherwise another draw is tried. Everything is
 drawn from ``numpy.random.default_rng([seed, crc32(robot name)])``, so a robot's variations do not depend on which
 other robots are mutated with it.
 
@@ -36,7 +37,7 @@ import math
 import xml.etree.ElementTree as ET
 import zlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 

@@ -16,8 +16,8 @@ to each body origin. ``d.cvel`` as left by ``mj_step`` would be one substep old.
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import threading
 from pathlib import Path
 

@@ -10,8 +10,7 @@ parameters); ``cpu`` is the compact teacher sized for 2 CPU cores (docs/teacher.
 from __future__ import annotations
 
 from kdistill import TeacherSpec
-from kdistill.teachers.transformer import (ModuMorphTeacherConfig, TransformerTeacherConfig, build_modumorph_teacher,
-                               build_transformer_teacher)
+from kdistill.teachers.transformer import ModuMorphTeacherConfig, TransformerTeacherConfig, build_modumorph_teacher, build_transformer_teacher
 
 METAMORPH = TeacherSpec(
     name="metamorph",

@@ -42,17 +42,16 @@ import torch
 from torch import nn
 
 from kdistill.bench import flops as F
+from kdistill.deploy import runtime
+from kdistill.deploy.export import export_policy, fold_policy, load_student_run, onnx_model_bytes, onnx_session
+from kdistill.distill.students import StudentPolicy, build_student, per_row_forward
 from kdistill.domain import Domain, Layout, TaskContext
 from kdistill.errors import KdistillError
-from kdistill.plots import pyplot, save_figure
-from kdistill.teachers.lookup import find_teacher_spec, teacher_preset
-from kdistill.deploy import runtime
-from kdistill.deploy.export import export_policy, fold_policy, load_student_run
-from kdistill.rl.normalise import ObsNormalizer
 from kdistill.loading import load_policy
+from kdistill.plots import pyplot, save_figure
 from kdistill.policy import TeacherPolicy
-from kdistill.distill.students import StudentPolicy, build_student, per_row_forward
-from kdistill.deploy.export import onnx_model_bytes, onnx_session
+from kdistill.rl.normalise import ObsNormalizer
+from kdistill.teachers.lookup import find_teacher_spec, teacher_preset
 
 TEACHER = "teacher"
 STUDENT_ROWS = ("hnmlp-per-token", "student-batched", "dense-torch", "numpy-runtime", "compiled-runtime", "onnxruntime")

@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 import attrs
 import torch
 from torch import nn
+
 from kdistill.teachers.transformer import ModularTokenTransformer, TokenTransformer
 
 ANALYTIC = "analytic (reference 6.2: Linear = 2*in*out FLOPs per row, (in+1)*out params)"

@@ -18,6 +18,7 @@ from rich.text import Text
 from kdistill.cli.options import console, data_dir_option, err_console, json_option, print_json
 from kdistill.errors import KdistillError
 
+
 class LazyGroup(click.Group):
     """Adds plugin commands on first use, so ``--help`` lists them and import errors surface cleanly."""
 

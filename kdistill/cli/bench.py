@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from kdistill.cli.options import (console, data_dir_option, err_console, json_option, print_json, progress_lines, task_option)
+from kdistill.cli.options import console, data_dir_option, err_console, json_option, print_json, progress_lines, task_option
 
 
 def parse_batches(spec: str) -> tuple[int, ...]:
@@ -86,8 +86,8 @@ def bench_cmd(domain_name: str, teacher_run: str | None, student_run: str | None
       kdistill bench DOMAIN --batches 1,256 --json   # any registered domain
     """
     import attrs
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich import box
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
     from rich.text import Text
 
@@ -132,7 +132,8 @@ def bench_cmd(domain_name: str, teacher_run: str | None, student_run: str | None
 
     costs, ratios, batches = result["costs"], result["ratios"], config.batches
     sub = result["subjects"]
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, title=f"{sub['domain']} / {sub['task']}: teacher {sub['teacher']['arch']} vs student "
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+                  title=f"{sub['domain']} / {sub['task']}: teacher {sub['teacher']['arch']} vs student "
                         f"{sub['student']['arch']}, {result['environment']['torch_threads']} thread(s)")
     table.add_column("model", no_wrap=True)
     for col in ("params", "params*", "FLOPs", "FLOPs*"):

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from kdistill.cli.options import (console, data_dir_option, err_console, json_option, parse_policies, print_json,
-                                  progress_lines, tasks_dir_option)
+from kdistill.cli.options import console, data_dir_option, err_console, json_option, parse_policies, print_json, progress_lines, tasks_dir_option
 
 
 @click.command("compare")
@@ -47,13 +46,13 @@ def compare_cmd(domain_name: str, policies_spec: str, split_spec: str, num_tasks
     from rich.table import Table
 
     from kdistill.devices import check_device, set_torch_threads
-    from kdistill.tasks import resolve_tasks
     from kdistill.errors import KdistillError
-    from kdistill.io import atomic_write_json, prepare_output_dir
-    from kdistill.plugins import get_domain
     from kdistill.evaluate import compare_policies
+    from kdistill.io import atomic_write_json, prepare_output_dir
     from kdistill.loading import load_policy
     from kdistill.plots import plot_comparison
+    from kdistill.plugins import get_domain
+    from kdistill.tasks import resolve_tasks
 
     if episodes <= 0:
         raise KdistillError(f"--episodes must be positive, got {episodes}.")

@@ -158,7 +158,7 @@ def _is_unmarked_demo(path: Path) -> bool:
 @click.option("--quiet", is_flag=True, help="Hide the steps' own progress output.")
 @json_option
 @data_dir_option
-def demo_cmd(domain_name: str, out_dir: str | None, teacher_run: str | None, samples_per_task: int | None,
+def demo_cmd(domain_name: str, out_dir: str | None, teacher_run: str | None, samples_per_task: int | None,  # noqa: C901 (the pipeline, one step after another)
              epochs: int | None, episodes: int | None, test_tasks: int | None, no_bench: bool, fresh: bool, quiet: bool,
              as_json: bool, data_dir: str | None) -> None:
     """Run the whole pipeline on DOMAIN and write a report (markdown + PNGs).
@@ -171,9 +171,8 @@ def demo_cmd(domain_name: str, out_dir: str | None, teacher_run: str | None, sam
       kdistill demo unimal                      # the shipped teacher, the domain's data
       kdistill demo DOMAIN --json               # a domain with no shipped teacher trains one first
     """
-    from kdistill.plugins import get_domain
-
     from kdistill.io import claim_folder, folder_owner
+    from kdistill.plugins import get_domain
 
     # everything is checked before the report folder is touched
     out = Path(out_dir or f"runs/demo-{domain_name}")

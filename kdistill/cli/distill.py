@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from kdistill.cli.options import (console, data_dir_option, err_console, json_option, print_json, progress_bars, tasks_dir_option)
+from kdistill.cli.options import console, data_dir_option, err_console, json_option, print_json, progress_bars, tasks_dir_option
 
 
 @click.command("distill")
@@ -45,7 +45,8 @@ from kdistill.cli.options import (console, data_dir_option, err_console, json_op
               help="Continue the run in --out from its newest checkpoint, with the run's own settings "
                    "(--epochs and --checkpoint-every may be changed; other options must match the run).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device: cpu or cuda.")
-@click.option("--threads", type=click.IntRange(1), default=None, help="Torch CPU threads. [default: 1 on machines of up to 4 cores, else cores minus workers, at most 8]")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="Torch CPU threads. [default: 1 on machines of up to 4 cores, else cores minus workers, at most 8]")
 @json_option
 @data_dir_option
 @tasks_dir_option
@@ -71,12 +72,11 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
           --dagger 3 --teacher domains/unimal/pretrained/experts-flat
     """
     import attrs
+    from click.core import ParameterSource
 
     from kdistill.devices import check_device, set_torch_threads
     from kdistill.distill.training import DistillConfig, distill
     from kdistill.errors import KdistillError, unknown_name
-
-    from click.core import ParameterSource
 
     ctx = click.get_current_context()
 
@@ -107,8 +107,8 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
     except (TypeError, ValueError) as exc:
         raise KdistillError(f"invalid distillation setting: {exc}.") from None
     set_torch_threads(threads)
-    from kdistill.teachers.lookup import teacher_spec_for
     from kdistill.distill.students import make_config, student_class
+    from kdistill.teachers.lookup import teacher_spec_for
 
     if teacher_spec_for(student) is None:
         cls = student_class(student)
@@ -145,10 +145,10 @@ def _run_dagger(domain_name, data_path, student, student_config, student_preset,
                 rounds, beta, samples, epochs, seed, as_json, data_dir=None, tasks_dir=None) -> dict:
     from kdistill.devices import check_device
     from kdistill.distill.dagger import DaggerSettings, run_dagger
-    from kdistill.errors import KdistillError
     from kdistill.distill.expert_data import read_expert_meta
-    from kdistill.plugins import get_domain
+    from kdistill.errors import KdistillError
     from kdistill.loading import load_policy
+    from kdistill.plugins import get_domain
 
     if teacher_path is None:
         raise KdistillError("--dagger needs --teacher: the teacher (or per-task experts) that labels the student's states.")

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from kdistill.cli.options import (AliasOption, console, data_dir_option, err_console, json_option, print_json, progress_lines, tasks_dir_option)
+from kdistill.cli.options import AliasOption, console, data_dir_option, err_console, json_option, print_json, progress_lines, tasks_dir_option
 from kdistill.errors import KdistillError
 
 

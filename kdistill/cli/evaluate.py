@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from kdistill.cli.options import (console, data_dir_option, err_console, json_option, print_json, progress_lines, tasks_dir_option, tasks_option)
+from kdistill.cli.options import console, data_dir_option, err_console, json_option, print_json, progress_lines, tasks_dir_option, tasks_option
 
 
 @click.command("eval")
@@ -44,13 +44,13 @@ def eval_cmd(domain_name: str, policy_path: str, task_names: str | None, split: 
     from rich.text import Text
 
     from kdistill.devices import check_device, set_torch_threads
-    from kdistill.tasks import resolve_tasks
     from kdistill.errors import KdistillError
     from kdistill.evaluate import evaluate_policy
     from kdistill.io import atomic_write_json, prepare_output_dir
+    from kdistill.loading import load_policy
     from kdistill.plots import task_bars
     from kdistill.plugins import get_domain
-    from kdistill.loading import load_policy
+    from kdistill.tasks import resolve_tasks
 
     if episodes <= 0:
         raise KdistillError(f"--episodes must be positive, got {episodes}.")

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import click
 
-from kdistill.cli.options import (AliasOption, console, data_dir_option, err_console, json_option, print_json, progress_bars, progress_lines, tasks_dir_option, tasks_option)
+from kdistill.cli.options import (
+    AliasOption,
+    console,
+    data_dir_option,
+    err_console,
+    json_option,
+    print_json,
+    progress_bars,
+    progress_lines,
+    tasks_dir_option,
+    tasks_option,
+)
 
 
 @click.group("expert")
@@ -50,11 +61,11 @@ def collect_cmd(domain_name: str, teacher_path: str, out: str, task_names: str |
     from rich.table import Table
 
     from kdistill.devices import check_device, set_torch_threads
-    from kdistill.tasks import resolve_tasks
-    from kdistill.errors import KdistillError
     from kdistill.distill.expert_data import CollectSettings, collect_expert_data
-    from kdistill.plugins import get_domain
+    from kdistill.errors import KdistillError
     from kdistill.loading import load_policy
+    from kdistill.plugins import get_domain
+    from kdistill.tasks import resolve_tasks
 
     if samples <= 0 or envs <= 0:
         raise KdistillError("--samples-per-task and --envs must be positive.")

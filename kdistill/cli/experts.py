@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from kdistill.cli.options import (console, data_dir_option, err_console, json_option, print_json, progress_lines, tasks_option)
+from kdistill.cli.options import console, data_dir_option, err_console, json_option, print_json, progress_lines, tasks_option
 from kdistill.errors import KdistillError
 
 
@@ -57,11 +57,11 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
 
     import torch
 
-    from kdistill.tasks import resolve_tasks
     from kdistill.errors import unknown_name
     from kdistill.io import latest_checkpoint, read_json
     from kdistill.plugins import get_domain
     from kdistill.rl.experts import ExpertConfig, ExpertRunSettings, random_step_rate, start_or_resume
+    from kdistill.tasks import resolve_tasks
 
     run_dir = Path(out)
     saved: dict[str, Any] = {}

@@ -42,8 +42,14 @@ def export_cmd(domain_name: str, student_path: str, task: str, out: str, fmt: st
     import numpy as np
 
     from kdistill.deploy import runtime
-    from kdistill.deploy.export import (check_export_target, check_onnx_target, export_onnx, export_policy, load_student_run,
-                                 random_student_observations)
+    from kdistill.deploy.export import (
+        check_export_target,
+        check_onnx_target,
+        export_onnx,
+        export_policy,
+        load_student_run,
+        random_student_observations,
+    )
     from kdistill.plugins import get_domain
     from kdistill.tasks import select_tasks
 
@@ -110,8 +116,8 @@ def _export_c(policy, task, context, out: str, check_samples: int) -> dict:
 
     from kdistill.deploy import runtime
     from kdistill.deploy.c_source import check_c, write_c
-    from kdistill.errors import KdistillError
     from kdistill.deploy.export import export_policy, random_student_observations
+    from kdistill.errors import KdistillError
 
     stem = Path(out)
     if stem.suffix in (".c", ".h"):

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import click
 
-from kdistill.cli.options import (console, data_dir_option, err_console, json_option, parse_policies, print_json,
-                                  progress_lines, task_option, tasks_dir_option)
+from kdistill.cli.options import (
+    console,
+    data_dir_option,
+    err_console,
+    json_option,
+    parse_policies,
+    print_json,
+    progress_lines,
+    task_option,
+    tasks_dir_option,
+)
 
 
 @click.command("render")
@@ -37,8 +46,8 @@ def render_cmd(domain_name: str, policy_spec: str, task: str, out: str, steps: i
       kdistill render unimal --policy runs/hnmlp --task floor-5506-3-10-01-14-19-06 --out walk.gif
       kdistill render unimal --policy teacher=runs/t,student=runs/h --task my-task --tasks-dir mine --out cmp.mp4
     """
-    from kdistill.plugins import get_domain
     from kdistill.loading import load_policy
+    from kdistill.plugins import get_domain
     from kdistill.render import check_video_path, render_side_by_side
     from kdistill.tasks import select_tasks
 

@@ -59,8 +59,9 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
     from kdistill.plugins import get_domain
     from kdistill.rl.ppo import PPOConfig
     from kdistill.rl.trainer import RunSettings, start_or_resume
-    from kdistill.teachers.lookup import find_teacher_spec, teacher_preset as default_teacher_preset
     from kdistill.tasks import resolve_tasks
+    from kdistill.teachers.lookup import find_teacher_spec
+    from kdistill.teachers.lookup import teacher_preset as default_teacher_preset
 
     run_dir = Path(out)
     saved: dict[str, Any] = {}

@@ -16,12 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdistill.domain import TaskContext
-from kdistill.errors import CheckpointError, KdistillError
-from kdistill.io import (NonFiniteError, atomic_write_bytes, atomic_write_json, first_non_finite, load_run_checkpoint,
-                         malformed, prepare_output_dir)
 from kdistill.deploy.runtime import FORMAT, export_paths
 from kdistill.distill.students import StudentPolicy, context_tensors, load_student_policy
+from kdistill.domain import TaskContext
+from kdistill.errors import CheckpointError, KdistillError
+from kdistill.io import NonFiniteError, atomic_write_bytes, atomic_write_json, first_non_finite, load_run_checkpoint, malformed, prepare_output_dir
 
 
 def fold_policy(policy: StudentPolicy, context: TaskContext) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -23,13 +23,12 @@ from typing import Any, Callable
 
 import attrs
 
-from kdistill.errors import KdistillError
-from kdistill.progress import Progress
-from kdistill.io import (atomic_write_json, claim_folder, latest_checkpoint, load_checkpoint, read_json_object,
-                         save_run_checkpoint)
-from kdistill.distill.training import distill, split_tasks
 from kdistill.distill.expert_data import CollectSettings, collect_expert_data, read_expert_meta
+from kdistill.distill.training import distill, split_tasks
+from kdistill.errors import KdistillError
+from kdistill.io import atomic_write_json, claim_folder, latest_checkpoint, load_checkpoint, read_json_object, save_run_checkpoint
 from kdistill.loading import load_policy
+from kdistill.progress import Progress
 
 _pos = attrs.validators.gt(0)
 

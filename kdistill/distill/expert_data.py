@@ -37,7 +37,7 @@ import numpy as np
 
 from kdistill.domain import Layout, TaskContext
 from kdistill.errors import DataError
-from kdistill.io import atomic_write_bytes, atomic_write_json, claim_folder, read_json, read_json_object
+from kdistill.io import atomic_write_bytes, atomic_write_json, claim_folder, read_json_object
 from kdistill.progress import Progress
 from kdistill.rl.distributions import action_std_of, sample_actions
 from kdistill.rl.normalise import ObsNormalizer

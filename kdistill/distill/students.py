@@ -24,18 +24,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdistill.domain import Layout, TaskContext
-from kdistill.errors import CheckpointError, KdistillError
+from kdistill.distill.encoders import ENCODERS
 from kdistill.distill.hypernet import HypernetLayer
+from kdistill.distill.losses import LOSSES
+from kdistill.domain import Layout, TaskContext
+from kdistill.errors import CheckpointError, KdistillError, unknown_name
+from kdistill.plugins import get_plugins
 from kdistill.policy import Policy, checked_normalizer
 from kdistill.rl.distributions import ACTION_STD, sample_actions
 from kdistill.rl.normalise import ObsNormalizer
 from kdistill.state import MODEL_PREFIX, model_tensors
-from kdistill.errors import unknown_name
-from kdistill.plugins import get_plugins
-from kdistill.distill.encoders import ENCODERS
-from kdistill.distill.losses import LOSSES
-
 
 
 def _at_least_one(instance, attribute, value):

@@ -21,18 +21,25 @@ import attrs
 import numpy as np
 import torch
 
-from kdistill.domain import Layout
-from kdistill.errors import CheckpointError, DataError, KdistillError
 from kdistill.distill.expert_data import ExpertData, load_expert_sets, read_expert_meta
-from kdistill.io import (NonFiniteError, append_jsonl, claim_folder, latest_checkpoint, load_checkpoint, looks_like_run,
-                         read_jsonl, save_run_checkpoint, truncate_jsonl)
+from kdistill.distill.students import Student, build_student, context_tensors, loss_function, student_class, student_tensors
+from kdistill.domain import Layout
+from kdistill.errors import CheckpointError, DataError, KdistillError, unknown_name
+from kdistill.io import (
+    NonFiniteError,
+    append_jsonl,
+    claim_folder,
+    latest_checkpoint,
+    load_checkpoint,
+    looks_like_run,
+    read_jsonl,
+    save_run_checkpoint,
+    truncate_jsonl,
+)
 from kdistill.plots import pyplot, save_figure
 from kdistill.progress import Progress
 from kdistill.state import load_model_state, load_optimizer, optimizer_tensors
 from kdistill.teachers.lookup import teacher_spec_for
-from kdistill.distill.students import (Student, build_student, context_tensors, loss_function, student_class,
-                               student_tensors)
-from kdistill.errors import unknown_name
 
 
 @attrs.frozen
@@ -205,7 +212,7 @@ def _diverged(run: Path | None, epoch: int, step: int, what: str) -> NonFiniteEr
                           f"Try a lower --lr, or check the expert data.")
 
 
-def train_student(data_path: str | Path, student: str = "hnmlp", student_config: Any = None, config: DistillConfig = DistillConfig(),
+def train_student(data_path: str | Path, student: str = "hnmlp", student_config: Any = None, config: DistillConfig = DistillConfig(),  # noqa: C901 (resume, data, training loop and checkpoints of one run)
                   out: str | Path | None = None, resume: bool = False, domain: str | None = None, device: str = "cpu",
                   progress: Progress | None = None, on_epoch: Callable[[dict], None] | None = None,
                   extra_data: Sequence[str | Path] = (), init_from: str | Path | None = None,

@@ -11,8 +11,7 @@ from kdistill import hookimpl
 @hookimpl
 def register_commands(register):
     # core command modules, one per verb group
-    from kdistill.cli import (bench, compare, demo, distill, env_data, evaluate, expert, experts, export, render,
-                              teacher)
+    from kdistill.cli import bench, compare, demo, distill, env_data, evaluate, expert, experts, export, render, teacher
 
     register("data", env_data.data_group)
     register("env", env_data.env_group)

@@ -22,8 +22,8 @@ from typing import Any
 import attrs
 import pluggy
 
-from kdistill.plugins import hookspecs
 from kdistill.errors import KdistillError, PluginError
+from kdistill.plugins import hookspecs
 from kdistill.plugins.registry import Registry
 
 ENTRY_POINT_GROUP = "kdistill"
@@ -90,7 +90,8 @@ class Plugins:
             try:
                 module = ep.load()
             except Exception as exc:
-                raise PluginError(f"plugin {ep.name!r} failed to import from {where}: {type(exc).__name__}: {exc} (run with --debug for the traceback)") from exc
+                raise PluginError(f"plugin {ep.name!r} failed to import from {where}: {type(exc).__name__}: {exc} "
+                                  f"(run with --debug for the traceback)") from exc
             version = ep.dist.version if ep.dist is not None else "unknown"
             self._add(ep.name, module, version, where)
         for item in _split_env(PLUGINS_ENV):

@@ -36,18 +36,25 @@ import attrs
 import numpy as np
 import torch
 
+from kdistill.domain import Layout
 from kdistill.errors import CheckpointError, KdistillError
-from kdistill.io import (append_jsonl, atomic_write_json, claim_folder, latest_checkpoint, load_run_checkpoint,
-                         read_json_object, save_run_checkpoint, truncate_jsonl)
+from kdistill.io import (
+    NonFiniteError,
+    append_jsonl,
+    atomic_write_json,
+    claim_folder,
+    latest_checkpoint,
+    load_run_checkpoint,
+    read_json_object,
+    save_checkpoint,
+    save_run_checkpoint,
+    truncate_jsonl,
+)
 from kdistill.policy import Policy
 from kdistill.rl.ppo import compute_gae
-from kdistill.state import (OPTIM_PREFIX, load_model_state, load_optimizer, model_tensors, optimizer_state,
-                            optimizer_tensors)
 from kdistill.rl.sampling import PinnedSampler
 from kdistill.rl.vec import SubprocVecEnv
-from kdistill.io import save_checkpoint
-from kdistill.io import NonFiniteError
-from kdistill.domain import Layout
+from kdistill.state import OPTIM_PREFIX, load_model_state, load_optimizer, model_tensors, optimizer_state, optimizer_tensors
 
 _pos = attrs.validators.gt(0)
 _nonneg = attrs.validators.ge(0)
@@ -293,7 +300,7 @@ class ExpertTrainer:
         old_state = self.optimizer.state_dict()
         new_model = StackedActorCritic(len(rows), self.in_features, self.num_actions, self.config.hidden)
         with torch.no_grad():
-            for (name, p_new), p_old in zip(new_model.named_parameters(), self.model.parameters()):
+            for (_name, p_new), p_old in zip(new_model.named_parameters(), self.model.parameters()):
                 p_new.copy_(p_old.index_select(0, keep))
         self.model = new_model
         self.optimizer = self._new_optimizer()

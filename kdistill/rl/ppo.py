@@ -115,7 +115,7 @@ def ppo_update(model, optimizer, batch: dict[str, torch.Tensor], obs_keys: Seque
     n, mb, eps = adv.shape[0], cfg.minibatch_size, cfg.clip_eps
     stats = collections.defaultdict(list)
     early_stop = False
-    for epoch in range(cfg.epochs):
+    for _epoch in range(cfg.epochs):
         order = torch.randperm(n, generator=generator).to(adv.device)
         for start in range(0, n - mb + 1, mb):  # drop the last partial minibatch
             idx = order[start:start + mb]

@@ -27,15 +27,13 @@ import numpy as np
 import torch
 
 from kdistill.errors import CheckpointError, KdistillError
-from kdistill.io import (append_jsonl, latest_checkpoint, load_run_checkpoint, save_run_checkpoint,
-                         truncate_jsonl)
+from kdistill.io import NonFiniteError, append_jsonl, latest_checkpoint, load_run_checkpoint, save_run_checkpoint, truncate_jsonl
 from kdistill.rl.distributions import gaussian_log_prob
 from kdistill.rl.normalise import ObsNormalizer, RewardNormalizer
 from kdistill.rl.ppo import PPOConfig, compute_gae, learning_rate, ppo_update
 from kdistill.rl.sampling import BalancedSampler, UniformSampler
 from kdistill.rl.vec import make_vec_env
 from kdistill.state import load_model_state, load_optimizer, model_tensors, optimizer_tensors
-from kdistill.io import NonFiniteError
 
 _pos = attrs.validators.gt(0)
 

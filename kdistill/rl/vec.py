@@ -23,8 +23,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from kdistill.errors import KdistillError
-from kdistill.rl.sampling import FixedProbsSampler, TaskSampler, UniformSampler
 from kdistill.procs import die_with_parent
+from kdistill.rl.sampling import FixedProbsSampler, TaskSampler, UniformSampler
 
 
 def stack_obs(obs_list: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

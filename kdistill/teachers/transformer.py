@@ -28,7 +28,6 @@ from torch import nn
 from kdistill.domain import Layout
 from kdistill.rl.distributions import ACTION_STD
 
-
 _positive = attrs.validators.gt(0)
 
 

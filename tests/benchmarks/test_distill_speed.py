@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import time
 
-import pytest
 import torch
 
-from kdistill.distill.training import DistillConfig
-from kdistill.domain import Layout
 from kdistill.distill.losses import mse_loss
 from kdistill.distill.students import HNMLPStudent
+from kdistill.distill.training import DistillConfig
+from kdistill.domain import Layout
 
 LAYOUT = Layout(max_tokens=12, obs_features=52, student_features=tuple(range(13)) + (30, 31, 41, 42),
                 context_features=53, actions_per_token=2)

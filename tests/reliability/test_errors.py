@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error
 from safetensors.numpy import load_file, save_file
 
+from conftest import assert_one_line_error
 from kdistill.io import latest_checkpoint
 
 SMALL = "floor-5506-3-10-01-14-19-06"
@@ -222,9 +222,10 @@ def test_tampered_exports_are_one_data_error(pipeline, copy_of, damage):
     import hashlib
     import struct
 
+    from safetensors.numpy import save
+
     from kdistill.deploy import runtime
     from kdistill.errors import DataError
-    from safetensors.numpy import save
 
     stem = copy_of(pipeline["export"].with_suffix(".json")).with_suffix("")
     weights, meta_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")

@@ -201,7 +201,7 @@ def _pack(arrays: dict[str, np.ndarray], header_change=None) -> bytes:
     return struct.pack("<Q", len(head)) + head + b"".join(parts)
 
 
-def test_runtime_load_over_mutated_exports(pipeline):
+def test_runtime_load_over_mutated_exports(pipeline):  # noqa: C901 (one mutation per case)
     from kdistill.deploy import runtime
 
     base_meta, base_arrays = _export_files(pipeline)
@@ -213,7 +213,7 @@ def test_runtime_load_over_mutated_exports(pipeline):
 
         @BATCH
         @given(st.data())
-        def one(data):
+        def one(data):  # noqa: C901 (one mutation per case)
             meta = copy.deepcopy(base_meta)
             arrays = {k: v.copy() for k, v in base_arrays.items()}
             for _ in range(data.draw(st.integers(1, 3))):

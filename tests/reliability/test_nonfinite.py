@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error
 from safetensors.numpy import load_file, save, save_file
 
+from conftest import assert_one_line_error
 from kdistill.deploy import runtime
 from kdistill.errors import DataError
 from kdistill.io import latest_checkpoint, load_run_checkpoint, read_json, read_jsonl

@@ -3,7 +3,6 @@ that outlive a killed parent, an exploding robot during training, and file modes
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -15,8 +14,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error
 
+from conftest import assert_one_line_error
 from kdistill.errors import DataError
 
 SMALL = "floor-5506-3-10-01-14-19-06"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from conftest import assert_one_line_error
-
 from kdistill.io import latest_checkpoint, read_json, read_jsonl
 
 
