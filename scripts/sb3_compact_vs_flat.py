@@ -39,7 +39,7 @@ class FlatPadded(gym.ObservationWrapper):
 
 
 def make(view: str, robot: str):
-    import domains.unimal  # noqa: F401  (registers the ids)
+    import kdistill_unimal  # noqa: F401  (registers the ids)
 
     if view == "compact":
         return gym.make("kdistill/Unimal-ft-compact-v0", robot=robot)

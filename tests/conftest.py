@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import domains.unimal  # noqa: F401  (chooses MuJoCo's headless OpenGL backend before anything imports mujoco)
+import kdistill_unimal  # noqa: F401  (chooses MuJoCo's headless OpenGL backend before anything imports mujoco)
 
 DEFAULT_UNIMAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "unimal"
 

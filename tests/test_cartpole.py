@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from domains.cartpole.domain import DEMO_DEFAULTS, CartPoleConfig, CartPoleDomain
-from domains.cartpole.env import ENV_ID
-from domains.cartpole.physics import PARAM_NAMES, CartPoleParams, Dynamics, ParamRanges, make_task_params, reward_and_failure, step_one, step_state
-from domains.cartpole.teacher import CONTEXT_MLP, ContextMLPConfig, build_context_mlp
 from kdistill import KdistillError
 from kdistill.rl.sampling import BalancedSampler, FixedProbsSampler
+from kdistill_cartpole.domain import DEMO_DEFAULTS, CartPoleConfig, CartPoleDomain
+from kdistill_cartpole.env import ENV_ID
+from kdistill_cartpole.physics import PARAM_NAMES, CartPoleParams, Dynamics, ParamRanges, make_task_params, reward_and_failure, step_one, step_state
+from kdistill_cartpole.teacher import CONTEXT_MLP, ContextMLPConfig, build_context_mlp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -333,7 +333,7 @@ def test_domain_and_teacher_are_registered_through_the_entry_point():
     plugins = Plugins().load()
     assert plugins.domains.entry("cartpole").plugin == "cartpole"
     assert plugins.teachers.entry("context-mlp").plugin == "cartpole"
-    assert "entry point cartpole = domains.cartpole.plugin" in plugins.info["cartpole"].source
+    assert "entry point cartpole = kdistill_cartpole.plugin" in plugins.info["cartpole"].source
     built = plugins.domains.get("cartpole")(data_dir=None)
     assert built.layout.context_kind == "vector" and built.layout.max_tokens == 1
     from kdistill.teachers.lookup import domain_teachers
@@ -350,7 +350,7 @@ def test_the_core_never_names_this_domain_and_the_domain_uses_only_public_kdisti
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             for name in names:
-                assert not name.startswith("domains.unimal"), (path, name)
+                assert not name.startswith("kdistill_unimal"), (path, name)
                 if name.split(".")[0] == "kdistill":
                     assert name in public, (path, name)
 

@@ -48,10 +48,10 @@ def test_the_guides_local_plugin_registers_a_working_domain(tmp_path):
 
 def test_the_guide_names_the_files_and_settings_that_exist():
     text = GUIDE.read_text()
-    from domains.cartpole.domain import DEMO_DEFAULTS
+    from kdistill_cartpole.domain import DEMO_DEFAULTS
 
     for path in re.findall(r"`(domains/cartpole/[\w/.]+)`", text):
         assert (ROOT / path).exists(), path
     assert f"{DEMO_DEFAULTS['teacher_steps']:,}" in text and f"{DEMO_DEFAULTS['samples_per_task']:,}" in text
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert 'cartpole = "domains.cartpole.plugin"' in pyproject and 'cartpole = "domains.cartpole.plugin"' in text
+    assert 'cartpole = "kdistill_cartpole.plugin"' in pyproject and 'cartpole = "kdistill_cartpole.plugin"' in text

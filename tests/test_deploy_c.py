@@ -86,7 +86,7 @@ def compile_and_run(tmp: Path, exports: list, observations: list[np.ndarray]) ->
 
 @pytest.mark.skipif(CC is None, reason="no C compiler")
 def test_c_matches_the_student_on_every_training_robot(tmp_path, unimal_dir):
-    from domains.unimal.domain import UnimalDomain
+    from kdistill_unimal.domain import UnimalDomain
 
     domain = UnimalDomain(data_dir=unimal_dir)
     tasks = domain.tasks("train")

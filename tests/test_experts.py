@@ -26,7 +26,7 @@ TINY = ExpertConfig.presets()["tiny"]
 
 @pytest.fixture(scope="module")
 def unimal(unimal_dir):
-    from domains.unimal.domain import UnimalDomain
+    from kdistill_unimal.domain import UnimalDomain
 
     return UnimalDomain(data_dir=unimal_dir)
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from domains.unimal.domain import UnimalDomain
 from kdistill.cli.app import app
 from kdistill.errors import KdistillError
 from kdistill.loading import load_policy
 from kdistill.render import render_side_by_side, rollout_frames, write_video
+from kdistill_unimal.domain import UnimalDomain
 from student_run import write_student_run
 
 SMALL = "floor-5506-3-10-01-14-19-06"

@@ -9,10 +9,10 @@ import tarfile
 import pytest
 from click.testing import CliRunner
 
-from domains.unimal.domain import UnimalDomain
 from kdistill.cli.app import app
 from kdistill.errors import DataError, KdistillError
 from kdistill.tasks import select_tasks
+from kdistill_unimal.domain import UnimalDomain
 from student_run import write_student_run
 
 SMALL = "floor-5506-3-10-01-14-19-06"

@@ -9,9 +9,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-import domains.unimal  # noqa: F401  (registers the ids)
-from domains.unimal import features as F
-from domains.unimal.compact import CompactUnimalEnv, compact_indices
+import kdistill_unimal  # noqa: F401  (registers the ids)
+from kdistill_unimal import features as F
+from kdistill_unimal.compact import CompactUnimalEnv, compact_indices
 
 SMALL = "floor-5506-3-10-01-14-19-06"  # 4 limbs, 7 dof
 MEDIAN = "floor-1409-0-12-01-12-30-07"  # 8 limbs, 11 dof, limbs with one joint and with two

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from domains.unimal import data as unimal_data
-from domains.unimal.domain import UnimalDomain
-from domains.unimal.env import RobotLibrary, UnimalEnv
 from kdistill.errors import DataError, UnknownNameError
+from kdistill_unimal import data as unimal_data
+from kdistill_unimal.domain import UnimalDomain
+from kdistill_unimal.env import RobotLibrary, UnimalEnv
 
 MEDIAN = "floor-1409-11-11-01-08-26-42"
 LARGE = "vt-5506-1-16-02-19-08-46"

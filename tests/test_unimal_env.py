@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import domains.unimal  # noqa: F401  (registers the gymnasium id)
-from domains.unimal.env import UnimalEnv
+import kdistill_unimal  # noqa: F401  (registers the gymnasium id)
+from kdistill_unimal.env import UnimalEnv
 
 SMALL = "floor-5506-3-10-01-14-19-06"  # 4 limbs, 7 dof, train
 MEDIAN = "floor-1409-11-11-01-08-26-42"  # 8 limbs, 11 dof, train
@@ -360,7 +360,7 @@ def test_rgb_array_render(unimal_dir, tmp_path):
 
     code = (
         "import numpy as np\n"
-        "from domains.unimal.env import UnimalEnv\n"
+        "from kdistill_unimal.env import UnimalEnv\n"
         f"env = UnimalEnv({MEDIAN!r}, data_dir={str(unimal_dir)!r}, render_mode='rgb_array')\n"
         "env.reset(seed=0)\n"
         "img = env.render()\n"
@@ -369,7 +369,7 @@ def test_rgb_array_render(unimal_dir, tmp_path):
         "assert 0.005 < robot < 0.5, robot\n"
         "print('rendered')\n"
     )
-    # MUJOCO_GL unset: domains.unimal picks EGL or OSMesa itself (.ci/run installs EGL, so CI never skips this)
+    # MUJOCO_GL unset: kdistill_unimal picks EGL or OSMesa itself (.ci/run installs EGL, so CI never skips this)
     env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "DISPLAY")}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120, env=env)
     if res.returncode != 0 and "offscreen rendering needs OpenGL" in res.stderr and not os.environ.get("CI"):

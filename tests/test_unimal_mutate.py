@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from domains.unimal.domain import UnimalDomain
-from domains.unimal.mutate import OPERATORS, Genome, Rejected, grow_limb, mutate_robot
 from kdistill.cli.app import app
 from kdistill.errors import KdistillError, UnknownNameError
+from kdistill_unimal.domain import UnimalDomain
+from kdistill_unimal.mutate import OPERATORS, Genome, Rejected, grow_limb, mutate_robot
 
 SMALL = "floor-5506-3-10-01-14-19-06"  # 4 limbs, 7 dof
 MEDIAN = "floor-1409-0-12-01-12-30-07"  # 8 limbs, 11 dof

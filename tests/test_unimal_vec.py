@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from domains.unimal.domain import UnimalDomain
-from domains.unimal.env import UnimalEnv
 from kdistill.errors import KdistillError
 from kdistill.rl.sampling import FixedProbsSampler, UniformSampler
 from kdistill.rl.vec import VecEnv
+from kdistill_unimal.domain import UnimalDomain
+from kdistill_unimal.env import UnimalEnv
 
 SMALL = "floor-5506-3-10-01-14-19-06"
 MEDIAN = "floor-1409-11-11-01-08-26-42"

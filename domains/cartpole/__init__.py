@@ -8,10 +8,10 @@ which way its motor pushes, so it cannot balance held-out poles; a hypernetwork 
 
 import gymnasium as _gym
 
-from domains.cartpole.env import ENV_ID
-from domains.cartpole.physics import CartPoleParams, ParamRanges, make_task_params  # noqa: F401
+from kdistill_cartpole.env import ENV_ID
+from kdistill_cartpole.physics import CartPoleParams, ParamRanges, make_task_params  # noqa: F401
 
 # importing the package registers its Gymnasium id, as the UNIMAL domain does:
 # ``gymnasium.make("kdistill/CartPole-v0", params=..., task=...)``
 if ENV_ID not in _gym.registry:
-    _gym.register(id=ENV_ID, entry_point="domains.cartpole.env:CartPoleEnv", disable_env_checker=True)
+    _gym.register(id=ENV_ID, entry_point="kdistill_cartpole.env:CartPoleEnv", disable_env_checker=True)

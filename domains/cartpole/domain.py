@@ -9,11 +9,11 @@ import attrs
 import numpy as np
 
 import kdistill
-from domains.cartpole.env import NUM_CONTEXT, NUM_FEATURES, CartPoleEnv, CartPoleVecEnv
-from domains.cartpole.physics import PARAM_NAMES, STATE_NAMES, CartPoleParams, Dynamics, ParamRanges, make_task_params
-from domains.cartpole.teacher import CONTEXT_MLP
 from kdistill import KdistillError, Layout, TaskContext
 from kdistill.errors import unknown_name
+from kdistill_cartpole.env import NUM_CONTEXT, NUM_FEATURES, CartPoleEnv, CartPoleVecEnv
+from kdistill_cartpole.physics import PARAM_NAMES, STATE_NAMES, CartPoleParams, Dynamics, ParamRanges, make_task_params
+from kdistill_cartpole.teacher import CONTEXT_MLP
 
 
 def _non_negative(instance, attribute, value):

@@ -13,7 +13,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from domains.cartpole.physics import (
+from kdistill.errors import KdistillError
+from kdistill.rl.sampling import UniformSampler
+from kdistill.rl.vec import VecEnv, slot_seeds
+from kdistill_cartpole.physics import (
     PARAM_NAMES,
     STATE_NAMES,
     CartPoleParams,
@@ -24,9 +27,6 @@ from domains.cartpole.physics import (
     step_one,
     step_state,
 )
-from kdistill.errors import KdistillError
-from kdistill.rl.sampling import UniformSampler
-from kdistill.rl.vec import VecEnv, slot_seeds
 
 ENV_ID = "kdistill/CartPole-v0"
 NUM_FEATURES = len(STATE_NAMES)

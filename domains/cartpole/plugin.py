@@ -7,13 +7,13 @@ from kdistill import hookimpl
 
 @hookimpl
 def register_domains(register):
-    from domains.cartpole.domain import CartPoleDomain
+    from kdistill_cartpole.domain import CartPoleDomain
 
     register("cartpole", CartPoleDomain)
 
 
 @hookimpl
 def register_teachers(register):
-    from domains.cartpole.teacher import CONTEXT_MLP
+    from kdistill_cartpole.teacher import CONTEXT_MLP
 
     register(CONTEXT_MLP.name, CONTEXT_MLP)

@@ -3,7 +3,7 @@
 Importing the package registers the Gymnasium id ``kdistill/Unimal-ft-v0`` (flat-terrain locomotion):
 ``gymnasium.make("kdistill/Unimal-ft-v0", robot="NAME", data_dir=None)``, and its one-robot sibling with the
 robot's own observation and action sizes, ``gymnasium.make("kdistill/Unimal-ft-compact-v0", robot="NAME")``
-(``domains.unimal.compact``).
+(``kdistill_unimal.compact``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,6 @@ ENV_IDS = {"ft": "kdistill/Unimal-ft-v0", "ft-compact": "kdistill/Unimal-ft-comp
 
 if ENV_IDS["ft"] not in _gym.registry:
     # the episode limit lives inside the env (1000 steps -> truncated), so no TimeLimit wrapper here
-    _gym.register(id=ENV_IDS["ft"], entry_point="domains.unimal.env:UnimalEnv")
+    _gym.register(id=ENV_IDS["ft"], entry_point="kdistill_unimal.env:UnimalEnv")
 if ENV_IDS["ft-compact"] not in _gym.registry:
-    _gym.register(id=ENV_IDS["ft-compact"], entry_point="domains.unimal.compact:CompactUnimalEnv")
+    _gym.register(id=ENV_IDS["ft-compact"], entry_point="kdistill_unimal.compact:CompactUnimalEnv")

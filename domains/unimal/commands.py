@@ -23,7 +23,7 @@ def unimal_group() -> None:
               help="Folder for xml/, metadata/ and mutations.json (usable as --robots-dir).")
 @click.option("--robots", default=None, help="Only these robots of --from (comma-separated).")
 @click.option("--num-robots", type=click.IntRange(1), default=None, help="Only the first N robots of --from.")
-@click.option("--operators", default=",".join(__import__("domains.unimal.mutate", fromlist=["OPERATORS"]).OPERATORS),
+@click.option("--operators", default=",".join(__import__("kdistill_unimal.mutate", fromlist=["OPERATORS"]).OPERATORS),
               show_default=True, help="Mutation operators to draw from (comma-separated).")
 @click.option("--steps", type=click.IntRange(1), default=1000, show_default=True,
               help="Random-action steps every product must run without instability.")
@@ -45,11 +45,11 @@ def mutate_cmd(source: str, per_robot: int, seed: int, out: str, robots: str | N
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from domains.unimal.domain import UnimalDomain
-    from domains.unimal.mutate import OPERATORS, mutate_robot
     from kdistill.errors import KdistillError, unknown_name
     from kdistill.io import atomic_write_json, claim_folder
     from kdistill.tasks import select_tasks
+    from kdistill_unimal.domain import UnimalDomain
+    from kdistill_unimal.mutate import OPERATORS, mutate_robot
 
     ops = tuple(o.strip() for o in operators.split(",") if o.strip())
     for o in ops:

@@ -14,7 +14,7 @@ physics, reward, termination, truncation and reset noise) with
 
 Example (Stable-Baselines3)::
 
-    import gymnasium as gym, domains.unimal
+    import gymnasium as gym, kdistill_unimal
     from stable_baselines3 import PPO
     PPO("MlpPolicy", gym.make("kdistill/Unimal-ft-compact-v0", robot="floor-5506-3-10-01-14-19-06")).learn(100_000)
 """
@@ -27,8 +27,8 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from domains.unimal import features as F
-from domains.unimal.env import MAX_EPISODE_STEPS, RobotLibrary, UnimalEnv
+from kdistill_unimal import features as F
+from kdistill_unimal.env import MAX_EPISODE_STEPS, RobotLibrary, UnimalEnv
 
 OBSERVATIONS = ("full", "state")
 OBS_BOUND = 1e6

@@ -9,8 +9,8 @@ from typing import Any, Sequence
 import numpy as np
 
 import kdistill
-from domains.unimal import features as F
 from kdistill.errors import KdistillError
+from kdistill_unimal import features as F
 
 LAYOUT = kdistill.Layout(
     max_tokens=F.MAX_LIMBS,
@@ -39,7 +39,7 @@ class UnimalDomain(kdistill.Domain):
     def library(self):
         """The robots of the data folder (raises a DataError naming the fetch command if there are none)."""
         if self._library is None:
-            from domains.unimal.env import RobotLibrary
+            from kdistill_unimal.env import RobotLibrary
 
             self._library = RobotLibrary(self.data_dir)
         return self._library
@@ -59,7 +59,7 @@ class UnimalDomain(kdistill.Domain):
         validated and compiled now (one-line ``DataError`` naming the file otherwise). The shipped robot set is
         not needed for this."""
         if self._library is None:
-            from domains.unimal.env import RobotLibrary
+            from kdistill_unimal.env import RobotLibrary
 
             self._library = RobotLibrary(self.data_dir, allow_missing=True)
         names = self._library.add_folder(path)
@@ -69,7 +69,7 @@ class UnimalDomain(kdistill.Domain):
 
     def fetch_data(self, source: str | None = None, progress=None) -> dict[str, Any]:
         """Install the robot set into the data folder from ``source`` (folder or archive), or download it."""
-        from domains.unimal.data import default_location, install
+        from kdistill_unimal.data import default_location, install
 
         target, _origin = default_location(self.data_dir)
         result = install(target, source, progress)
@@ -78,12 +78,12 @@ class UnimalDomain(kdistill.Domain):
 
     # environments ----------------------------------------------------------------------------------------
     def make_env(self, task: str | Sequence[str], **kwargs):
-        from domains.unimal.env import UnimalEnv
+        from kdistill_unimal.env import UnimalEnv
 
         return UnimalEnv(task, library=self.library, **kwargs)
 
     def make_vec_env(self, tasks: Sequence[str], num_envs: int, seed: int = 0, sampler=None, **kwargs):
-        from domains.unimal.vec import UnimalVecEnv
+        from kdistill_unimal.vec import UnimalVecEnv
 
         return UnimalVecEnv(self.library, tasks, num_envs, seed=seed, sampler=sampler, **kwargs)
 
@@ -94,7 +94,7 @@ class UnimalDomain(kdistill.Domain):
     # checks ----------------------------------------------------------------------------------------------
     def check(self, tasks: Sequence[str], steps: int = 1000, progress=None, seed: int = 0) -> list[dict[str, Any]]:
         """Load each robot and run ``steps`` random-action steps (resetting when an episode ends)."""
-        from domains.unimal.env import UnimalEnv
+        from kdistill_unimal.env import UnimalEnv
 
         rows = []
         for k, name in enumerate(tasks):
@@ -134,7 +134,7 @@ class UnimalDomain(kdistill.Domain):
         return rows
 
     def describe(self) -> dict[str, Any]:
-        from domains.unimal.data import default_location
+        from kdistill_unimal.data import default_location
 
         path, origin = default_location(self.data_dir)
         out = super().describe()

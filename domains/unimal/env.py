@@ -22,11 +22,11 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from domains.unimal import features as F
-from domains.unimal.arena import assemble
-from domains.unimal.data import find_robot_set, list_splits
-from domains.unimal.robot import Robot, Sim, read_metadata
 from kdistill.errors import DataError, KdistillError, MissingDataError, UnknownNameError, closest, unknown_name
+from kdistill_unimal import features as F
+from kdistill_unimal.arena import assemble
+from kdistill_unimal.data import find_robot_set, list_splits
+from kdistill_unimal.robot import Robot, Sim, read_metadata
 
 MAX_EPISODE_STEPS = 1000
 STAND_HEIGHT_RATIO = 0.5  # ft: falling below this fraction of the original height ends the episode

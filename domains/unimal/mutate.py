@@ -41,9 +41,9 @@ from typing import Callable
 
 import numpy as np
 
-from domains.unimal import features as F
-from domains.unimal.arena import MAX_BODIES, assemble
 from kdistill.errors import DataError, KdistillError
+from kdistill_unimal import features as F
+from kdistill_unimal.arena import MAX_BODIES, assemble
 
 OPERATORS = ("grow-limb", "delete-limb", "joint-range", "dof", "density", "gear", "limb-size")
 LIMB_RADIUS = 0.05
@@ -309,7 +309,7 @@ def _spawn(xml_text: str, name: str, workdir: Path):
 
 def spawn_contacts(xml_path: Path, meta_path: Path, name: str) -> int:
     """Contacts at the initial pose (the arena drops the files' contact excludes, so some robots start touching)."""
-    from domains.unimal.robot import Robot, read_metadata
+    from kdistill_unimal.robot import Robot, read_metadata
 
     robot = Robot(assemble(xml_path, read_metadata(meta_path, name), name=name))
     sim = robot.new_sim()
@@ -321,8 +321,8 @@ def check_robot(xml_path: Path, meta_path: Path, name: str, steps: int = 1000, s
                 max_contacts: int = 0) -> dict:
     """A product's validity: loader checks, metadata, compile, no more contacts at spawn than its parent
     (``max_contacts``), ``steps`` random steps with no instability."""
-    from domains.unimal.env import UnimalEnv
-    from domains.unimal.robot import Robot, read_metadata
+    from kdistill_unimal.env import UnimalEnv
+    from kdistill_unimal.robot import Robot, read_metadata
 
     robot = Robot(assemble(xml_path, read_metadata(meta_path, name), name=name))  # DataError if not valid
     sim = robot.new_sim()

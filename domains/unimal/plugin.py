@@ -7,14 +7,14 @@ from kdistill import hookimpl
 
 @hookimpl
 def register_domains(register):
-    from domains.unimal.domain import UnimalDomain
+    from kdistill_unimal.domain import UnimalDomain
 
     register("unimal", UnimalDomain)
 
 
 @hookimpl
 def register_teachers(register):
-    from domains.unimal.teachers import TEACHERS
+    from kdistill_unimal.teachers import TEACHERS
 
     for name, spec in TEACHERS.items():
         register(name, spec)
@@ -22,6 +22,6 @@ def register_teachers(register):
 
 @hookimpl
 def register_commands(register):
-    from domains.unimal.commands import unimal_group
+    from kdistill_unimal.commands import unimal_group
 
     register("unimal", unimal_group)

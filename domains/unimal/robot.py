@@ -24,11 +24,11 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
-from domains.unimal import features as F
-from domains.unimal.arena import FLOOR_TOP, RobotXml
 from kdistill.errors import DataError
+from kdistill_unimal import features as F
+from kdistill_unimal.arena import FLOOR_TOP, RobotXml
 
-log = logging.getLogger("domains.unimal")
+log = logging.getLogger("kdistill_unimal")
 
 FRAME_SKIP = 4
 CONTROL_DT = 0.005 * FRAME_SKIP

@@ -24,11 +24,11 @@ from typing import Sequence
 
 import numpy as np
 
-from domains.unimal import features as F
-from domains.unimal.env import MAX_EPISODE_STEPS, RESET_NOISE, STAND_HEIGHT_RATIO, RobotLibrary, _Uniform, action_space, observation_space
-from domains.unimal.robot import Sim
 from kdistill.errors import KdistillError
 from kdistill.rl.vec import VecEnv, slot_seeds
+from kdistill_unimal import features as F
+from kdistill_unimal.env import MAX_EPISODE_STEPS, RESET_NOISE, STAND_HEIGHT_RATIO, RobotLibrary, _Uniform, action_space, observation_space
+from kdistill_unimal.robot import Sim
 
 
 class UnimalVecEnv(VecEnv):

@@ -14,7 +14,7 @@ import mujoco
 import numpy as np
 import pytest
 
-from domains.unimal.env import RobotLibrary, UnimalEnv
+from kdistill_unimal.env import RobotLibrary, UnimalEnv
 
 ROBOTS = {  # the probe's small / median / large robots
     "small": "floor-5506-3-10-01-14-19-06",  # 4 limbs, 7 dof
@@ -76,7 +76,7 @@ def test_env_steps_vs_physics(benchmark, unimal_dir, size):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_vec_env_steps(benchmark, unimal_dir, threads):
     library = RobotLibrary(unimal_dir)
-    from domains.unimal.vec import UnimalVecEnv
+    from kdistill_unimal.vec import UnimalVecEnv
 
     vec = UnimalVecEnv(library, library.splits["train"], num_envs=32, seed=0, threads=threads)
     vec.reset()

@@ -17,8 +17,8 @@ import torch
 
 @pytest.mark.benchmark(group="experts")
 def test_batched_expert_update_vs_random_stepping(benchmark, unimal_dir):
-    from domains.unimal.domain import UnimalDomain
     from kdistill.rl.experts import ExpertConfig, ExpertRunSettings, ExpertTrainer, random_step_rate
+    from kdistill_unimal.domain import UnimalDomain
 
     domain = UnimalDomain(data_dir=unimal_dir)
     tasks = domain.tasks("train")

@@ -186,7 +186,7 @@ def test_a_robot_with_no_limbs_is_one_line(cli, unimal_dir, tmp_path):
     (root / "train" / "xml" / "limbless.xml").write_text(ET.tostring(tree.getroot(), encoding="unicode"))
     meta = json.loads((root / "train" / "metadata" / f"{SMALL}.json").read_text())
     (root / "train" / "metadata" / "limbless.json").write_text(json.dumps({**meta, "num_limbs": 0, "dof": 0}))
-    from domains.unimal.domain import UnimalDomain
+    from kdistill_unimal.domain import UnimalDomain
 
     teacher = UnimalDomain().pretrained_teacher()
     res = cli("eval", "unimal", "--policy", teacher, "--robots", "limbless", "--episodes", "1", "--data-dir", root,

@@ -127,7 +127,7 @@ def mutate_metadata(data, meta: dict) -> bytes:
 
 
 def check_robot(robot) -> None:
-    from domains.unimal import features as F
+    from kdistill_unimal import features as F
 
     assert 1 <= robot.num_limbs <= 11 and robot.dof >= 1
     assert robot.context.shape == (F.MAX_LIMBS, F.CONTEXT_FEATURES) and np.isfinite(robot.context).all()
@@ -139,8 +139,8 @@ def check_robot(robot) -> None:
 
 
 def test_robot_loader_over_mutated_files(unimal_dir):
-    from domains.unimal.arena import assemble
-    from domains.unimal.robot import Robot, read_metadata
+    from kdistill_unimal.arena import assemble
+    from kdistill_unimal.robot import Robot, read_metadata
 
     seeds = [((unimal_dir / "train" / "xml" / f"{n}.xml").read_bytes(),
               json.loads((unimal_dir / "train" / "metadata" / f"{n}.json").read_text())) for n in SEED_ROBOTS]

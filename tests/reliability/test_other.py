@@ -52,7 +52,7 @@ def test_robot_files_cannot_pull_in_other_files(cli, unimal_dir, tmp_path, where
     else:
         ET.SubElement(root.find("default"), "mesh", {"file": str(secret)})
     data = robot_set(unimal_dir, tmp_path / "set", {"sneaky": ET.tostring(root, encoding="unicode")})
-    from domains.unimal.domain import UnimalDomain
+    from kdistill_unimal.domain import UnimalDomain
 
     with pytest.raises(DataError, match="sneaky.xml"):
         UnimalDomain(data_dir=data).context("sneaky")
@@ -65,7 +65,7 @@ def test_an_unreadable_split_folder_is_an_error(cli, unimal_dir, tmp_path, monke
     data = robot_set(unimal_dir, tmp_path / "set")
     xml_dir = data / "train" / "xml"
     if os.geteuid() == 0:  # permissions do not stop root: make the listing fail as it would for a user
-        import domains.unimal.data as unimal_data
+        import kdistill_unimal.data as unimal_data
 
         real = os.scandir
 
