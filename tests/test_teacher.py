@@ -257,7 +257,8 @@ def test_a_process_killed_while_saving_leaves_a_loadable_checkpoint(tmp_path):
     data = (newest / "weights.safetensors").read_bytes()
     (newest / "weights.safetensors").write_bytes(data[: len(data) // 2])
     tensors, meta = load_run_checkpoint(run)
-    assert meta["counters"]["env_steps"] < int(newest.name.split("-")[1])
+    # another complete checkpoint is taken: usually an older one, or a newer one whose pointer update the kill cut off
+    assert meta["counters"]["env_steps"] != int(newest.name.split("-")[1])
     assert np.all(tensors["model.w"].numpy() == meta["counters"]["env_steps"])
 
 
