@@ -197,7 +197,7 @@ def test_cli_unimal_paper_ratios(unimal_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     ratios = result["ratios"]
-    # issue 6's bars, both conventions: FLOPs >= 160x, parameters >= 13x
+    # the paper's efficiency, both conventions: FLOPs >= 160x, parameters >= 13x
     assert ratios["flops"] >= 160 and ratios["params"] >= 13
     assert ratios["analytic_styles"]["modumorph"]["flops"] >= 160 and ratios["analytic_styles"]["modumorph"]["params"] >= 13
     assert ratios["flops_analytic"] >= 160 and ratios["params_analytic"] >= 13

@@ -22,7 +22,7 @@ import numpy as np
 from kdistill.errors import KdistillError
 from kdistill.io import atomic_write_text
 
-KERNEL = r"""
+_LAYER = r"""
 /* y = MLP(clip(x - mean, low, high)); ReLU between layers. Weights (in, out) row-major.
  * Outputs are computed in blocks of KD_BLOCK held in registers across the whole input loop, so each
  * weight is read once and no partial sum goes back to memory. */
@@ -46,23 +46,32 @@ static void kd_layer(int n_in, int n_out, const float *w, const float *b, const 
     }
 }
 
-static void kd_mlp(int n_layers, const int *sizes, const float *const *w, const float *const *b,
-                   const float *mean, const float *low, const float *high,
-                   const float *x, float *y, float *buf_a, float *buf_b) {
+"""
+
+def mlp_driver(name: str, layer: str, storage: str = "static ") -> str:
+    """C source of ``name(...)``: clip the input to [low, high] after subtracting the mean, then run ``layer``
+    per dense layer (ReLU between layers), ping-ponging between two buffers."""
+    return f"""
+{storage}void {name}(int n_layers, const int *sizes, const float *const *w, const float *const *b,
+        const float *mean, const float *low, const float *high,
+        const float *x, float *y, float *buf_a, float *buf_b) {{
     float *h = buf_a, *next = buf_b;
-    for (int i = 0; i < sizes[0]; ++i) {
+    for (int i = 0; i < sizes[0]; ++i) {{
         float v = x[i] - mean[i];
         v = v < low[i] ? low[i] : v;
         h[i] = v > high[i] ? high[i] : v;
-    }
-    for (int l = 0; l < n_layers; ++l) {
+    }}
+    for (int l = 0; l < n_layers; ++l) {{
         const int last = l == n_layers - 1;
         float *out = last ? y : next;
-        kd_layer(sizes[l], sizes[l + 1], w[l], b[l], h, out, !last);
-        if (!last) { float *t = h; h = out; next = t; }
-    }
-}
+        {layer}(sizes[l], sizes[l + 1], w[l], b[l], h, out, !last);
+        if (!last) {{ float *t = h; h = out; next = t; }}
+    }}
+}}
 """
+
+
+KERNEL = _LAYER + mlp_driver("kd_mlp", "kd_layer")
 
 def _floats(values: np.ndarray, per_line: int = 8) -> str:
     flat = np.asarray(values, np.float32).ravel()

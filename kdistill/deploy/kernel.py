@@ -56,22 +56,6 @@ static void kd_layer_fast(int n_in, int n_out, const float *w, const float *b, c
     }
 }
 
-void kd_act(int n_layers, const int *sizes, const float *const *w, const float *const *b,
-            const float *mean, const float *low, const float *high,
-            const float *x, float *y, float *buf_a, float *buf_b) {
-    float *h = buf_a, *next = buf_b;
-    for (int i = 0; i < sizes[0]; ++i) {
-        float v = x[i] - mean[i];
-        v = v < low[i] ? low[i] : v;
-        h[i] = v > high[i] ? high[i] : v;
-    }
-    for (int l = 0; l < n_layers; ++l) {
-        const int last = l == n_layers - 1;
-        float *out = last ? y : next;
-        kd_layer_fast(sizes[l], sizes[l + 1], w[l], b[l], h, out, !last);
-        if (!last) { float *t = h; h = out; next = t; }
-    }
-}
 """
 _loaded: dict[str, object] = {}
 
@@ -86,7 +70,9 @@ def load_kernel():
         return None
     if "fn" in _loaded:
         return _loaded["fn"]
-    source = _FAST
+    from kdistill.deploy.c_source import mlp_driver
+
+    source = _FAST + mlp_driver("kd_act", "kd_layer_fast", storage="")
     compiler = shutil.which(os.environ.get("CC", "cc"))
     fn = None
     if compiler is not None:

@@ -99,7 +99,7 @@ class PPOTrainer:
         self.episodes = 0
         self.recent_returns: collections.deque = collections.deque(maxlen=100)
         self.recent_lengths: collections.deque = collections.deque(maxlen=100)
-        self.unstable: collections.Counter = collections.Counter()  # episodes ended unstable, per task, this session
+        self.unstable: collections.Counter = collections.Counter()  # episodes ended unstable, per task, since this trainer started
         self._obs: dict[str, np.ndarray] | None = None
 
     # checkpoints ----------------------------------------------------------------------------------
