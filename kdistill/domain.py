@@ -135,10 +135,13 @@ class Domain:
         """A ``gymnasium.Env`` for one task whose observation follows the layout above."""
         raise NotImplementedError
 
-    def make_vec_env(self, tasks: Sequence[str], num_envs: int, seed: int = 0, sampler=None, **kwargs):
+    def make_vec_env(self, tasks: Sequence[str], num_envs: int, seed: int = 0, sampler=None,
+                     threads: int | None = None, **kwargs):
         """A ``kdistill.rl.vec.VecEnv`` over ``tasks``; each sub-env picks its task at reset via ``sampler``.
 
-        The default steps ``make_env`` envs in this process; override for something faster.
+        ``threads`` is a hint: how many threads the vector env may step on (None: the domain's choice;
+        a caller that already steps several vector envs in parallel passes 1). The default steps
+        ``make_env`` envs on the calling thread and ignores it; override for something faster.
         """
 
         return SyncVecEnv.from_domain(self, tasks, num_envs, seed=seed, sampler=sampler, **kwargs)

@@ -92,7 +92,9 @@ class CartPoleDomain(kdistill.Domain):
     def make_env(self, task: str, **kwargs) -> CartPoleEnv:
         return CartPoleEnv(self._params(task), task=task, ranges=self.config.ranges, dynamics=self.config.dynamics)
 
-    def make_vec_env(self, tasks: Sequence[str], num_envs: int, seed: int = 0, sampler=None, **kwargs) -> CartPoleVecEnv:
+    def make_vec_env(self, tasks: Sequence[str], num_envs: int, seed: int = 0, sampler=None, threads=None,
+                     **kwargs) -> CartPoleVecEnv:
+        # numpy-vectorised over all envs: one thread is all it uses, so ``threads`` changes nothing
         tasks = list(tasks)
         return CartPoleVecEnv(tasks, {t: self._params(t) for t in tasks}, num_envs, seed=seed, sampler=sampler,
                               ranges=self.config.ranges, dynamics=self.config.dynamics)

@@ -29,6 +29,7 @@ import collections
 import math
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -58,6 +59,9 @@ from kdistill.state import OPTIM_PREFIX, load_model_state, load_optimizer, model
 
 _pos = attrs.validators.gt(0)
 _nonneg = attrs.validators.ge(0)
+
+# task groups a rollout alternates between (policy of one group while the other's envs step)
+PIPELINE_GROUPS = 2
 
 
 @attrs.frozen
@@ -155,10 +159,11 @@ class StackedMLP(torch.nn.Module):
         self.biases = torch.nn.ParameterList(
             torch.nn.Parameter(torch.zeros(num_tasks, 1, b)) for b in self.sizes[1:])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, first: int = 0, stop: int | None = None) -> torch.Tensor:
+        """``x`` holds tasks ``first .. stop-1`` (default all); the slices are views, not copies."""
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            x = torch.baddbmm(b, x, w)
+            x = torch.baddbmm(b[first:stop], x, w[first:stop])
             if i < last:
                 x = torch.tanh(x)
         return x
@@ -312,26 +317,32 @@ class ExpertTrainer:
 
     def _rebuild_envs(self) -> None:
         self.close()
-        active = [self.tasks[k] for k in self._rows]
-        self.envs = pinned_vec_env(self.domain, active, self.config.envs_per_task, self.workers)
+        n, E = len(self._rows), self.config.envs_per_task
+        # two groups of tasks step in turn: while one group's envs step on a helper thread, this thread
+        # runs the other group's policy, so policy time overlaps env time
+        groups = np.array_split(np.arange(n), min(n, PIPELINE_GROUPS))
+        self._groups = [(int(pos[0]), int(pos[-1]) + 1) for pos in groups]
+        per_group_workers = max(1, self.workers // len(groups)) if self.workers > 0 else 0
+        threads = 1 if len(groups) > 1 else None
+        self.envs = [pinned_vec_env(self.domain, [self.tasks[k] for k in self._rows[a:b]], E, per_group_workers,
+                                    threads=threads) for a, b in self._groups]
+        self._stepper = ThreadPoolExecutor(len(groups), thread_name_prefix="experts-env")
 
     # observations ---------------------------------------------------------------------------------
     def _features(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """``(n*E, T, F)`` raw observations -> ``(n, E, D)`` state features, padded slots zeroed."""
+        """``(m*E, T, F)`` raw observations -> ``(m, E, D)`` state features, padded slots zeroed."""
         x = obs["obs"][:, :, self.features].astype(np.float64)
         x[np.asarray(obs["obs_mask"], bool)] = 0.0
-        return x.reshape(len(self._rows), self.config.envs_per_task, self.in_features)
+        return x.reshape(-1, self.config.envs_per_task, self.in_features)
 
-    def _normalise(self, x: np.ndarray, update: bool) -> np.ndarray:
-        rows = self._rows
+    def _normalise(self, x: np.ndarray, rows: np.ndarray, update: bool) -> np.ndarray:
         if update:
             self.obs_rms.update(x, rows)
         mean, var = self.obs_rms.mean[rows][:, None], self.obs_rms.var[rows][:, None]
         clip = self.config.obs_clip
         return np.clip((x - mean) / np.sqrt(var + 1e-8), -clip, clip).astype(np.float32)
 
-    def _scale_rewards(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
-        rows = self._rows
+    def _scale_rewards(self, rewards: np.ndarray, dones: np.ndarray, rows: np.ndarray) -> np.ndarray:
         ret = self.rew_ret[rows] * self.config.gamma + rewards
         self.rew_rms.update(ret, rows)
         out = np.clip(rewards / np.sqrt(self.rew_rms.var[rows][:, None] + 1e-8), -self.config.reward_clip,
@@ -342,10 +353,12 @@ class ExpertTrainer:
 
     def _reset_envs(self) -> None:
         E = self.config.envs_per_task
-        seeds = [_derived_seed(self.settings.seed, task_key(self.tasks[k]), 2, e, self.updates)
-                 for k in self._rows for e in range(E)]
-        raw = self.envs.reset(seed=seeds)
-        self._obs = self._normalise(self._features(raw), update=True)
+        self._obs = np.empty((len(self._rows), E, self.in_features), np.float32)
+        for (a, b), envs in zip(self._groups, self.envs):
+            rows = self._rows[a:b]
+            seeds = [_derived_seed(self.settings.seed, task_key(self.tasks[k]), 2, e, self.updates)
+                     for k in rows for e in range(E)]
+            self._obs[a:b] = self._normalise(self._features(envs.reset(seed=seeds)), rows, update=True)
         self.rew_ret[self._rows] = 0.0
 
     # rollout and update ---------------------------------------------------------------------------
@@ -362,28 +375,41 @@ class ExpertTrainer:
             buf[key] = torch.empty(S, n, E)
         returns: list[list[float]] = [[] for _ in range(n)]
         gens = [self.generators[k] for k in self._rows]
-        for t in range(S):
-            x = torch.from_numpy(self._obs)
+
+        def act(t: int, a: int, b: int):
+            x = torch.from_numpy(self._obs[a:b])
             with torch.no_grad():
-                mu = self.model.actor(x)
-                value = self.model.value(x)
-                std = self.model.log_std.exp()
-                noise = torch.stack([torch.randn((E, A), generator=g) for g in gens])
-                actions = mu + std * noise
-                logp = masked_gaussian_log_prob(mu, self.model.log_std, actions, act_mask)
-            buf["obs"][t], buf["actions"][t], buf["values"][t], buf["logp"][t] = x, actions, value, logp
-            env_actions = actions.clamp(-1.0, 1.0).reshape(n * E, A).numpy()
-            raw, rewards, terminated, truncated, infos = self.envs.step(env_actions)
-            dones = (terminated | truncated).reshape(n, E)
-            scaled = self._scale_rewards(np.asarray(rewards, np.float64).reshape(n, E), dones)
-            buf["rewards"][t] = torch.from_numpy(scaled)
-            buf["dones"][t] = torch.from_numpy(dones.astype(np.float32))
-            buf["timeouts"][t] = torch.from_numpy((truncated & ~terminated).reshape(n, E).astype(np.float32))
+                mu = self.model.actor(x, a, b)
+                value = self.model.critic(x, a, b).squeeze(-1)
+                log_std = self.model.log_std[a:b]
+                noise = torch.stack([torch.randn((E, A), generator=g) for g in gens[a:b]])
+                actions = mu + log_std.exp() * noise
+                logp = masked_gaussian_log_prob(mu, log_std, actions, act_mask[a:b])
+            buf["obs"][t, a:b], buf["actions"][t, a:b], buf["values"][t, a:b], buf["logp"][t, a:b] = x, actions, value, logp
+            return actions.clamp(-1.0, 1.0).reshape((b - a) * E, A).numpy()
+
+        def absorb(t: int, a: int, b: int, result) -> None:
+            raw, rewards, terminated, truncated, infos = result
+            rows = self._rows[a:b]
+            dones = (terminated | truncated).reshape(b - a, E)
+            scaled = self._scale_rewards(np.asarray(rewards, np.float64).reshape(b - a, E), dones, rows)
+            buf["rewards"][t, a:b] = torch.from_numpy(scaled)
+            buf["dones"][t, a:b] = torch.from_numpy(dones.astype(np.float32))
+            buf["timeouts"][t, a:b] = torch.from_numpy((truncated & ~terminated).reshape(b - a, E).astype(np.float32))
             for slot, info in enumerate(infos):
                 ep = info.get("episode")
                 if ep is not None:
-                    returns[slot // E].append(float(ep["return"]))
-            self._obs = self._normalise(self._features(raw), update=True)
+                    returns[a + slot // E].append(float(ep["return"]))
+            self._obs[a:b] = self._normalise(self._features(raw), rows, update=True)
+
+        pending: list[Any] = [None] * len(self._groups)
+        for t in range(S):
+            for g, ((a, b), envs) in enumerate(zip(self._groups, self.envs)):
+                if pending[g] is not None:
+                    absorb(t - 1, a, b, pending[g].result())
+                pending[g] = self._stepper.submit(envs.step, act(t, a, b))
+        for g, (a, b) in enumerate(self._groups):
+            absorb(S - 1, a, b, pending[g].result())
         with torch.no_grad():
             last_value = self.model.value(torch.from_numpy(self._obs))
         flat = {k: v.reshape(S, n * E) for k, v in buf.items() if k in ("rewards", "dones", "timeouts", "values")}
@@ -690,7 +716,9 @@ class ExpertTrainer:
 
     def close(self) -> None:
         if self.envs is not None:
-            self.envs.close()
+            for envs in self.envs:
+                envs.close()
+            self._stepper.shutdown()
             self.envs = None
         self._obs = None
 
@@ -788,21 +816,21 @@ def start_or_resume(domain, settings: ExpertRunSettings, config: ExpertConfig, r
     return trainer
 
 
-def pinned_vec_env(domain, tasks: Sequence[str], envs_per_task: int, workers: int = 0):
+def pinned_vec_env(domain, tasks: Sequence[str], envs_per_task: int, workers: int = 0, threads: int | None = None):
     """A vector env whose slots ``k*E .. k*E+E-1`` always play ``tasks[k]``, in-process or over workers."""
 
     tasks = list(tasks)
     slot_tasks = [t for t in tasks for _ in range(envs_per_task)]
     n = len(slot_tasks)
     if workers <= 0:
-        return domain.make_vec_env(tasks, n, sampler=PinnedSampler(tasks, slot_tasks))
+        return domain.make_vec_env(tasks, n, sampler=PinnedSampler(tasks, slot_tasks), threads=threads)
     w = max(1, min(int(workers), n))
     sizes = [n // w + (1 if i < n % w else 0) for i in range(w)]
     bounds = np.cumsum([0] + sizes)
 
     def make_chunk(index: int, num: int, _sampler):
         chunk = slot_tasks[bounds[index]:bounds[index + 1]]
-        return domain.make_vec_env(tasks, num, sampler=PinnedSampler(tasks, chunk))
+        return domain.make_vec_env(tasks, num, sampler=PinnedSampler(tasks, chunk), threads=threads)
 
     return SubprocVecEnv(make_chunk, tasks, sizes, sampler=PinnedSampler(tasks, slot_tasks))
 
