@@ -4,15 +4,19 @@ Per task: ``episodes`` envs of that task, each playing exactly one episode from 
 the policy acts on the batch of envs still running (the deterministic mean action by default);
 returns are raw and undiscounted. A task's score is the mean over its episodes, the summary the mean
 over tasks. A random policy (actions uniform in [-1, 1]) plays the same envs from the same seeds.
+Every draw of a task (resets, stochastic actions, the random policy) is seeded by ``(seed, task position)``, so
+tasks can run on any executor's workers (``kdistill.executors``) with the same results.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+import attrs
 import numpy as np
 
 from kdistill.errors import CheckpointError
+from kdistill.executors import DomainRef, Executor, LocalExecutor, PolicyRef
 from kdistill.rl.vec import stack_obs
 
 
@@ -35,31 +39,69 @@ def play_episodes(envs: Sequence[Any], seeds: Sequence[int], act: Callable[[dict
     return returns.tolist(), lengths.tolist()
 
 
+def evaluate_task(domain, policy, task: str, index: int, episodes: int = 16, seed: int = 0, deterministic: bool = True,
+                  random_baseline: bool = True) -> dict[str, Any]:
+    """One task's row of ``evaluate_policy``; ``index`` is the task's position in the evaluated list. Every random
+    draw comes from ``(seed, index)``, so the row is the same whichever executor runs it and in whatever order."""
+    seeds = [int(s) for s in np.random.SeedSequence([seed, index]).generate_state(episodes)]
+    envs = [domain.make_env(task) for _ in range(episodes)]
+    try:
+        policy.prepare(task, domain.context(task))
+        policy.reseed([seed, index])
+        returns, lengths = play_episodes(envs, seeds, lambda o: policy.act(o, deterministic=deterministic))
+        row: dict[str, Any] = {"name": task, "returns": returns, "lengths": lengths, "mean": float(np.mean(returns))}
+        if random_baseline:
+            rng = np.random.default_rng([seed, index, 1])
+            num_actions = domain.layout.num_actions
+            rand, rand_len = play_episodes(
+                envs, seeds, lambda o, n=num_actions: rng.uniform(-1.0, 1.0, (o["obs"].shape[0], n)))
+            row.update(random_returns=rand, random_lengths=rand_len, random_mean=float(np.mean(rand)))
+    finally:
+        for env in envs:
+            env.close()
+    return row
+
+
+@attrs.frozen
+class EvalJob:
+    """``evaluate_task`` for an executor whose workers are other processes: the domain and the policy by reference."""
+
+    domain: DomainRef
+    policy: PolicyRef
+    episodes: int
+    seed: int
+    deterministic: bool
+    random_baseline: bool
+    threads: int = 1
+
+    def __call__(self, item: tuple[int, str]) -> dict[str, Any]:
+        import torch
+
+        torch.set_num_threads(self.threads)
+        index, task = item
+        return evaluate_task(self.domain.build(), self.policy.build(), task, index, self.episodes, self.seed,
+                             self.deterministic, self.random_baseline)
+
+
 def evaluate_policy(domain, policy, tasks: Sequence[str], episodes: int = 16, seed: int = 0,
                     deterministic: bool = True, random_baseline: bool = True,
-                    on_task: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Evaluate ``policy`` (a ``kdistill.policy.Policy``) on ``tasks``; see the module docstring."""
+                    on_task: Callable[[dict[str, Any]], None] | None = None, executor: Executor | None = None,
+                    threads: int = 1) -> dict[str, Any]:
+    """Evaluate ``policy`` (a ``kdistill.policy.Policy``) on ``tasks``; see the module docstring.
+
+    ``executor``: where the tasks run (default: this process, in order); ``on_task`` sees each row as it finishes.
+    ``threads``: torch threads of an executor's workers."""
     if policy.layout != domain.layout:
         raise CheckpointError(f"the policy's layout {policy.layout.to_dict()} differs from domain {domain.name!r}'s "
                               f"{domain.layout.to_dict()}; it was trained for another version of the domain.")
-    rng = np.random.default_rng(seed)
-    rows = []
-    for k, task in enumerate(tasks):
-        seeds = [int(s) for s in np.random.SeedSequence([seed, k]).generate_state(episodes)]
-        envs = [domain.make_env(task) for _ in range(episodes)]
-        try:
-            policy.prepare(task, domain.context(task))
-            returns, lengths = play_episodes(envs, seeds, lambda o: policy.act(o, deterministic=deterministic))
-            row: dict[str, Any] = {"name": task, "returns": returns, "lengths": lengths, "mean": float(np.mean(returns))}
-            if random_baseline:
-                num_actions = domain.layout.num_actions
-                rand, rand_len = play_episodes(
-                    envs, seeds, lambda o, n=num_actions: rng.uniform(-1.0, 1.0, (o["obs"].shape[0], n)))
-                row.update(random_returns=rand, random_lengths=rand_len, random_mean=float(np.mean(rand)))
-        finally:
-            for env in envs:
-                env.close()
-        rows.append(row)
+    executor = executor or LocalExecutor()
+    if executor.in_process:
+        job = lambda item: evaluate_task(domain, policy, item[1], item[0], episodes, seed, deterministic, random_baseline)
+    else:
+        job = EvalJob(DomainRef.of(domain), PolicyRef.of(policy), episodes, seed, deterministic, random_baseline, threads)
+    rows: list[Any] = [None] * len(tasks)
+    for index, row in executor.imap_unordered(job, list(enumerate(tasks))):
+        rows[index] = row
         if on_task is not None:
             on_task(row)
     summary: dict[str, Any] = {"mean_return": float(np.mean([r["mean"] for r in rows])) if rows else None,

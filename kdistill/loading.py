@@ -23,11 +23,14 @@ def load_policy(path: str | Path, domain: str | None = None, device: str = "cpu"
                               f"pass a policy trained on {domain!r}.")
     kind = meta.get("kind")
     try:
-        return _build_policy(kind, tensors, meta, path, device, seed)
+        policy = _build_policy(kind, tensors, meta, path, device, seed)
     except CheckpointError as exc:
         if str(path) in str(exc):
             raise
         raise CheckpointError(f"{path}: {exc}") from None
+    # what PolicyRef ships to another executor's workers (the optimiser state is of no use there)
+    policy.source = ({k: v for k, v in tensors.items() if not k.startswith("optim.")}, meta, device, seed)
+    return policy
 
 
 def _build_policy(kind, tensors: dict, meta: dict, path, device: str, seed: int) -> Policy:

@@ -31,6 +31,11 @@ class Policy:
     def act(self, obs: dict[str, np.ndarray], deterministic: bool = True) -> np.ndarray:
         raise NotImplementedError
 
+    def reseed(self, seed) -> None:
+        """Restart the sampling of stochastic actions from ``seed`` (an int or a sequence of ints): evaluation
+        reseeds per task, so a task's result does not depend on which tasks ran before it, or where."""
+        self.rng = np.random.default_rng(seed)
+
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "domain": self.domain, "arch": self.meta.get("arch"),
                 "env_steps": self.meta.get("counters", {}).get("env_steps")}

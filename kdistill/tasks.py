@@ -13,6 +13,7 @@ Before the domain's own splits are read, ``ensure_data`` installs the domain's d
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 from kdistill.domain import Domain
@@ -65,6 +66,8 @@ def select_tasks(domain, tasks: str | Sequence[str] | None = None, split: str | 
             folder = list(domain.add_task_folder(tasks_dir))
         except NotImplementedError:
             raise KdistillError(f"domain {domain.name!r} does not read task folders (--tasks-dir).") from None
+        # so that a worker of another executor can add the same folder (kdistill.executors.DomainRef)
+        domain.task_folders = (*getattr(domain, "task_folders", ()), str(Path(tasks_dir).resolve()))
         if names:
             unknown = [n for n in names if n not in folder]
             if unknown:

@@ -6,7 +6,18 @@ from pathlib import Path
 
 import click
 
-from kdistill.cli.options import console, data_dir_option, err_console, json_option, print_json, progress_lines, tasks_dir_option, tasks_option
+from kdistill.cli.options import (
+    console,
+    data_dir_option,
+    err_console,
+    executor_options,
+    json_option,
+    open_executor,
+    print_json,
+    progress_lines,
+    tasks_dir_option,
+    tasks_option,
+)
 
 
 @click.command("eval")
@@ -26,18 +37,21 @@ from kdistill.cli.options import console, data_dir_option, err_console, json_opt
                    "the batches here are small.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Also write eval.json and eval.png (per-task bar chart) into this folder.")
+@executor_options
 @json_option
 @data_dir_option
 @tasks_dir_option
 def eval_cmd(domain_name: str, policy_path: str, task_names: str | None, split: str | None, num_tasks: int | None,
              episodes: int, seed: int, stochastic: bool, no_random: bool, device: str, threads: int, out_dir: str | None,
-             as_json: bool, data_dir: str | None, tasks_dir: str | None) -> None:
+             as_json: bool, data_dir: str | None, tasks_dir: str | None, executor_name: str = "local", workers: int = 1,
+             address: str | None = None) -> None:
     """Evaluate a policy on DOMAIN: one episode per env, raw undiscounted returns, mean over episodes then tasks.
 
     \b
     Example:
       kdistill eval unimal --policy runs/t1 --split test --episodes 16 --out runs/t1/eval-test
       kdistill eval unimal --policy runs/t1 --tasks-dir my-tasks       # a folder of your own task files
+      kdistill eval unimal --policy runs/t1 --split all --executor ray --workers 8   # tasks spread over Ray workers
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -61,14 +75,16 @@ def eval_cmd(domain_name: str, policy_path: str, task_names: str | None, split: 
     policy = load_policy(policy_path, domain=domain.name, device=check_device(device), seed=seed)
     if out_dir is not None:
         prepare_output_dir(out_dir)  # before the evaluation, so its results cannot be lost to a bad --out
-    with Progress(TextColumn("[bold]eval[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("tasks"),
-                  TimeElapsedColumn(), TextColumn("{task.fields[last]}", markup=False), console=err_console,
-                  disable=as_json) as progress:
+    with open_executor(executor_name, workers, address) as executor, \
+            Progress(TextColumn("[bold]eval[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("tasks"),
+                     TimeElapsedColumn(), TextColumn("{task.fields[last]}", markup=False), console=err_console,
+                     disable=as_json) as progress:
         bar = progress.add_task("eval", total=len(tasks), last="")
         result = evaluate_policy(
             domain, policy, tasks, episodes=episodes, seed=seed, deterministic=not stochastic,
-            random_baseline=not no_random,
+            random_baseline=not no_random, executor=executor, threads=threads,
             on_task=lambda row: progress.update(bar, advance=1, last=f"{row['name']}: {row['mean']:.1f}"))
+        result["executor"] = executor.describe()
     result["policy"] = {"path": str(policy_path), **policy.describe()}
     result["domain"] = domain.name
     result["split"] = None if task_names or tasks_dir else (split or "train")

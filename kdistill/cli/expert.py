@@ -9,7 +9,9 @@ from kdistill.cli.options import (
     console,
     data_dir_option,
     err_console,
+    executor_options,
     json_option,
+    open_executor,
     print_json,
     progress_bars,
     progress_lines,
@@ -41,12 +43,14 @@ def expert_group() -> None:
 @click.option("--threads", type=int, default=1, show_default=True,
               help="Torch CPU threads. More threads are much slower while the envs step on the same cores "
                    "(measured 7-13x slower with 2 on 2 cores): the batches here are small.")
+@executor_options
 @json_option
 @data_dir_option
 @tasks_dir_option
 def collect_cmd(domain_name: str, teacher_path: str, out: str, task_names: str | None, split: str | None,
                 num_tasks: int | None, samples: int, envs: int, seed: int, device: str, threads: int | None,
-                as_json: bool, data_dir: str | None, tasks_dir: str | None = None) -> None:
+                as_json: bool, data_dir: str | None, tasks_dir: str | None = None, executor_name: str = "local",
+                workers: int = 1, address: str | None = None) -> None:
     """Roll out the teacher on each task of DOMAIN and store what students learn from.
 
     Per task, --envs copies of the task are stepped together with the teacher's sampled actions
@@ -57,6 +61,7 @@ def collect_cmd(domain_name: str, teacher_path: str, out: str, task_names: str |
     \b
     Example:
       kdistill expert collect unimal --teacher runs/teacher --split train --out data/expert
+      kdistill expert collect unimal --teacher runs/teacher --split train --out data/expert --executor ray --workers 8
     """
     from rich.table import Table
 
@@ -79,10 +84,12 @@ def collect_cmd(domain_name: str, teacher_path: str, out: str, task_names: str |
                             f"train` or per-task experts from `kdistill experts export`.")
     # per-task experts have no common normaliser: the data's is fitted on their rollouts over the tasks
     normalizer = teacher.meta["normalizer"] if teacher.kind == "teacher" else None
-    with progress_bars(not as_json) as report:
+    with open_executor(executor_name, workers, address) as executor, progress_bars(not as_json) as report:
         summary = collect_expert_data(domain, teacher, normalizer, tasks, out,
                                       CollectSettings(samples_per_task=samples, num_envs=envs, seed=seed),
-                                      teacher_ref=str(teacher_path), progress=report)
+                                      teacher_ref=str(teacher_path), progress=report, executor=executor,
+                                      threads=threads or 1)
+        summary["executor"] = executor.describe()
     summary["domain"] = domain.name
     if as_json:
         print_json(summary)

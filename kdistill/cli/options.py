@@ -105,3 +105,21 @@ def parse_policies(spec: str) -> dict[str, str]:
     if not out:
         raise KdistillError("--policies is empty; pass NAME=RUN pairs, e.g. teacher=runs/t,hnmlp=runs/h.")
     return out
+
+
+def executor_options(f):
+    """``--executor NAME --workers N --address ADDR``: where the per-task work runs (``kdistill.executors``)."""
+    f = click.option("--address", default=None,
+                     help="With --executor ray: the Ray cluster to join (host:port, or auto). [default: start a local one]")(f)
+    f = click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+                     help="Workers that run tasks at once (--executor ray; the local executor runs one).")(f)
+    f = click.option("--executor", "executor_name", default="local", show_default=True,
+                     help="Where the tasks run: local (this process) or ray (kdistill[ray]), or a plugin's executor.")(f)
+    return f
+
+
+def open_executor(name: str, workers: int, address: str | None):
+    """The executor the options ask for (close it after use, e.g. ``with open_executor(...) as ex``)."""
+    from kdistill.executors import get_executor
+
+    return get_executor(name, workers=workers, address=address)

@@ -37,6 +37,7 @@ import numpy as np
 
 from kdistill.domain import Layout, TaskContext
 from kdistill.errors import DataError
+from kdistill.executors import DomainRef, Executor, LocalExecutor, PolicyRef
 from kdistill.io import atomic_write_bytes, atomic_write_json, claim_folder, read_json_object
 from kdistill.progress import Progress
 from kdistill.rl.distributions import action_std_of, sample_actions
@@ -154,6 +155,28 @@ def rollout_task(domain, teacher, normalizer: ObsNormalizer, task: str, context:
     return arrays, returns
 
 
+@attrs.frozen
+class CollectJob:
+    """``rollout_task`` for an executor whose workers are other processes: domain and policies by reference."""
+
+    domain: DomainRef
+    teacher: PolicyRef
+    actor: PolicyRef | None
+    normalizer: dict = attrs.field(eq=False, repr=False)
+    settings: CollectSettings
+    beta: float = 1.0
+    threads: int = 1
+
+    def __call__(self, task: str) -> tuple[dict[str, np.ndarray], list[float]]:
+        import torch
+
+        torch.set_num_threads(self.threads)
+        domain = self.domain.build()
+        actor = self.actor.build() if self.actor is not None else None
+        return rollout_task(domain, self.teacher.build(), ObsNormalizer.from_state(self.normalizer), task,
+                            domain.context(task), self.settings, actor=actor, beta=self.beta)
+
+
 def fit_normalizer(domain, teacher, tasks: Sequence[str], steps: int = 500, num_envs: int = 2, seed: int = 0,
                    clip: float = 10.0) -> ObsNormalizer:
     """An observation normaliser fitted on the teacher's own rollouts (sampled actions) over all ``tasks``:
@@ -213,8 +236,12 @@ def _is_expert_folder(path: Path) -> bool:
 def collect_expert_data(domain, teacher, normalizer_state: dict | None, tasks: Sequence[str], out: str | Path,
                         settings: CollectSettings = CollectSettings(), teacher_ref: str = "",
                         progress: Progress | None = None, actor=None, beta: float = 1.0, actor_ref: str = "",
-                        fit_tasks: Sequence[str] | None = None) -> dict[str, Any]:
+                        fit_tasks: Sequence[str] | None = None, executor: Executor | None = None,
+                        threads: int = 1) -> dict[str, Any]:
     """Collect one shard per task into ``out`` (skipping tasks already there); returns a summary.
+
+    ``executor``: where the tasks' rollouts run (default: this process, in order); shards are written here as they
+    come back. ``threads``: torch threads of an executor's workers.
 
     ``normalizer_state`` None: a new folder fits one on the teacher's rollouts over ``fit_tasks`` (default
     ``tasks``); a resumed folder keeps its own. ``actor``/``beta``: DAgger rollouts (module docstring).
@@ -260,17 +287,25 @@ def collect_expert_data(domain, teacher, normalizer_state: dict | None, tasks: S
 
     report = progress or (lambda description, completed, total: None)
     total, rows_done = len(todo) * settings.samples_per_task, 0
-    for task in todo:
-        report(f"expert {task}", rows_done, total)
-        ctx = domain.context(task)
-
-        def step(n: int, task: str = task) -> None:
-            nonlocal rows_done
-            rows_done += n
+    executor = executor or LocalExecutor()
+    if executor.in_process:
+        def job(task: str):
             report(f"expert {task}", rows_done, total)
 
-        arrays, returns = rollout_task(domain, teacher, normalizer, task, ctx, settings,
-                                       on_step=step, actor=actor, beta=beta)
+            def step(n: int) -> None:
+                nonlocal rows_done
+                rows_done += n
+                report(f"expert {task}", rows_done, total)
+
+            return rollout_task(domain, teacher, normalizer, task, domain.context(task), settings, on_step=step,
+                                actor=actor, beta=beta)
+    else:
+        job = CollectJob(DomainRef.of(domain), PolicyRef.of(teacher), PolicyRef.of(actor) if actor is not None else None,
+                         normalizer.state(), settings, beta, threads)
+    # meta.json lists the tasks in the order asked for, whatever order their shards finish in
+    order = list(dict.fromkeys([*meta["tasks"], *todo]))
+    for index, (arrays, returns) in executor.imap_unordered(job, todo):
+        task = todo[index]
         problem = _shard_problem(arrays, layout)
         if problem:
             raise DataError(f"the rollouts of task {task!r} {problem.replace('has ', 'have ', 1)}; nothing was written "
@@ -280,9 +315,13 @@ def collect_expert_data(domain, teacher, normalizer_state: dict | None, tasks: S
         meta["tasks"][task] = {
             "shard": shard, "samples": int(len(arrays["obs"])), "num_envs": settings.num_envs,
             "episodes": len(returns), "mean_return": float(np.mean(returns)) if returns else None,
-            "context": context_to_json(ctx), "static": "static" in arrays,
+            "context": context_to_json(domain.context(task)), "static": "static" in arrays,
         }
+        meta["tasks"] = {t: meta["tasks"][t] for t in order if t in meta["tasks"]}
         atomic_write_json(meta_path, meta)
+        if not executor.in_process:
+            rows_done += settings.samples_per_task
+            report(f"expert {task}", rows_done, total)
     if not meta_path.exists():
         atomic_write_json(meta_path, meta)
     return {

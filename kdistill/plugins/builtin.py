@@ -1,4 +1,4 @@
-"""kdistill's own registrations (context encoders, students, losses, core commands).
+"""kdistill's own registrations (context encoders, students, losses, core commands, the local executor).
 
 Loaded through the ``kdistill`` entry-point group like any other plugin.
 """
@@ -49,3 +49,10 @@ def register_losses(register):
 
     for name, fn in LOSSES.items():
         register(name, fn)
+
+
+@hookimpl
+def register_executors(register):
+    from kdistill.executors import LocalExecutor
+
+    register("local", LocalExecutor)

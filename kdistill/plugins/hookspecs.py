@@ -43,3 +43,9 @@ def register_teachers(register):
 @hookspec
 def register_commands(register):
     """Register CLI sub-commands: ``register(name, command)``; a ``click.Command`` or ``click.Group``."""
+
+
+@hookspec
+def register_executors(register):
+    """Register executors: ``register(name, factory)``; ``factory(workers=N, address=ADDR)`` returns a
+    ``kdistill.executors.Executor`` that maps per-task jobs over its workers (see ``kdistill.executors``)."""

@@ -38,6 +38,7 @@ KINDS = {
     "losses": "register_losses",
     "teachers": "register_teachers",
     "commands": "register_commands",
+    "executors": "register_executors",
 }
 SINGULAR = {
     "domains": "domain",
@@ -46,6 +47,7 @@ SINGULAR = {
     "losses": "loss",
     "teachers": "teacher",
     "commands": "command",
+    "executors": "executor",
 }
 
 
@@ -179,6 +181,7 @@ def get_domain(name: str, **options):
     """Build the domain registered as ``name`` with ``options`` (e.g. ``data_dir``)."""
     plugins = get_plugins()
     domain = plugins.domains.get(name)(**options)
+    domain.build_options = dict(options)  # so another process can build it again (kdistill.executors.DomainRef)
     if getattr(domain, "name", None) != name:
         raise PluginError(f"plugin {plugins.domains.entry(name).plugin!r} registered domain {name!r}, but the domain it "
                           f"builds calls itself {getattr(domain, 'name', None)!r}; the registered name must equal Domain.name.")

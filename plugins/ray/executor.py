@@ -1,0 +1,103 @@
+"""The Ray executor: each job is a Ray task on one CPU; at most ``workers`` run at once.
+
+A task whose worker process dies (killed, out of memory, a lost node) is run again by Ray, up to ``MAX_RETRIES``
+times; the driver takes each task's result exactly once, from the attempt that finished, so nothing is lost or
+duplicated (the jobs write nothing themselves: shards are written by the driver as results come back). An exception
+raised by a job is not retried: it is re-raised here as it was raised there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Iterator, Sequence
+
+from kdistill.errors import KdistillError
+from kdistill.executors import Executor
+
+MAX_RETRIES = 3  # attempts after a worker died, per task
+
+
+def _run(job: Callable[[Any], Any], item: Any) -> Any:
+    return job(item)
+
+
+def _env_vars() -> dict[str, str]:
+    # workers see the driver's plugin and data settings (KDISTILL_PLUGINS, KDISTILL_UNIMAL_DIR, ...), also on a cluster
+    # whose nodes were started without them
+    return {k: v for k, v in os.environ.items() if k.startswith("KDISTILL_") or k == "MUJOCO_GL"}
+
+
+class RayExecutor(Executor):
+    """Joins the Ray cluster at ``address`` (``auto``: the one this machine belongs to), or starts a local one of
+    ``workers`` CPUs; a Ray already initialised in this process is used as it is."""
+
+    name = "ray"
+    in_process = False
+
+    def __init__(self, workers: int = 1, address: str | None = None):
+        try:
+            import ray
+        except ImportError:
+            raise KdistillError("--executor ray needs Ray, which is not installed; install it with "
+                                "pip install 'kdistill[ray]'.") from None
+        self.workers, self.address, self._started = workers, address, False
+        if ray.is_initialized():
+            return
+        options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        try:
+            if address:
+                ray.init(address=address, **options)
+            else:
+                ray.init(num_cpus=workers, **options)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"join the Ray cluster at --address {address}" if address else "start a local Ray cluster"
+            raise KdistillError(f"could not {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}.") from None
+        self._started = True
+
+    def imap_unordered(self, job: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+        import ray
+
+        remote = ray.remote(_run).options(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False,
+                                          runtime_env={"env_vars": _env_vars()})
+        job_ref = ray.put(job)  # one copy of the job (it carries the policy's weights) for all tasks
+        pending: dict[Any, int] = {}
+        submitted = 0
+        try:
+            while submitted < len(items) or pending:
+                while submitted < len(items) and len(pending) < self.workers:
+                    pending[remote.remote(job_ref, items[submitted])] = submitted
+                    submitted += 1
+                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                index = pending.pop(ref)
+                yield index, self._result(ray, ref, items[index])
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+
+    @staticmethod
+    def _result(ray, ref, item) -> Any:
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, BaseException):
+                raise cause from None
+            raise
+        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError) as exc:
+            raise KdistillError(f"the Ray task for {item!r} lost its worker {MAX_RETRIES + 1} times "
+                                f"({type(exc).__name__}); nothing was written for it. Check the workers' memory and "
+                                f"logs, then run the command again (finished work is kept).") from None
+
+    def describe(self) -> dict[str, Any]:
+        import ray
+
+        return {"executor": self.name, "workers": self.workers, "address": self.address,
+                "cluster_cpus": ray.cluster_resources().get("CPU")}
+
+    def close(self) -> None:
+        if self._started:
+            import ray
+
+            ray.shutdown()
+            self._started = False
