@@ -70,12 +70,17 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
       kdistill distill unimal --data data/experts --student metamorph --student-preset cpu --out runs/tf
       kdistill distill unimal --data data/experts --student metamorph --student-preset cpu --out runs/tf-dagger \\
           --dagger 3 --teacher domains/unimal/pretrained/experts-flat
+      torchrun --nproc-per-node 2 -m kdistill distill unimal --data data/expert --out runs/hnmlp   # data-parallel
+
+    Under torchrun each process fits its slice of every batch and the gradients are summed (torch.distributed:
+    gloo on CPUs, NCCL with --device cuda, one GPU per process): the same model as one process, up to float
+    rounding. Rank 0 writes the run folder and prints the result.
     """
     import attrs
     from click.core import ParameterSource
 
-    from kdistill.devices import check_device, set_torch_threads
-    from kdistill.distill.training import DistillConfig, distill
+    from kdistill.devices import set_torch_threads
+    from kdistill.distill.training import DistillConfig
     from kdistill.errors import KdistillError, unknown_name
 
     ctx = click.get_current_context()
@@ -128,9 +133,13 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
         return
     if teacher_path is not None:
         raise KdistillError("--teacher is used with --dagger only; the data folder already names its teacher.")
-    with progress_bars(not as_json) as report:
-        result = distill(data_path, student, student_config, config, out=out, resume=resume, domain=domain_name,
-                         device=check_device(device), progress=report, student_preset=student_preset)
+    result = _run_distill(data_path, student, student_config, config, out, resume, domain_name, device, as_json,
+                          student_preset)
+    if result is not None:  # None: a data-parallel rank other than 0, which reports for all
+        _print_result(result, student, out, as_json)
+
+
+def _print_result(result: dict, student: str, out: str, as_json: bool) -> None:
     if as_json:
         print_json(result)
         return
@@ -141,15 +150,39 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
     err_console.print(f"run folder: {out} (loss_curve.png, metrics.jsonl)")
 
 
+def _run_distill(data_path, student, student_config, config, out, resume, domain_name, device, as_json,
+                 student_preset) -> dict | None:
+    """One distillation, as one process or as this process's rank under torchrun (None on ranks other than 0)."""
+    from kdistill.devices import check_device
+    from kdistill.distill.training import distill
+    from kdistill.distributed import close_data_parallel, data_parallel_from_env, rank_device
+
+    device = check_device(rank_device(device))
+    parallel = data_parallel_from_env(device)
+    try:
+        with progress_bars(not as_json and (parallel is None or parallel.is_main)) as report:
+            result = distill(data_path, student, student_config, config, out=out, resume=resume, domain=domain_name,
+                             device=device, progress=report, student_preset=student_preset, parallel=parallel)
+    finally:
+        close_data_parallel()
+    if parallel is None:
+        return result
+    return {**result, "ranks": parallel.world} if parallel.is_main else None
+
+
 def _run_dagger(domain_name, data_path, student, student_config, student_preset, config, out, device, teacher_path,
                 rounds, beta, samples, epochs, seed, as_json, data_dir=None, tasks_dir=None) -> dict:
     from kdistill.devices import check_device
     from kdistill.distill.dagger import DaggerSettings, run_dagger
     from kdistill.distill.expert_data import read_expert_meta
+    from kdistill.distributed import launched_world
     from kdistill.errors import KdistillError
     from kdistill.loading import load_policy
     from kdistill.plugins import get_domain
 
+    if launched_world() > 1:
+        raise KdistillError("--dagger runs as one process; start it without torchrun (its distillation rounds are "
+                            "small next to the first one, which torchrun can run on its own).")
     if teacher_path is None:
         raise KdistillError("--dagger needs --teacher: the teacher (or per-task experts) that labels the student's states.")
     meta = read_expert_meta(data_path)

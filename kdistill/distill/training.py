@@ -23,6 +23,7 @@ import torch
 
 from kdistill.distill.expert_data import ExpertData, load_expert_sets, read_expert_meta
 from kdistill.distill.students import Student, build_student, context_tensors, loss_function, student_class, student_tensors
+from kdistill.distributed import DataParallel
 from kdistill.domain import Layout
 from kdistill.errors import CheckpointError, DataError, KdistillError, unknown_name
 from kdistill.io import (
@@ -216,7 +217,8 @@ def train_student(data_path: str | Path, student: str = "hnmlp", student_config:
                   out: str | Path | None = None, resume: bool = False, domain: str | None = None, device: str = "cpu",
                   progress: Progress | None = None, on_epoch: Callable[[dict], None] | None = None,
                   extra_data: Sequence[str | Path] = (), init_from: str | Path | None = None,
-                  student_preset: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+                  student_preset: str | None = None,
+                  parallel: DataParallel | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Distill the expert data at ``data_path`` into a ``student``; checkpoints into ``out`` if given.
 
     ``student`` is a student architecture (HN-MLP, MLP, a plugin's) or a teacher architecture (a transformer):
@@ -224,7 +226,8 @@ def train_student(data_path: str | Path, student: str = "hnmlp", student_config:
     every command loads. ``extra_data``: more data folders whose rows join the first's (DAgger rounds);
     ``init_from``: a checkpoint of the same architecture to start from instead of a fresh initialisation.
     Returns the trained module and a summary (final losses, counters, the run folder); ``distill`` returns only
-    the summary. ``progress``: see ``kdistill.progress``.
+    the summary. ``progress``: see ``kdistill.progress``. ``parallel``: this process's rank of a data-parallel run
+    (``kdistill.distributed``): each rank fits its slice of every batch, and only rank 0 writes ``out``.
     """
     data_path = Path(data_path)
     meta = read_expert_meta(data_path)
@@ -254,7 +257,9 @@ def train_student(data_path: str | Path, student: str = "hnmlp", student_config:
     init_ref = str(Path(init_from).resolve()) if init_from is not None else None
 
     run = Path(out) if out is not None else None
-    if run is not None:
+    # the run folder that this process writes: only rank 0's in a data-parallel run
+    writes = run if parallel is None or parallel.is_main else None
+    if writes is not None:
         claim_folder(run, "student-run", legacy=looks_like_run("student"))
     start_epoch, step, samples_seen = 0, 0, 0
     if run is not None and latest_checkpoint(run) is not None:
@@ -270,7 +275,8 @@ def train_student(data_path: str | Path, student: str = "hnmlp", student_config:
         load_optimizer(optimizer, tensors)
         counters = ck_meta["counters"]
         start_epoch, step, samples_seen = counters["epoch"], counters["step"], counters["samples"]
-        truncate_jsonl(run / "metrics.jsonl", lambda r: r.get("epoch", 0) <= start_epoch)
+        if writes is not None:
+            truncate_jsonl(run / "metrics.jsonl", lambda r: r.get("epoch", 0) <= start_epoch)
     elif init_from is not None:
         tensors, init_meta = load_checkpoint(latest_checkpoint(init_from) or init_from)
         if init_meta.get("arch") != student or init_meta.get("config") != cfg_dict:
@@ -281,7 +287,7 @@ def train_student(data_path: str | Path, student: str = "hnmlp", student_config:
     with_static = spec is not None
     train = TorchData(load_expert_sets([data_path, *extra_data], train_tasks, config.samples_per_task, with_static), device)
     val = (TorchData(load_expert_sets([data_path, *extra_data], val_tasks, config.samples_per_task, with_static), device)
-           if val_tasks else None)
+           if val_tasks and (parallel is None or parallel.is_main) else None)
 
     def checkpoint_meta(epoch: int) -> dict:
         out_meta = {
@@ -308,15 +314,19 @@ def train_student(data_path: str | Path, student: str = "hnmlp", student_config:
         perm = torch.randperm(n, generator=gen)
         t0, total = time.perf_counter(), 0.0
         for start in range(0, n, config.batch_size):
-            batch = train.batch(perm[start:start + config.batch_size])
-            loss = loss_fn(mu_fn(model, train, batch), batch)
+            idx = perm[start:start + config.batch_size]
+            rows = len(idx)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if parallel is None:
+                batch = train.batch(idx)
+                loss = loss_fn(mu_fn(model, train, batch), batch)
+                loss.backward()
+                loss_value = loss.item()
+            else:
+                loss_value = _parallel_backward(model, train, idx, loss_fn, mu_fn, parallel)
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
-            rows = len(batch["obs"])
-            loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise _diverged(run, epoch, step, f"the loss is {loss_value}")
             total += loss_value * rows
@@ -331,7 +341,7 @@ def train_student(data_path: str | Path, student: str = "hnmlp", student_config:
                   "val_loss": evaluate_loss(model, val, loss_fn, config.batch_size, mu_fn) if val is not None else None,
                   "seconds": seconds, "samples_per_s": n / seconds if seconds > 0 else None}
         last = record
-        if run is not None:
+        if writes is not None:
             append_jsonl(run / "metrics.jsonl", record)
             if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
                 tensors = {**student_tensors(model), **optimizer_tensors(optimizer)}  # "model." prefix for both kinds
@@ -341,6 +351,8 @@ def train_student(data_path: str | Path, student: str = "hnmlp", student_config:
         if on_epoch is not None:
             on_epoch(record)
 
+    if parallel is not None:
+        parallel.barrier()  # every rank returns once rank 0 has written the last checkpoint
     if not last and run is not None:  # resumed a finished run: report its last epoch
         records = read_jsonl(run / "metrics.jsonl")
         last = records[-1] if records else {}
@@ -351,6 +363,19 @@ def train_student(data_path: str | Path, student: str = "hnmlp", student_config:
         "train_loss": last.get("train_loss"), "val_loss": last.get("val_loss"),
         "samples_per_s": last.get("samples_per_s"),
     }
+
+
+def _parallel_backward(model, train: TorchData, idx: torch.Tensor, loss_fn, mu_fn, parallel: DataParallel) -> float:
+    """This rank's share of a step: the gradient of its slice of the batch, weighted by the slice's share of the rows
+    (the losses are means over rows), summed over ranks into the full batch's gradient; returns the batch's loss."""
+    mine = parallel.shard(idx)
+    if len(mine):
+        batch = train.batch(mine)
+        loss = loss_fn(mu_fn(model, train, batch), batch) * (len(mine) / len(idx))
+        loss.backward()
+    else:  # a batch of fewer rows than ranks: this rank adds nothing
+        loss = torch.zeros(())
+    return parallel.all_reduce_gradients(list(model.parameters()), loss)
 
 
 def distill(data_path: str | Path, student: str = "hnmlp", student_config: Any = None, config: DistillConfig = DistillConfig(),
