@@ -3,7 +3,8 @@
 Importing the package registers the Gymnasium id ``kdistill/Unimal-ft-v0`` (flat-terrain locomotion):
 ``gymnasium.make("kdistill/Unimal-ft-v0", robot="NAME", data_dir=None)``, and its one-robot sibling with the
 robot's own observation and action sizes, ``gymnasium.make("kdistill/Unimal-ft-compact-v0", robot="NAME")``
-(``kdistill_unimal.compact``).
+(``kdistill_unimal.compact``). The terrain tasks have their own ids, the same env with ``task`` set:
+``kdistill/Unimal-vt-v0`` (variable terrain) and ``kdistill/Unimal-obstacle-v0`` (obstacles); docs/terrain.md.
 """
 
 from __future__ import annotations
@@ -34,10 +35,14 @@ def _choose_gl() -> None:
 
 _choose_gl()
 
-ENV_IDS = {"ft": "kdistill/Unimal-ft-v0", "ft-compact": "kdistill/Unimal-ft-compact-v0"}
+ENV_IDS = {"ft": "kdistill/Unimal-ft-v0", "ft-compact": "kdistill/Unimal-ft-compact-v0",
+           "vt": "kdistill/Unimal-vt-v0", "obstacle": "kdistill/Unimal-obstacle-v0"}
 
 if ENV_IDS["ft"] not in _gym.registry:
     # the episode limit lives inside the env (1000 steps -> truncated), so no TimeLimit wrapper here
     _gym.register(id=ENV_IDS["ft"], entry_point="kdistill_unimal.env:UnimalEnv")
 if ENV_IDS["ft-compact"] not in _gym.registry:
     _gym.register(id=ENV_IDS["ft-compact"], entry_point="kdistill_unimal.compact:CompactUnimalEnv")
+for _task in ("vt", "obstacle"):
+    if ENV_IDS[_task] not in _gym.registry:
+        _gym.register(id=ENV_IDS[_task], entry_point="kdistill_unimal.env:UnimalEnv", kwargs={"task": _task})

@@ -1,4 +1,4 @@
-"""Reading a UNIMAL robot file and placing the robot in the flat-terrain arena.
+"""Reading a UNIMAL robot file and placing the robot in its arena (flat terrain, or a terrain task's height field).
 
 The robot files hold the agent only (defaults, the ``torso/0`` body tree, motors, sensors). The arena
 built here follows the original assembly: the robot's own defaults with the geom default set to
@@ -7,7 +7,8 @@ half-size 100 x 100 x 1 at the origin (top at z = 1) and the torso raised by 1. 
 costs time or memory and has no effect on the physics: textures and skybox (20x slower compilation),
 the original's extra cameras, the sensors (none is observed; they cost up to 8 % of a step) and the
 robot's ``<size njmax nconmax>`` (a 52 MiB arena per MjData; ``memory="1M"`` is plenty). The robot's
-``<contact><exclude>`` pairs are dropped, as the original drops them.
+``<contact><exclude>`` pairs are dropped, as the original drops them. The terrain tasks (``vt``, ``obstacle``) put
+one height field named ``floor/0`` where the floor box was (kdistill_unimal.terrain); the rest is the same.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import attrs
 
-from kdistill.errors import DataError
+from kdistill.errors import DataError, unknown_name
+from kdistill_unimal.terrain import TASKS as TERRAINS
 
 MAX_BODIES = 12  # limb slots, torso included
 MAX_JOINTS_PER_LIMB = 2
@@ -48,6 +50,7 @@ class RobotXml:
     orig_height: float  # torso_z - floor top - FLOOR_OFFSET, the reference of the fall threshold
     num_limbs: int  # limb bodies, torso excluded
     dof: int
+    task: str = "ft"  # the arena: "ft" (flat floor) or a terrain task of kdistill_unimal.terrain
 
 
 def _fmt(values) -> str:
@@ -123,20 +126,23 @@ def _strip_materials(elem: ET.Element) -> None:
             del e.attrib["material"]
 
 
-def assemble(xml_path: str | Path, metadata: dict | None = None, name: str | None = None) -> RobotXml:
-    """Validate a robot file (and its metadata) and merge it into the flat-terrain arena.
+def assemble(xml_path: str | Path, metadata: dict | None = None, name: str | None = None, task: str = "ft") -> RobotXml:
+    """Validate a robot file (and its metadata) and merge it into the arena of ``task``: the flat floor (``ft``)
+    or the height field of a terrain task (``vt``, ``obstacle``; its heights are written per episode).
 
     Any way a damaged file can fail is a ``DataError`` naming the file.
     """
+    if task != "ft" and task not in TERRAINS:
+        raise unknown_name("UNIMAL task", task, ["ft", *TERRAINS])
     try:
-        return _assemble(xml_path, metadata, name)
+        return _assemble(xml_path, metadata, name, task)
     except DataError:
         raise
     except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError, RecursionError) as exc:
         raise _not_unimal(Path(xml_path), f"its structure is unexpected ({type(exc).__name__}: {exc})") from None
 
 
-def _assemble(xml_path: str | Path, metadata: dict | None = None, name: str | None = None) -> RobotXml:  # noqa: C901 (one step per XML part, in order)
+def _assemble(xml_path: str | Path, metadata: dict | None = None, name: str | None = None, task: str = "ft") -> RobotXml:  # noqa: C901 (one step per XML part, in order)
     path = Path(xml_path)
     name = name or path.stem
     try:
@@ -210,8 +216,16 @@ def _assemble(xml_path: str | Path, metadata: dict | None = None, name: str | No
     world = ET.SubElement(arena, "worldbody")
     ET.SubElement(world, "light", {"directional": "true", "pos": "0 0 5", "dir": "0 0 -1", "diffuse": ".8 .8 .8",
                                    "castshadow": "false"})
-    ET.SubElement(world, "geom", {"name": "floor/0", "type": "box", "pos": "0 0 0",
-                                  "size": _fmt(FLOOR_HALF_SIZE), "material": "floor"})
+    if task == "ft":
+        ET.SubElement(world, "geom", {"name": "floor/0", "type": "box", "pos": "0 0 0",
+                                      "size": _fmt(FLOOR_HALF_SIZE), "material": "floor"})
+    else:
+        terrain = TERRAINS[task]
+        hsize, hpos = terrain.hfield_geometry()
+        rows, cols = terrain.shape
+        ET.SubElement(asset, "hfield", {"name": "terrain", "nrow": str(rows), "ncol": str(cols), "size": _fmt(hsize)})
+        ET.SubElement(world, "geom", {"name": "floor/0", "type": "hfield", "hfield": "terrain", "pos": _fmt(hpos),
+                                      "material": "floor"})
     torso.set("pos", _fmt([pos[0], pos[1], torso_z]))
     _strip_materials(torso)
     world.append(torso)
@@ -227,4 +241,5 @@ def _assemble(xml_path: str | Path, metadata: dict | None = None, name: str | No
         orig_height=torso_z - FLOOR_TOP - FLOOR_OFFSET,
         num_limbs=num_limbs,
         dof=dof,
+        task=task,
     )

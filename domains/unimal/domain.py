@@ -1,4 +1,5 @@
-"""The UNIMAL domain: morphology-agnostic locomotion over 202 UNIMAL robots (flat terrain)."""
+"""The UNIMAL domain: morphology-agnostic locomotion over 202 UNIMAL robots, on flat terrain (``ft``), variable
+terrain (``vt``) or among obstacles (``obstacle``): ``UnimalDomain(task_kind=...)``, ``--task`` on the command line."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import os
 import time
 from typing import Any, Sequence
 
+import attrs
 import numpy as np
 
 import kdistill
-from kdistill.errors import KdistillError
+from kdistill.errors import KdistillError, unknown_name
 from kdistill_unimal import features as F
+from kdistill_unimal.terrain import HFIELD_OBS_SIZE
 
 LAYOUT = kdistill.Layout(
     max_tokens=F.MAX_LIMBS,
@@ -19,20 +22,38 @@ LAYOUT = kdistill.Layout(
     context_features=F.CONTEXT_FEATURES,
     actions_per_token=F.JOINT_SLOTS,
 )
+# the terrain tasks add the height field around the torso (observation key "extero")
+TERRAIN_LAYOUT = attrs.evolve(LAYOUT, extero_features=HFIELD_OBS_SIZE)
+TASK_KINDS = ("ft", "vt", "obstacle")
+DESCRIPTIONS = {
+    "ft": "UNIMAL morphologies walking on flat terrain (MuJoCo); tasks are robots, context is morphology",
+    "vt": "UNIMAL morphologies crossing variable terrain (slopes, steps, rugged squares; MuJoCo height field); "
+          "tasks are robots, context is morphology",
+    "obstacle": "UNIMAL morphologies walking among obstacles (MuJoCo height field); tasks are robots, context is "
+                "morphology",
+}
 
 
 class UnimalDomain(kdistill.Domain):
-    """UNIMAL robots on flat terrain; a task is a robot name, its context the robot's morphology."""
+    """UNIMAL robots on one kind of ground (``task_kind``: ft, vt, obstacle); a task is a robot name, its context
+    the robot's morphology."""
 
     name = "unimal"
-    description = "UNIMAL morphologies walking on flat terrain (MuJoCo); tasks are robots, context is morphology"
+    description = DESCRIPTIONS["ft"]
     layout = LAYOUT
     default_teacher = "metamorph"
+    task_kinds = TASK_KINDS
     task_kind = "ft"
 
-    def __init__(self, data_dir: str | os.PathLike | None = None, **_ignored):
+    def __init__(self, data_dir: str | os.PathLike | None = None, task_kind: str | None = None, **_ignored):
         self.data_dir = data_dir
         self._library = None
+        if task_kind is not None:
+            if task_kind not in TASK_KINDS:
+                raise unknown_name("UNIMAL task", str(task_kind), TASK_KINDS)
+            self.task_kind = task_kind
+            self.layout = LAYOUT if task_kind == "ft" else TERRAIN_LAYOUT
+            self.description = DESCRIPTIONS[task_kind]
 
     # data ------------------------------------------------------------------------------------------------
     @property
@@ -80,12 +101,12 @@ class UnimalDomain(kdistill.Domain):
     def make_env(self, task: str | Sequence[str], **kwargs):
         from kdistill_unimal.env import UnimalEnv
 
-        return UnimalEnv(task, library=self.library, **kwargs)
+        return UnimalEnv(task, library=self.library, task=self.task_kind, **kwargs)
 
     def make_vec_env(self, tasks: Sequence[str], num_envs: int, seed: int = 0, sampler=None, **kwargs):
         from kdistill_unimal.vec import UnimalVecEnv
 
-        return UnimalVecEnv(self.library, tasks, num_envs, seed=seed, sampler=sampler, **kwargs)
+        return UnimalVecEnv(self.library, tasks, num_envs, seed=seed, sampler=sampler, task=self.task_kind, **kwargs)
 
     def context(self, task: str) -> kdistill.TaskContext:
         robot = self.library.get(task)
@@ -99,10 +120,10 @@ class UnimalDomain(kdistill.Domain):
         rows = []
         for k, name in enumerate(tasks):
             split = self.library.split_of(name)
-            row: dict[str, Any] = {"name": name, "split": split, "ok": False, "error": None, "limbs": None,
+            row: dict[str, Any] = {"name": name, "split": split, "task_kind": self.task_kind, "ok": False, "error": None, "limbs": None,
                                    "dof": None, "steps": 0, "episodes": 0, "unstable": 0, "steps_per_s": None}
             try:
-                env = UnimalEnv(name, library=self.library)
+                env = UnimalEnv(name, library=self.library, task=self.task_kind)
                 robot = env.robot
                 row.update(limbs=robot.num_limbs, dof=robot.dof)
                 rng = np.random.default_rng(seed)
@@ -117,7 +138,7 @@ class UnimalDomain(kdistill.Domain):
                         episodes += 1
                         env.reset()
                 elapsed = time.perf_counter() - start
-                if not np.isfinite(obs["obs"]).all():
+                if not all(np.isfinite(obs[k]).all() for k in ("obs", "extero") if k in obs):
                     raise RuntimeError("non-finite observation")
                 row.update(steps=steps, episodes=episodes, unstable=unstable,
                            steps_per_s=round(steps / elapsed, 1) if elapsed > 0 else None)
@@ -138,7 +159,7 @@ class UnimalDomain(kdistill.Domain):
 
         path, origin = default_location(self.data_dir)
         out = super().describe()
-        out.update({"task_kind": self.task_kind, "data_dir": str(path), "data_dir_from": origin})
+        out.update({"task_kind": self.task_kind, "task_kinds": list(self.task_kinds), "data_dir": str(path), "data_dir_from": origin})
         return out
 
     # kdistill demo -------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The flat-terrain UNIMAL locomotion task (``ft``) as a Gymnasium environment.
+"""The UNIMAL locomotion tasks as a Gymnasium environment: flat terrain (``ft``), variable terrain (``vt``) and
+obstacles (``obstacle``), chosen with ``task=``.
 
 ``UnimalEnv(robot="NAME")`` plays one robot; ``UnimalEnv(robot=[names...], sampler=S)`` plays several
 and picks the robot of each episode at reset with ``S.sample(rng)`` (uniform if no sampler is given).
@@ -10,6 +11,11 @@ original height or below; 1000 steps end it as truncated; reset adds U(-0.005, 0
 qpos and qvel entry. Actions have 24 slots (2 joint slots x 12 limbs); padded slots are ignored and
 MuJoCo clamps controls to [-1, 1]. A step on which MuJoCo warns (NaN, divergence, full arena) ends
 the episode as terminated with ``info["unstable"] = True`` and reward 0.
+
+Terrain tasks (kdistill_unimal.terrain, docs/terrain.md): the same, on a height field redrawn at every reset;
+the observation adds ``extero``, the 1410 terrain heights around the torso relative to the ground under it; the
+torso height is measured above the ground under it, the fall threshold is 0.3 (``vt``) or 0.5 (``obstacle``) of
+the original height, and coming within 1 m of the corridor's side also terminates.
 """
 
 from __future__ import annotations
@@ -27,10 +33,23 @@ from kdistill_unimal import features as F
 from kdistill_unimal.arena import assemble
 from kdistill_unimal.data import find_robot_set, list_splits
 from kdistill_unimal.robot import Robot, Sim, read_metadata
+from kdistill_unimal.terrain import HFIELD_OBS_SIZE
+from kdistill_unimal.terrain import TASKS as TERRAINS
 
 MAX_EPISODE_STEPS = 1000
 STAND_HEIGHT_RATIO = 0.5  # ft: falling below this fraction of the original height ends the episode
 RESET_NOISE = 0.005
+TASKS = ("ft", *TERRAINS)  # the paper's three environments
+
+
+def check_task(task: str) -> str:
+    if task not in TASKS:
+        raise unknown_name("UNIMAL task", str(task), TASKS)
+    return task
+
+
+def stand_height_ratio(task: str) -> float:
+    return STAND_HEIGHT_RATIO if task == "ft" else TERRAINS[task].stand_height_ratio
 
 _robots: dict[tuple[str, str], Robot] = {}
 _robots_lock = threading.Lock()
@@ -114,15 +133,16 @@ class RobotLibrary:
             return self._files[name]
         return self.root / split / "xml" / f"{name}.xml", self.root / split / "metadata" / f"{name}.json"
 
-    def get(self, name: str) -> Robot:
+    def get(self, name: str, task: str = "ft") -> Robot:
+        """The robot compiled in the arena of ``task`` (once per process and task)."""
         xml, meta = self.paths(name)
-        key = (str(xml), name)
+        key = (str(xml), name, task)
         robot = _robots.get(key)
         if robot is None:
             with _robots_lock:
                 robot = _robots.get(key)
                 if robot is None:
-                    robot = Robot(assemble(xml, read_metadata(meta, name), name=name))
+                    robot = Robot(assemble(xml, read_metadata(meta, name), name=name, task=task))
                     _robots[key] = robot
         return robot
 
@@ -142,14 +162,17 @@ class _Uniform:
         return self.tasks[int(rng.integers(len(self.tasks)))]
 
 
-def observation_space() -> gym.spaces.Dict:
+def observation_space(task: str = "ft") -> gym.spaces.Dict:
     T, A = F.MAX_LIMBS, F.JOINT_SLOTS
-    return gym.spaces.Dict({
+    spaces = {
         "obs": gym.spaces.Box(-np.inf, np.inf, (T, F.OBS_FEATURES), np.float32),
         "obs_mask": gym.spaces.Box(0, 1, (T,), np.bool_),
         "act_mask": gym.spaces.Box(0, 1, (T * A,), np.bool_),
         "context": gym.spaces.Box(-np.inf, np.inf, (T, F.CONTEXT_FEATURES), np.float32),
-    })
+    }
+    if task != "ft":
+        spaces["extero"] = gym.spaces.Box(-np.inf, np.inf, (HFIELD_OBS_SIZE,), np.float32)
+    return gym.spaces.Dict(spaces)
 
 
 def action_space() -> gym.spaces.Box:
@@ -157,26 +180,28 @@ def action_space() -> gym.spaces.Box:
 
 
 class UnimalEnv(gym.Env):
-    """Flat-terrain locomotion for one UNIMAL robot, or several switched at reset."""
+    """Locomotion (``task`` ft, vt or obstacle) for one UNIMAL robot, or several switched at reset."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
 
     def __init__(self, robot: str | Sequence[str], data_dir: str | Path | None = None, sampler=None,
                  max_episode_steps: int = MAX_EPISODE_STEPS, render_mode: str | None = None,
-                 library: RobotLibrary | None = None):
+                 library: RobotLibrary | None = None, task: str = "ft"):
+        self.task = check_task(task)
         self.library = library or RobotLibrary(data_dir)
         names = [robot] if isinstance(robot, str) else list(robot)
         if not names:
             raise ValueError("robot must name at least one UNIMAL robot")
-        self.robots = [self.library.get(n) for n in names]  # compiles (and validates) every robot now
+        self.robots = [self.library.get(n, task) for n in names]  # compiles (and validates) every robot now
         self._by_name = {r.name: r for r in self.robots}
         self.sampler = sampler or _Uniform(names)
         self.max_episode_steps = int(max_episode_steps)
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode
-        self.observation_space = observation_space()
+        self.observation_space = observation_space(task)
         self.action_space = action_space()
+        self._terrain = task != "ft"
         self._sims: dict[str, Sim] = {}
         self.sim: Sim | None = None
         self._steps = 0
@@ -194,12 +219,15 @@ class UnimalEnv(gym.Env):
         if sim is None:
             sim = self._sims[name] = self._by_name[name].new_sim()
         self.sim = sim
-        self._fall_height = STAND_HEIGHT_RATIO * sim.robot.orig_height
+        self._fall_height = stand_height_ratio(self.task) * sim.robot.orig_height
 
     def _observation(self) -> dict[str, np.ndarray]:
         r = self.sim.robot
-        return {"obs": self.sim.observe(), "obs_mask": r.obs_mask.copy(), "act_mask": r.act_mask.copy(),
-                "context": r.context.copy()}
+        out = {"obs": self.sim.observe(), "obs_mask": r.obs_mask.copy(), "act_mask": r.act_mask.copy(),
+               "context": r.context.copy()}
+        if self._terrain:
+            out["extero"] = self.sim.observe_hfield()
+        return out
 
     # gymnasium API -------------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -222,9 +250,11 @@ class UnimalEnv(gym.Env):
         obs = self._observation()
         if unstable:
             info["unstable"] = True
-            obs["obs"] = np.nan_to_num(obs["obs"], nan=0.0, posinf=0.0, neginf=0.0)
+            for key in ("obs", "extero"):
+                if key in obs:
+                    obs[key] = np.nan_to_num(obs[key], nan=0.0, posinf=0.0, neginf=0.0)
             return obs, 0.0, True, False, info
-        terminated = bool(sim.torso_height() <= self._fall_height)
+        terminated = bool(sim.torso_height() <= self._fall_height) or (self._terrain and sim.near_edge())
         truncated = (not terminated) and self._steps >= self.max_episode_steps
         return obs, float(reward), terminated, truncated, info
 

@@ -27,6 +27,8 @@ import numpy as np
 from kdistill.errors import DataError
 from kdistill_unimal import features as F
 from kdistill_unimal.arena import FLOOR_TOP, RobotXml
+from kdistill_unimal.terrain import TASKS as TERRAINS
+from kdistill_unimal.terrain import Terrain
 
 log = logging.getLogger("kdistill_unimal")
 
@@ -98,6 +100,7 @@ class Robot:
         _route_mujoco_warnings()
         self.name = spec.name
         self.spec = spec
+        self.task = spec.task
         try:
             self.model = mujoco.MjModel.from_xml_string(spec.arena_xml)
         except Exception as exc:  # MuJoCo reports compile errors as ValueError, and fatal ones as its own types
@@ -193,10 +196,11 @@ class Robot:
         return ctx
 
     def new_sim(self) -> "Sim":
-        return Sim(self)
+        return Sim(self) if self.task == "ft" else TerrainSim(self)
 
     def __repr__(self) -> str:
-        return f"Robot({self.name!r}, limbs={self.num_limbs}, dof={self.dof})"
+        task = "" if self.task == "ft" else f", task={self.task!r}"
+        return f"Robot({self.name!r}, limbs={self.num_limbs}, dof={self.dof}{task})"
 
 
 _CROSS_A = np.array([1, 2, 0, 2, 0, 1])
@@ -206,10 +210,10 @@ _CROSS_B = np.array([5, 3, 4, 4, 5, 3])
 class Sim:
     """One simulation of a robot: reset, step and observe (not thread-safe; one thread at a time)."""
 
-    def __init__(self, robot: Robot):
+    def __init__(self, robot: Robot, model: mujoco.MjModel | None = None):
         self.robot = robot
-        self.model = robot.model
-        self.data = d = mujoco.MjData(robot.model)
+        self.model = robot.model if model is None else model
+        self.data = d = mujoco.MjData(self.model)
         self.warnings = d.warning.number  # a live view of MuJoCo's warning counters
         nb = robot.num_bodies
         self._obs = o = robot.obs_template.copy()
@@ -269,3 +273,40 @@ class Sim:
         flat[r.qpos_flat] = (self._qpos - r.qpos_low) * r.qpos_inv_span
         flat[r.qvel_flat] = self._qvel
         return self._obs.astype(np.float32)
+
+
+class TerrainSim(Sim):
+    """A simulation on a terrain task (``vt``, ``obstacle``): it owns a copy of its robot's model, whose height
+    field it redraws at every reset from the reset's random generator (before the reset noise), so the same seed
+    gives the same terrain and nothing is recompiled."""
+
+    def __init__(self, robot: Robot):
+        self.terrain = Terrain(TERRAINS[robot.task], robot.model)
+        super().__init__(robot, model=self.terrain.model)
+        self._xmat = self.data.xmat[1]
+        self._fresh = True
+
+    def reset(self, rng: np.random.Generator, noise: float = 0.005) -> None:
+        self.terrain.regenerate(rng)
+        super().reset(rng, noise)
+        self._fresh = True
+
+    def step(self, action: np.ndarray) -> tuple[float, bool]:
+        self._fresh = False
+        return super().step(action)
+
+    def torso_height(self) -> float:
+        """Above the map cell under the torso; a gap counts as height 0 (reference UnimalHeightObs)."""
+        x, y, z = self._torso
+        return z - max(0.0, self.terrain.height_at(x, y))
+
+    def near_edge(self) -> bool:
+        return self.terrain.task.near_edge(self._torso[1])
+
+    def observe_hfield(self) -> np.ndarray:
+        """The 1410 terrain heights around the torso relative to the ground under it (float32). The pattern turns
+        with the torso's heading except on the first observation of an episode, as in the reference."""
+        heading = None if self._fresh else math.atan2(self._xmat[3], self._xmat[0])
+        if heading is not None and not math.isfinite(heading):  # an unstable simulation; the episode ends anyway
+            heading = None
+        return self.terrain.observe(self._torso[0], self._torso[1], heading)

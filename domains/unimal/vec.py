@@ -27,28 +27,42 @@ import numpy as np
 from kdistill.errors import KdistillError
 from kdistill.rl.vec import VecEnv, slot_seeds
 from kdistill_unimal import features as F
-from kdistill_unimal.env import MAX_EPISODE_STEPS, RESET_NOISE, STAND_HEIGHT_RATIO, RobotLibrary, _Uniform, action_space, observation_space
+from kdistill_unimal.env import (
+    MAX_EPISODE_STEPS,
+    RESET_NOISE,
+    RobotLibrary,
+    _Uniform,
+    action_space,
+    check_task,
+    observation_space,
+    stand_height_ratio,
+)
 from kdistill_unimal.robot import Sim
+from kdistill_unimal.terrain import HFIELD_OBS_SIZE
 
 
 class UnimalVecEnv(VecEnv):
-    """``num_envs`` flat-terrain UNIMAL envs over ``tasks`` (robot names), stepped in this process."""
+    """``num_envs`` UNIMAL envs over ``tasks`` (robot names) on one kind of ground (``task``: ft, vt or obstacle),
+    stepped in this process."""
 
     def __init__(self, library: RobotLibrary, tasks: Sequence[str], num_envs: int, seed: int = 0, sampler=None,
-                 threads: int | None = None, max_episode_steps: int = MAX_EPISODE_STEPS):
+                 threads: int | None = None, max_episode_steps: int = MAX_EPISODE_STEPS, task: str = "ft"):
         if num_envs < 1:
             raise KdistillError(f"num_envs must be positive, got {num_envs}.")
         self.library = library
+        self.task = check_task(task)
+        self._terrain = task != "ft"
+        self._stand_ratio = stand_height_ratio(task)
         self.tasks = list(tasks)
         if not self.tasks:
             raise KdistillError("no UNIMAL robots to play; pass at least one robot name.")
-        self._robots = {name: library.get(name) for name in self.tasks}  # compile and validate all now
+        self._robots = {name: library.get(name, task) for name in self.tasks}  # compile and validate all now
         self.num_envs = int(num_envs)
         self.sampler = sampler if sampler is not None else _Uniform(self.tasks)
         if list(getattr(self.sampler, "tasks", self.tasks)) != self.tasks:
             raise KdistillError("the task sampler was built for other robots than the vector env; pass the same list to both.")
         self.max_episode_steps = int(max_episode_steps)
-        self.single_observation_space = observation_space()
+        self.single_observation_space = observation_space(task)
         self.single_action_space = action_space()
         if threads is None:
             threads = min(2, os.cpu_count() or 1) if self.num_envs >= 4 else 1
@@ -86,7 +100,7 @@ class UnimalVecEnv(VecEnv):
                 free = self._pool.get(name)
                 sim = free.pop() if free else None
             self.sims[i] = sim or robot.new_sim()
-            self._fall[i] = STAND_HEIGHT_RATIO * robot.orig_height
+            self._fall[i] = self._stand_ratio * robot.orig_height
             self._obs_mask[i] = robot.obs_mask
             self._act_mask[i] = robot.act_mask
             self._context[i] = robot.context
@@ -94,7 +108,7 @@ class UnimalVecEnv(VecEnv):
         self.lengths[i] = 0
         self.returns[i] = 0.0
 
-    def _step_stripe(self, stripe, actions, obs, rewards, terminated, truncated, infos) -> None:
+    def _step_stripe(self, stripe, actions, obs, extero, rewards, terminated, truncated, infos) -> None:
         for i in stripe:
             sim = self.sims[i]
             reward, unstable = sim.step(actions[i])
@@ -104,7 +118,7 @@ class UnimalVecEnv(VecEnv):
                 reward, term, trunc = 0.0, True, False
                 info["unstable"] = True
             else:
-                term = sim.torso_height() <= self._fall[i]
+                term = sim.torso_height() <= self._fall[i] or (self._terrain and sim.near_edge())
                 trunc = (not term) and self.lengths[i] + 1 >= self.max_episode_steps
             self.lengths[i] += 1
             self.returns[i] += reward
@@ -113,17 +127,29 @@ class UnimalVecEnv(VecEnv):
                 info["episode"] = {"task": name, "return": float(self.returns[i]), "length": int(self.lengths[i])}
                 self._begin_episode(i)
             obs[i] = self.sims[i].observe()
+            if extero is not None:
+                extero[i] = self.sims[i].observe_hfield()
             infos[i] = info
 
-    def _observe_all(self) -> np.ndarray:
+    def _buffers(self) -> tuple[np.ndarray, np.ndarray | None]:
         obs = np.empty((self.num_envs, F.MAX_LIMBS, F.OBS_FEATURES), np.float32)
+        extero = np.empty((self.num_envs, HFIELD_OBS_SIZE), np.float32) if self._terrain else None
+        return obs, extero
+
+    def _observe_all(self) -> tuple[np.ndarray, np.ndarray | None]:
+        obs, extero = self._buffers()
         for i, sim in enumerate(self.sims):
             obs[i] = sim.observe()
-        return obs
+            if extero is not None:
+                extero[i] = sim.observe_hfield()
+        return obs, extero
 
-    def _pack(self, obs: np.ndarray) -> dict[str, np.ndarray]:
-        return {"obs": obs, "obs_mask": self._obs_mask.copy(), "act_mask": self._act_mask.copy(),
-                "context": self._context.copy()}
+    def _pack(self, obs: np.ndarray, extero: np.ndarray | None) -> dict[str, np.ndarray]:
+        out = {"obs": obs, "obs_mask": self._obs_mask.copy(), "act_mask": self._act_mask.copy(),
+               "context": self._context.copy()}
+        if extero is not None:
+            out["extero"] = extero
+        return out
 
     # contract --------------------------------------------------------------------------------------------
     def reset(self, seed=None) -> dict[str, np.ndarray]:
@@ -131,7 +157,7 @@ class UnimalVecEnv(VecEnv):
             self._seed(seed)
         for i in range(self.num_envs):
             self._begin_episode(i)
-        return self._pack(self._observe_all())
+        return self._pack(*self._observe_all())
 
     def step(self, actions: np.ndarray):
         if self.sims[0] is None:
@@ -140,12 +166,12 @@ class UnimalVecEnv(VecEnv):
         if actions.shape != (self.num_envs, F.MAX_LIMBS * F.JOINT_SLOTS):
             raise KdistillError(f"actions must have shape ({self.num_envs}, {F.MAX_LIMBS * F.JOINT_SLOTS}), got {actions.shape}")
         n = self.num_envs
-        obs = np.empty((n, F.MAX_LIMBS, F.OBS_FEATURES), np.float32)
+        obs, extero = self._buffers()
         rewards = np.zeros(n, np.float32)
         terminated = np.zeros(n, bool)
         truncated = np.zeros(n, bool)
         infos: list[dict] = [{}] * n
-        args = (actions, obs, rewards, terminated, truncated, infos)
+        args = (actions, obs, extero, rewards, terminated, truncated, infos)
         if self._executor is None:
             self._step_stripe(self._stripes[0], *args)
         else:
@@ -153,7 +179,7 @@ class UnimalVecEnv(VecEnv):
             self._step_stripe(self._stripes[0], *args)
             for f in futures:
                 f.result()
-        return self._pack(obs), rewards, terminated, truncated, infos
+        return self._pack(obs, extero), rewards, terminated, truncated, infos
 
     def task_names(self) -> list[str]:
         """The robot each sub-env is playing now."""

@@ -11,14 +11,24 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from kdistill.cli.options import AliasOption, console, data_dir_option, err_console, json_option, print_json, progress_lines, tasks_dir_option
+from kdistill.cli.options import (
+    AliasOption,
+    console,
+    data_dir_option,
+    err_console,
+    json_option,
+    print_json,
+    progress_lines,
+    task_kind_option,
+    tasks_dir_option,
+)
 from kdistill.errors import KdistillError
 
 
-def _domain(name: str, data_dir: str | None):
+def _domain(name: str, data_dir: str | None, task_kind: str | None = None):
     from kdistill.plugins import get_domain
 
-    return get_domain(name, data_dir=data_dir)
+    return get_domain(name, data_dir=data_dir, task_kind=task_kind)
 
 
 def _progress() -> Progress:
@@ -45,10 +55,11 @@ def _split_names(values: tuple[str, ...]) -> list[str]:
               help="Check only these tasks (repeat the option or separate names with commas).")
 @click.option("--steps", default=1000, show_default=True, type=click.IntRange(1),
               help="Random-action steps per task; episodes are reset when they end.")
+@task_kind_option
 @data_dir_option
 @tasks_dir_option
 @json_option
-def env_check_cmd(domain: str, split: str, names: tuple[str, ...], steps: int, data_dir: str | None,
+def env_check_cmd(domain: str, split: str, names: tuple[str, ...], steps: int, task_kind: str | None, data_dir: str | None,
                   tasks_dir: str | None, as_json: bool) -> None:
     """Load every task of DOMAIN and run random actions in it.
 
@@ -58,11 +69,12 @@ def env_check_cmd(domain: str, split: str, names: tuple[str, ...], steps: int, d
     \b
     Examples:
       kdistill env check unimal --split test --json
+      kdistill env check unimal --task vt --split all
       kdistill env check unimal --tasks-dir my-tasks
     """
     from kdistill.tasks import ensure_data, select_tasks
 
-    dom = _domain(domain, data_dir)
+    dom = _domain(domain, data_dir, task_kind)
     wanted = _split_names(names)
     if tasks_dir is not None:
         pairs = [(t, None) for t in select_tasks(dom, tasks=wanted, tasks_dir=tasks_dir, progress=progress_lines())]
@@ -94,10 +106,13 @@ def env_check_cmd(domain: str, split: str, names: tuple[str, ...], steps: int, d
 
     failed = [r for r in rows if not r.get("ok")]
     if as_json:
-        print_json({"domain": domain, "steps": steps, "total": len(rows), "passed": len(rows) - len(failed),
+        print_json({"domain": domain, "task_kind": getattr(dom, "task_kind", None), "steps": steps, "total": len(rows),
+                    "passed": len(rows) - len(failed),
                     "failed": len(failed), "tasks": rows})
     else:
-        table = Table(title=f"{domain}: {len(rows) - len(failed)}/{len(rows)} tasks pass")
+        kind = getattr(dom, "task_kind", None)
+        title = f"{domain}" + (f" ({kind})" if kind and dom.task_kinds else "")
+        table = Table(title=f"{title}: {len(rows) - len(failed)}/{len(rows)} tasks pass")
         table.add_column("task", overflow="fold")
         core = ("name", "split", "ok", "error", "steps", "episodes", "unstable", "steps_per_s")
         extra = list(dict.fromkeys(k for r in rows for k in r if k not in core))  # the domain's own columns

@@ -55,6 +55,12 @@ def task_option(help: str, **kwargs):
     return click.option("--task", "--robot", "task", cls=AliasOption, help=help, **kwargs)
 
 
+task_kind_option = click.option(
+    "--task", "task_kind", default=None, metavar="KIND",
+    help="The kind of task, for a domain that offers several (its task_kinds in `kdistill domains`); default: the "
+         "domain's own.")
+
+
 def progress_lines(quiet: bool = False) -> ProgressFn | None:
     """A ``kdistill.progress`` callback that prints a line on stderr for each new piece of work (stdout, which
     ``--json`` owns, stays clean); None (silence) when ``quiet``."""

@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import pluggy
 
-from kdistill.errors import KdistillError, PluginError
+from kdistill.errors import KdistillError, PluginError, unknown_name
 from kdistill.plugins import hookspecs
 from kdistill.plugins.registry import Registry
 
@@ -178,9 +178,24 @@ def reset_plugins() -> None:
 
 
 def get_domain(name: str, **options):
-    """Build the domain registered as ``name`` with ``options`` (e.g. ``data_dir``)."""
+    """Build the domain registered as ``name`` with ``options`` (e.g. ``data_dir``).
+
+    ``task_kind=None`` is left out (the domain's default kind); another value must be one of the domain's
+    ``task_kinds``, else a one-line error says which there are.
+    """
     plugins = get_plugins()
-    domain = plugins.domains.get(name)(**options)
+    factory = plugins.domains.get(name)
+    if "task_kind" in options:
+        kind = options.pop("task_kind")
+        if kind is not None:
+            kinds = tuple(getattr(factory, "task_kinds", ()) or ())
+            if not kinds:
+                raise KdistillError(f"domain {name!r} has one kind of task; --task KIND is for domains that offer several "
+                                    "(see `kdistill domains`).")
+            if kind not in kinds:
+                raise unknown_name(f"kind of {name} task", str(kind), kinds)
+            options["task_kind"] = kind
+    domain = factory(**options)
     domain.build_options = dict(options)  # so another process can build it again (kdistill.executors.DomainRef)
     if getattr(domain, "name", None) != name:
         raise PluginError(f"plugin {plugins.domains.entry(name).plugin!r} registered domain {name!r}, but the domain it "
