@@ -1,0 +1,138 @@
+"""The Ray executor (kdistill_ray) on a local Ray cluster of 2 CPUs: the same evaluation and the same expert data as
+the local executor for the same seeds, and a worker killed mid-task is retried with nothing lost or duplicated."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from test_ppo import make_trainer
+
+# in CI the Ray tests must run (ray is in the dev extra), never skip
+ray = importlib.import_module("ray") if os.environ.get("CI") else pytest.importorskip("ray")
+
+from kdistill.distill.expert_data import CollectSettings, collect_expert_data  # noqa: E402
+from kdistill.evaluate import evaluate_policy  # noqa: E402
+from kdistill.loading import load_policy  # noqa: E402
+from kdistill.plugins import get_domain, get_plugins, reset_plugins  # noqa: E402
+from kdistill_ray.executor import RayExecutor  # noqa: E402
+
+HERE = Path(__file__).parent
+PLUGINS = f"{HERE / 'ppo_toy.py'},{HERE / 'fragile_toy.py'}"
+SETTINGS = CollectSettings(samples_per_task=90, num_envs=3, seed=4)  # 30 steps per task
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def toy_plugins():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KDISTILL_PLUGINS", PLUGINS)  # the executor passes KDISTILL_* to its workers
+        reset_plugins()
+        yield mp
+    reset_plugins()
+
+
+@pytest.fixture(scope="module")
+def teacher_run(toy_plugins, tmp_path_factory):
+    import torch
+
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("teacher") / "run"
+    trainer = make_trainer(get_domain("toy"), iterations=1, run_dir=run)
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    return run
+
+
+@pytest.fixture(scope="module")
+def local_data(teacher_run, tmp_path_factory):
+    domain = get_domain("fragile")
+    teacher = load_policy(teacher_run)
+    out = tmp_path_factory.mktemp("local") / "data"
+    summary = collect_expert_data(domain, teacher, teacher.meta["normalizer"], domain.tasks("all"), out, SETTINGS,
+                                  teacher_ref="toy")
+    return out, summary
+
+
+def _collect_on_ray(teacher_run, out):
+    domain = get_domain("fragile")
+    teacher = load_policy(teacher_run)
+    with RayExecutor(workers=2) as executor:
+        return collect_expert_data(domain, teacher, teacher.meta["normalizer"], domain.tasks("all"), out, SETTINGS,
+                                   teacher_ref="toy", executor=executor)
+
+
+def _same_folders(a: Path, b: Path) -> None:
+    meta_a, meta_b = json.loads((a / "meta.json").read_text()), json.loads((b / "meta.json").read_text())
+    assert meta_a == meta_b and list(meta_a["tasks"]) == list(meta_b["tasks"])  # the same tasks, in the same order
+    shards = sorted(p.name for p in (a / "shards").iterdir())
+    assert shards == sorted(p.name for p in (b / "shards").iterdir()) and len(shards) == len(meta_a["tasks"])
+    for name in shards:
+        assert (a / "shards" / name).read_bytes() == (b / "shards" / name).read_bytes(), name
+
+
+def test_ray_is_a_registered_executor(toy_plugins):
+    assert "ray" in get_plugins().executors and get_plugins().executors.entry("ray").plugin == "ray"
+
+
+def test_evaluation_on_two_ray_workers_equals_the_local_executor(cluster, teacher_run):
+    domain = get_domain("toy")
+    tasks = domain.tasks("all")
+    for deterministic in (True, False):  # stochastic actions too: each task draws from its own seed
+        policy = load_policy(teacher_run, seed=3)
+        local = evaluate_policy(domain, policy, tasks, episodes=3, seed=5, deterministic=deterministic)
+        policy = load_policy(teacher_run, seed=3)
+        with RayExecutor(workers=2) as executor:
+            seen = []
+            remote = evaluate_policy(domain, policy, tasks, episodes=3, seed=5, deterministic=deterministic,
+                                     executor=executor, on_task=lambda row, seen=seen: seen.append(row["name"]))
+        assert remote == local
+        assert sorted(seen) == sorted(tasks)
+
+
+def test_eval_command_takes_executor_options(cluster, teacher_run, monkeypatch, capsys):
+    from test_teacher import _cli
+
+    args = ["eval", "toy", "--policy", str(teacher_run), "--split", "all", "--episodes", "2", "--json"]
+    code, out, err = _cli(args, monkeypatch, capsys)
+    assert code == 0, err
+    local = json.loads(out)
+    code, out, err = _cli([*args, "--executor", "ray", "--workers", "2"], monkeypatch, capsys)
+    assert code == 0, err
+    remote = json.loads(out)
+    assert remote["tasks"] == local["tasks"] and remote["summary"] == local["summary"]
+    assert remote["executor"]["executor"] == "ray" and local["executor"] == {"executor": "local", "workers": 1}
+    code, out, err = _cli([*args, "--workers", "2"], monkeypatch, capsys)
+    assert code == 2 and "use --executor ray" in err and len(err.strip().splitlines()) == 1
+    code, out, err = _cli([*args, "--executor", "dask"], monkeypatch, capsys)
+    assert code == 2 and "dask" in err and len(err.strip().splitlines()) == 1
+
+
+def test_expert_data_on_two_ray_workers_equals_the_local_executor(cluster, teacher_run, local_data, tmp_path):
+    summary = _collect_on_ray(teacher_run, tmp_path / "data")
+    _same_folders(local_data[0], tmp_path / "data")
+    assert summary == {**local_data[1], "out": str(tmp_path / "data")}
+
+
+def test_a_worker_killed_mid_task_is_retried_and_nothing_is_lost_or_duplicated(cluster, teacher_run, local_data,
+                                                                               tmp_path, monkeypatch):
+    marker = tmp_path / "killed"
+    monkeypatch.setenv("KDISTILL_TEST_KILL_MARKER", str(marker))  # the first worker to step 10 times kills itself
+    summary = _collect_on_ray(teacher_run, tmp_path / "data")
+    assert marker.exists() and int(marker.read_text()) != os.getpid()  # a worker died, not this process
+    tasks = get_domain("fragile").tasks("all")
+    assert summary["collected"] == tasks  # each task once
+    _same_folders(local_data[0], tmp_path / "data")
