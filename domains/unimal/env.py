@@ -254,7 +254,7 @@ class UnimalEnv(gym.Env):
                 if key in obs:
                     obs[key] = np.nan_to_num(obs[key], nan=0.0, posinf=0.0, neginf=0.0)
             return obs, 0.0, True, False, info
-        terminated = bool(sim.torso_height() <= self._fall_height) or (self._terrain and sim.near_edge())
+        terminated = bool(sim.torso_height() <= self._fall_height or (self._terrain and sim.near_edge()))
         truncated = (not terminated) and self._steps >= self.max_episode_steps
         return obs, float(reward), terminated, truncated, info
 

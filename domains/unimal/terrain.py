@@ -81,7 +81,7 @@ class TerrainTask:
 
     def near_edge(self, y: float) -> bool:
         """Reference TerminateOnTerrainEdge: within 1 m of the corridor's side."""
-        return self.half_width - abs(y) <= 1.0
+        return bool(self.half_width - abs(y) <= 1.0)
 
 
 TASKS: dict[str, TerrainTask] = {
