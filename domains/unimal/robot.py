@@ -297,16 +297,17 @@ class TerrainSim(Sim):
 
     def torso_height(self) -> float:
         """Above the map cell under the torso; a gap counts as height 0 (reference UnimalHeightObs)."""
-        x, y, z = self._torso
+        x, y, z = self._torso.tolist()  # Python floats: math on NumPy scalars is several times slower
         return z - max(0.0, self.terrain.height_at(x, y))
 
     def near_edge(self) -> bool:
-        return self.terrain.task.near_edge(self._torso[1])
+        return self.terrain.task.near_edge(float(self._torso[1]))
 
     def observe_hfield(self) -> np.ndarray:
         """The 1410 terrain heights around the torso relative to the ground under it (float32). The pattern turns
         with the torso's heading except on the first observation of an episode, as in the reference."""
-        heading = None if self._fresh else math.atan2(self._xmat[3], self._xmat[0])
+        heading = None if self._fresh else math.atan2(float(self._xmat[3]), float(self._xmat[0]))
         if heading is not None and not math.isfinite(heading):  # an unstable simulation; the episode ends anyway
             heading = None
-        return self.terrain.observe(self._torso[0], self._torso[1], heading)
+        x, y = self._torso[:2].tolist()
+        return self.terrain.observe(x, y, heading)

@@ -10,8 +10,9 @@ rows along y and columns along x. The same array serves the physics (one vertex 
 height-field observation and the fall rule, so what the robot feels is what it sees. Facts and deviations:
 docs/terrain.md.
 
-Map layout (cells): a one-cell ring of ``GAP_DEPTH`` around everything (what lies beyond reads as a gap, as the
-reference's 10 m padding does), then, for ``obstacle``, a 1 m wall band of height ``WALL_TOP``, then the corridor:
+Map layout (cells): a ring of ``GAP_DEPTH`` around everything (what lies beyond reads as a gap, as the reference's
+10 m padding does; one cell wide, ``BACK`` cells behind the start), then, for ``obstacle``, a 1 m wall band of height
+``WALL_TOP``, then the corridor:
 ``2 * half_length`` m along x starting at ``x = -start_flat`` and ``2 * half_width`` m across y, centred on y = 0.
 """
 
@@ -31,6 +32,9 @@ WALL_TOP = 4.0  # boundary walls in the map (reference: the map is padded with 2
 Z_MIN, Z_MAX = GAP_DEPTH, WALL_TOP  # the height field's elevation range, fixed so the model never changes
 HFIELD_BASE = 1.0  # thickness of the height field below Z_MIN
 RING = 1
+# Behind the start, where every episode begins, the gap is as deep as the observation reaches (sqrt(40^2 + 40^2) + 1
+# cells), so the observation there needs no clamping; elsewhere one ring of cells stands for all that lies beyond.
+BACK = 58
 WALL_CELLS = 10  # reference: WALL_LENGTH 0.5 half-length -> 1 m
 OBS_BOUNDS = (10, 40, 40, 40)  # cells behind, in front, to the right, to the left (reference OBS_SIZE 1,4,4,4 m)
 
@@ -58,12 +62,19 @@ class TerrainTask:
     def shape(self) -> tuple[int, int]:
         rows, cols = self.corridor_shape
         pad = RING + self.wall_cells
-        return rows + 2 * pad, cols + 2 * pad
+        return rows + 2 * pad, cols + 2 * pad + BACK - RING
+
+    @property
+    def inner(self) -> tuple[slice, slice]:
+        """The corridor's cells in the map."""
+        rows, cols = self.corridor_shape
+        r0, c0 = RING + self.wall_cells, BACK + self.wall_cells
+        return slice(r0, r0 + rows), slice(c0, c0 + cols)
 
     @property
     def col_offset(self) -> int:
         """Map column of x in [0, 0.1): ``col = floor(10 x) + col_offset``."""
-        return RING + self.wall_cells + self.start_flat * CELLS_PER_M
+        return BACK + self.wall_cells + self.start_flat * CELLS_PER_M
 
     @property
     def row_offset(self) -> int:
@@ -236,8 +247,13 @@ HFIELD_OBS_SIZE = len(SAMPLE_FORWARD)
 _REACH = int(math.ceil(math.hypot(np.abs(SAMPLE_FORWARD).max(), np.abs(SAMPLE_LEFT).max()))) + 1
 
 
-def _normalised(heights) -> np.ndarray:
-    return ((np.asarray(heights, np.float64) - Z_MIN) / (Z_MAX - Z_MIN)).astype(np.float32)
+def _normalised(heights):
+    """Heights in metres as height-field data (0 at Z_MIN, 1 at Z_MAX); float64, cast on assignment."""
+    if isinstance(heights, float):
+        return (heights - Z_MIN) / (Z_MAX - Z_MIN)
+    out = np.subtract(heights, Z_MIN, dtype=np.float64)
+    out *= 1.0 / (Z_MAX - Z_MIN)
+    return out
 
 
 class Terrain:
@@ -252,12 +268,14 @@ class Terrain:
         self.data = self.model.hfield_data  # float32 (rows * cols,), normalised to [0, 1] over Z_MIN..Z_MAX
         self.grid = self.data.reshape(self.rows, self.cols)  # a view
         self._scale = np.float32(Z_MAX - Z_MIN)
-        pad = RING + task.wall_cells
-        self._inner = (slice(pad, self.rows - pad), slice(pad, self.cols - pad))
+        self._inner = task.inner
         self.grid[...] = _normalised(GAP_DEPTH)
         if task.walls:
-            self.grid[RING:self.rows - RING, RING:self.cols - RING] = _normalised(WALL_TOP)
+            w = task.wall_cells
+            rs, cs = self._inner
+            self.grid[rs.start - w:rs.stop + w, cs.start - w:cs.stop + w] = _normalised(WALL_TOP)
         self.patches: list[Patch] = []
+        self._profile: np.ndarray | None = None  # the profile in the map now
         self._pattern = np.stack([SAMPLE_FORWARD, SAMPLE_LEFT])  # (2, 1410) cells: forward, left
         self._unturned = np.rint(self._pattern)  # used at reset, where the reference skips the rotation
         self._to_flat = np.array([1.0, float(self.cols)])  # (column, row) offsets -> flat offset
@@ -265,11 +283,18 @@ class Terrain:
     # terrain ---------------------------------------------------------------------------------------------
     def regenerate(self, rng: np.random.Generator) -> None:
         """Draw a new corridor from ``rng`` and write it into the model's height field."""
-        profile, self.patches = DRAW[self.task.name](rng, self.task)
+        profile, patches = DRAW[self.task.name](rng, self.task)
         inner = self.grid[self._inner]  # a view
-        inner[...] = _normalised(profile)[None, :]
-        for rs, cs, values in self.patches:
+        if self._profile is not None and np.array_equal(profile, self._profile):
+            # the same profile (always, on obstacle): only the old patches need undoing, not the whole map
+            for rs, cs, _ in self.patches:
+                inner[rs, cs] = self._profile_data[cs]
+        else:
+            self._profile, self._profile_data = profile, _normalised(profile).astype(np.float32)
+            inner[...] = self._profile_data
+        for rs, cs, values in patches:
             inner[rs, cs] = _normalised(values)
+        self.patches = patches
 
     def heights(self) -> np.ndarray:
         """The whole map in metres (rows x cols, float64), for checks and plots."""
@@ -308,3 +333,6 @@ class Terrain:
         out -= self.data[r0 * self.cols + c0]
         out *= self._scale
         return out
+
+
+assert BACK >= _REACH, "the gap behind the start must be as deep as the observation reaches"
