@@ -202,6 +202,7 @@ class UnimalEnv(gym.Env):
         self.observation_space = observation_space(task)
         self.action_space = action_space()
         self._terrain = task != "ft"
+        self._hfield_stale = False
         self._sims: dict[str, Sim] = {}
         self.sim: Sim | None = None
         self._steps = 0
@@ -237,6 +238,7 @@ class UnimalEnv(gym.Env):
             name = self.robots[0].name if len(self.robots) == 1 else self.sampler.sample(self.np_random)
         self._switch(name)
         self.sim.reset(self.np_random, RESET_NOISE)
+        self._hfield_stale = True
         self._steps = 0
         return self._observation(), {"task": name}
 
@@ -278,6 +280,10 @@ class UnimalEnv(gym.Env):
             self._camera.type = mujoco.mjtCamera.mjCAMERA_TRACKING
             self._camera.trackbodyid = 1
             self._camera.distance, self._camera.elevation, self._camera.azimuth = 4.0, -20.0, 90.0
+        if self._terrain and self._hfield_stale:
+            # the renderer copies the height field when it is made; a reset redrew it since (untested here: no OpenGL)
+            mujoco.mjr_uploadHField(self.sim.model, self._renderer._mjr_context, 0)
+            self._hfield_stale = False
         self._renderer.update_scene(self.sim.data, self._camera)
         return self._renderer.render()
 
