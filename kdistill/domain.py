@@ -180,7 +180,7 @@ class Domain:
         raise NotImplementedError(f"domain {self.name!r} does not read task folders")
 
     def demo_defaults(self) -> dict[str, Any]:
-        """Settings for ``kdistill demo`` (see ``kdistill.cli.demo.DEMO_KEYS``); missing keys use the core's."""
+        """Settings for ``kdistill demo`` (see ``kdistill.demo.DEMO_KEYS``); missing keys use the core's."""
         return {}
 
     def pretrained_teacher(self) -> Any:

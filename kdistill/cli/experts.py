@@ -58,44 +58,27 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
     import torch
 
     from kdistill.errors import unknown_name
-    from kdistill.io import latest_checkpoint, read_json
     from kdistill.plugins import get_domain
+    from kdistill.resume import agreeing, run_tasks, saved_run_settings
     from kdistill.rl.experts import ExpertConfig, ExpertRunSettings, random_step_rate, start_or_resume
-    from kdistill.tasks import resolve_tasks
 
     run_dir = Path(out)
-    saved: dict[str, Any] = {}
     if resume and resume_from:
         raise KdistillError("pass either --resume (continue --out) or --resume-from (seed a new --out), not both.")
+    saved: dict[str, Any] = {}
     if resume or resume_from:
-        where = Path(resume_from) if resume_from else run_dir
-        ckpt = latest_checkpoint(where) if where.is_dir() else None
-        if ckpt is None:
-            raise KdistillError(f"{where} holds no expert checkpoint to resume from; drop --resume to start a new run.")
-        saved = read_json(ckpt / "meta.json").get("run", {})
-        if saved.get("domain") not in (None, domain_name):
-            raise KdistillError(f"{run_dir} is a run of domain {saved.get('domain')!r}, not {domain_name!r}; "
-                                f"resume it with that domain or choose a new --out folder.")
+        saved = saved_run_settings(Path(resume_from) if resume_from else run_dir, domain_name, required=True)
     for name, value in (("--workers", workers), ("--threads", threads), ("--checkpoint-every", checkpoint_every),
                         ("--steps-per-task", steps_per_task), ("--max-updates", max_updates)):
         if value is not None and value < (0 if name == "--workers" else 1):
             raise KdistillError(f"{name} must be {'non-negative' if name == '--workers' else 'positive'}, got {value}.")
     domain = get_domain(domain_name, data_dir=data_dir)
-    if saved:
-        if task_names or split or num_tasks:
-            if resolve_tasks(domain, task_names, split, num_tasks, progress=progress_lines()) != list(saved["tasks"]):
-                raise KdistillError(f"{run_dir} trains other tasks ({len(saved['tasks'])}); resume without "
-                                    f"--tasks/--split/--num-tasks or choose a new --out folder.")
-        tasks = list(saved["tasks"])
-    else:
-        tasks = resolve_tasks(domain, task_names, split or (None if task_names else "train"), num_tasks,
-                              progress=progress_lines())
+    tasks = run_tasks(domain, saved, task_names, split, num_tasks, run_dir, progress=progress_lines())
+    agreeing(saved, [("--steps-per-task", "steps_per_task", steps_per_task)])
     preset = preset or saved.get("preset") or "sb3"
     presets = ExpertConfig.presets()
     if preset not in presets:
         raise unknown_name("expert preset", preset, presets)
-    if saved and steps_per_task is not None and steps_per_task != saved.get("steps_per_task"):
-        raise KdistillError(f"{run_dir} was started with --steps-per-task {saved.get('steps_per_task')}; resume without it.")
     settings = ExpertRunSettings(domain=domain.name, tasks=tasks, preset=preset,
                                  seed=seed if seed is not None else saved.get("seed", 0),
                                  steps_per_task=steps_per_task or saved.get("steps_per_task") or 1_500_000,

@@ -55,37 +55,18 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
     schedule then stretches to the new end).
     """
     from kdistill.devices import check_device, set_torch_threads
-    from kdistill.io import claim_folder, latest_checkpoint, looks_like_run, read_json_object
+    from kdistill.io import claim_folder, looks_like_run
     from kdistill.plugins import get_domain
+    from kdistill.resume import run_tasks, saved_run_settings
     from kdistill.rl.ppo import PPOConfig
     from kdistill.rl.trainer import RunSettings, start_or_resume
-    from kdistill.tasks import resolve_tasks
     from kdistill.teachers.lookup import find_teacher_spec
     from kdistill.teachers.lookup import teacher_preset as default_teacher_preset
 
     run_dir = Path(out)
-    saved: dict[str, Any] = {}
-    if resume:
-        ckpt = latest_checkpoint(run_dir) if run_dir.exists() else None
-        if ckpt is not None:
-            saved = read_json_object(ckpt / "meta.json").get("run", {})
-            if not isinstance(saved, dict) or not isinstance(saved.get("tasks"), list):
-                raise KdistillError(f"{ckpt / 'meta.json'} has no valid 'run' settings (tasks, seed, ...); "
-                                    f"it cannot be resumed, start a new --out folder.")
-            if saved.get("domain") not in (None, domain_name):
-                raise KdistillError(f"{run_dir} is a run of domain {saved.get('domain')!r}, not {domain_name!r}; "
-                                    f"resume it with that domain or choose a new --out folder.")
+    saved = saved_run_settings(run_dir, domain_name, required=False) if resume else {}
     domain = get_domain(domain_name, data_dir=data_dir)
-    if saved:
-        if task_names or split or num_tasks:
-            chosen = resolve_tasks(domain, task_names, split, num_tasks, progress=progress_lines())
-            if chosen != list(saved["tasks"]):
-                raise KdistillError(f"{run_dir} was trained on other tasks ({len(saved['tasks'])} tasks); resume without "
-                                    f"--tasks/--split/--num-tasks or choose a new --out folder.")
-        tasks = list(saved["tasks"])
-    else:
-        tasks = resolve_tasks(domain, task_names, split or (None if task_names else "train"), num_tasks,
-                              progress=progress_lines())
+    tasks = run_tasks(domain, saved, task_names, split, num_tasks, run_dir, progress=progress_lines())
     preset = preset or saved.get("preset") or "cpu"
     teacher_name, spec = find_teacher_spec(domain, teacher or saved.get("teacher"))
     steps = steps if steps is not None else saved.get("total_steps")
