@@ -63,7 +63,7 @@ class TeacherPolicy(Policy):
         import torch
 
         feed = {k: torch.from_numpy(np.ascontiguousarray(obs[k])).to(self.device)
-                for k in ("obs_mask", "act_mask", "context") if k in obs}
+                for k in ("obs_mask", "act_mask", "context", "extero") if k in obs}
         feed["obs"] = torch.from_numpy(self.normalizer.normalize(obs["obs"])).to(self.device)
         with torch.inference_mode():
             mu = self.model.mu(feed).float().cpu().numpy()

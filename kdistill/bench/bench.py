@@ -199,12 +199,15 @@ def _teacher_obs(s: Subjects, batch: int, rng: np.random.Generator, all_real: bo
     mask = np.zeros(layout.max_tokens, bool) if all_real else np.asarray(s.context.mask, bool)
     act_mask = np.zeros(layout.num_actions, bool) if all_real else np.asarray(s.context.act_mask, bool)
     tokens = np.asarray(s.context.tokens, np.float32)
-    return {
+    obs = {
         "obs": torch.from_numpy(rng.standard_normal((batch, layout.max_tokens, layout.obs_features), np.float32)),
         "obs_mask": torch.from_numpy(np.repeat(mask[None], batch, axis=0)),
         "act_mask": torch.from_numpy(np.repeat(act_mask[None], batch, axis=0)),
         "context": torch.from_numpy(np.repeat(tokens[None], batch, axis=0)),
     }
+    if layout.extero_features:
+        obs["extero"] = torch.from_numpy(rng.standard_normal((batch, layout.extero_features), np.float32))
+    return obs
 
 
 def teacher_actor(model: nn.Module) -> Callable[[dict], torch.Tensor]:

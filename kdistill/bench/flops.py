@@ -96,12 +96,15 @@ def attention_cost(embed_dim: int, num_heads: int, q_tokens: int, kv_tokens: int
 
 
 def token_transformer_cost(tokens: int, in_features: int, d_model: int, num_layers: int, num_heads: int,
-                           feedforward: int, decoder_sizes: Sequence[int], style: str = "metamorph") -> Cost:
+                           feedforward: int, decoder_sizes: Sequence[int], style: str = "metamorph",
+                           extero_sizes: Sequence[int] = ()) -> Cost:
     """A token transformer (embed, pre-LN encoder layers, per-token decoder) in the reference's convention.
 
-    ``decoder_sizes`` runs from ``d_model`` to the outputs per token. ``style="modumorph"`` counts it as
-    ModuMorph: fixed attention, and a per-token (generated) embedding and decoder whose parameters count once
-    per token slot; this is how the reference's script counts the teacher for the paper's ratios.
+    ``decoder_sizes`` runs from the decoder's input (``d_model``, plus the exteroception encoder's output when
+    there is one) to the outputs per token. ``style="modumorph"`` counts it as ModuMorph: fixed attention, and a
+    per-token (generated) embedding and decoder whose parameters count once per token slot; this is how the
+    reference's script counts the teacher for the paper's ratios. ``extero_sizes`` (e.g. ``[1410, 64, 64]``) is an
+    exteroception encoder, run once per sample and counted once in either style.
     """
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
@@ -111,8 +114,9 @@ def token_transformer_cost(tokens: int, in_features: int, d_model: int, num_laye
     decoder = mlp_cost(decoder_sizes, tokens)
     layer = (attention_cost(d_model, num_heads, tokens, fixed=modular)
              + linear_cost(d_model, feedforward, tokens) + linear_cost(feedforward, d_model, tokens))
-    return Cost(embed.flops + num_layers * layer.flops + decoder.flops,
-                slots * embed.params + num_layers * layer.params + slots * decoder.params)
+    extero = mlp_cost(extero_sizes) if len(extero_sizes) > 1 else ZERO
+    return Cost(embed.flops + num_layers * layer.flops + decoder.flops + extero.flops,
+                slots * embed.params + num_layers * layer.params + slots * decoder.params + extero.params)
 
 
 def token_transformer_sizes(net: nn.Module) -> dict[str, Any] | None:
@@ -121,16 +125,21 @@ def token_transformer_sizes(net: nn.Module) -> dict[str, Any] | None:
 
     if isinstance(net, TokenTransformer):
         first = net.layers[0]
-        return {"in_features": net.embed.in_features, "d_model": net.embed.out_features, "num_layers": len(net.layers),
-                "num_heads": first.self_attn.num_heads, "feedforward": first.linear1.out_features,
-                "decoder_sizes": [net.embed.out_features] + [m.out_features for m in net.decoder if isinstance(m, nn.Linear)],
-                "style": "metamorph"}
-    if isinstance(net, ModularTokenTransformer):
+        decoder = [m for m in net.decoder if isinstance(m, nn.Linear)]
+        sizes = {"in_features": net.embed.in_features, "d_model": net.embed.out_features, "num_layers": len(net.layers),
+                 "num_heads": first.self_attn.num_heads, "feedforward": first.linear1.out_features,
+                 "decoder_sizes": [decoder[0].in_features] + [m.out_features for m in decoder], "style": "metamorph"}
+    elif isinstance(net, ModularTokenTransformer):
         first = net.layers[0]
-        return {"in_features": net.in_features, "d_model": net.d, "num_layers": len(net.layers),
-                "num_heads": first.attn.num_heads, "feedforward": first.ff[0].out_features,
-                "decoder_sizes": list(net.decoder_sizes), "style": "modumorph"}
-    return None
+        sizes = {"in_features": net.in_features, "d_model": net.d, "num_layers": len(net.layers),
+                 "num_heads": first.attn.num_heads, "feedforward": first.ff[0].out_features,
+                 "decoder_sizes": list(net.decoder_sizes), "style": "modumorph"}
+    else:
+        return None
+    if net.extero is not None:
+        encoder = [m for m in net.extero.net if isinstance(m, nn.Linear)]
+        sizes["extero_sizes"] = [encoder[0].in_features] + [m.out_features for m in encoder]
+    return sizes
 
 
 # -------------------------------------------------------------------------------------------------

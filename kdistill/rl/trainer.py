@@ -173,6 +173,8 @@ class PPOTrainer:
         n, lay = self.config.num_envs, self.layout
         want = {"obs": (n, lay.max_tokens, lay.obs_features), "obs_mask": (n, lay.max_tokens),
                 "act_mask": (n, lay.num_actions)}
+        if lay.extero_features:
+            want["extero"] = (n, lay.extero_features)
         for key, shape in want.items():
             got = None if key not in obs else tuple(obs[key].shape)
             if got != shape:
@@ -183,7 +185,7 @@ class PPOTrainer:
         cfg, n, s = self.config, self.config.num_envs, self.config.num_steps
         if self._obs is None:
             self._reset_envs()
-        keys = [k for k in self._obs if k in ("obs", "obs_mask", "act_mask", "context")]
+        keys = [k for k in self._obs if k in ("obs", "obs_mask", "act_mask", "context", "extero")]
         buf = {k: torch.empty((s, *self._obs[k].shape), dtype=torch.from_numpy(self._obs[k][:1]).dtype) for k in keys}
         buf.update({k: torch.empty((s, n)) for k in ("rewards", "dones", "timeouts", "values", "logp")})
         buf["actions"] = torch.empty((s, n, self.layout.num_actions))

@@ -14,6 +14,11 @@ Two architectures, generic over any ``Layout`` (tokens x features -> actions per
 
 Both follow the actor-critic contract of docs/design.md: ``forward(obs) -> (mu (B, T*A), value (B,))``
 with ``obs["obs"]`` already normalised, and a fixed ``action_std``. ``mu(obs)`` runs the actor only.
+
+A layout with exteroception (``layout.extero_features > 0``, e.g. the height field of UNIMAL's terrain tasks) adds
+to each network an MLP encoder of ``obs["extero"]`` (ReLU after every layer, ``EXTERO_HIDDEN`` wide), whose output
+is repeated for every token and joined to the encoder's output before the decoder (the reference's late fusion,
+reference section 3.1), so the decoder reads ``d_model + EXTERO_HIDDEN[-1]`` features per token.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from kdistill.domain import Layout
 from kdistill.rl.distributions import ACTION_STD
 
 _positive = attrs.validators.gt(0)
+# The exteroception encoder's widths (reference EXT_HIDDEN_DIMS, the same for both terrain tasks). A constant rather
+# than a config field, so the configs saved in existing runs stay equal to today's and those runs still resume.
+EXTERO_HIDDEN = (64, 64)
 
 
 def _even_split(instance, attribute, value):
@@ -102,6 +110,31 @@ def _context_mlp(in_dim: int, d: int, extra_layers: int, init: float) -> nn.Sequ
     return nn.Sequential(*layers)
 
 
+class ExteroEncoder(nn.Module):
+    """MLP over the exteroceptive vector with a ReLU after every layer, the last included (reference MLPObsEncoder)."""
+
+    def __init__(self, in_features: int, hidden: tuple[int, ...] = EXTERO_HIDDEN):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i, o in zip((in_features, *hidden[:-1]), hidden):
+            layers += [nn.Linear(i, o), nn.ReLU()]
+        self.net = nn.Sequential(*layers)
+        self.out_features = hidden[-1]
+
+    def forward(self, extero: torch.Tensor) -> torch.Tensor:
+        return self.net(extero)
+
+
+def _join_extero(h: torch.Tensor, encoder: ExteroEncoder | None, extero: torch.Tensor | None) -> torch.Tensor:
+    """``h (B, T, d)`` with the encoded ``extero (B, E)`` appended to every token (late fusion)."""
+    if encoder is None:
+        return h
+    if extero is None:
+        raise ValueError("this teacher reads exteroception: obs['extero'] is missing")
+    e = encoder(extero)
+    return torch.cat([h, e[:, None, :].expand(-1, h.shape[1], -1)], dim=-1)
+
+
 def masked_token_mean(x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``x (B, T)`` over tokens where ``pad_mask (B, T)`` is False."""
     real = (~pad_mask).to(x.dtype)
@@ -111,21 +144,24 @@ def masked_token_mean(x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
 class TokenTransformer(nn.Module):
     """One MetaMorph network: shared token embedding, pre-LN encoder, shared per-token decoder."""
 
-    def __init__(self, in_features: int, out_per_token: int, cfg: TransformerTeacherConfig):
+    def __init__(self, in_features: int, out_per_token: int, cfg: TransformerTeacherConfig, extero_features: int = 0):
         super().__init__()
+        self.extero = ExteroEncoder(extero_features) if extero_features > 0 else None
+        extra = self.extero.out_features if self.extero is not None else 0
         self.embed = _uniform_(nn.Linear(in_features, cfg.d_model), cfg.embed_init)
         self.scale = math.sqrt(cfg.d_model) if cfg.embed_scale else 1.0
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(cfg.d_model, cfg.num_heads, cfg.feedforward, dropout=0.0,
                                        norm_first=True, batch_first=True)
             for _ in range(cfg.num_layers))
-        self.decoder = _decoder([cfg.d_model, *cfg.decoder_hidden, out_per_token], cfg.decoder_init)
+        self.decoder = _decoder([cfg.d_model + extra, *cfg.decoder_hidden, out_per_token], cfg.decoder_init)
 
-    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor, context: torch.Tensor | None = None,
+                extero: torch.Tensor | None = None) -> torch.Tensor:
         h = self.embed(x) * self.scale
         for layer in self.layers:
             h = layer(h, src_key_padding_mask=pad_mask)
-        return self.decoder(h)
+        return self.decoder(_join_extero(h, self.extero, extero))
 
 
 class FixedAttentionLayer(nn.Module):
@@ -148,9 +184,11 @@ class FixedAttentionLayer(nn.Module):
 class ModularTokenTransformer(nn.Module):
     """One ModuMorph network: per-token embedding and decoder written from the token's context."""
 
-    def __init__(self, in_features: int, context_features: int, out_per_token: int, cfg: ModuMorphTeacherConfig):
+    def __init__(self, in_features: int, context_features: int, out_per_token: int, cfg: ModuMorphTeacherConfig,
+                 extero_features: int = 0):
         super().__init__()
         d = cfg.d_model
+        self.extero = ExteroEncoder(extero_features) if extero_features > 0 else None
         self.in_features, self.d = in_features, d
         self.scale = math.sqrt(d) if cfg.embed_scale else 1.0
         self.hyper_context = _context_mlp(context_features, d, cfg.hypernet_context_layers, cfg.embed_init)
@@ -158,7 +196,8 @@ class ModularTokenTransformer(nn.Module):
         # generators start as "bias only": every token gets the same random layer, which then specialises
         self.embed_weight = self._generator(d, in_features * d, cfg.embed_init)
         self.embed_bias = self._generator(d, d, 0.0)
-        self.decoder_sizes = [d, *cfg.decoder_hidden, out_per_token]
+        self.decoder_sizes = [d + (self.extero.out_features if self.extero is not None else 0), *cfg.decoder_hidden,
+                              out_per_token]
         pairs = list(zip(self.decoder_sizes[:-1], self.decoder_sizes[1:]))
         self.decoder_weight = nn.ModuleList(self._generator(d, i * o, cfg.decoder_init) for i, o in pairs)
         self.decoder_bias = nn.ModuleList(self._generator(d, o, 0.0) for _, o in pairs)
@@ -174,7 +213,8 @@ class ModularTokenTransformer(nn.Module):
             nn.init.zeros_(layer.bias)
         return layer
 
-    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor, context: torch.Tensor | None = None,
+                extero: torch.Tensor | None = None) -> torch.Tensor:
         if context is None:
             raise ValueError("the ModuMorph teacher needs obs['context']")
         b, t, _ = x.shape
@@ -184,6 +224,7 @@ class ModularTokenTransformer(nn.Module):
         ctx = self.attention_context(context)
         for layer in self.layers:
             h = layer(h, ctx, pad_mask)
+        h = _join_extero(h, self.extero, extero)
         last = len(self.decoder_weight) - 1
         for i, (wgen, bgen) in enumerate(zip(self.decoder_weight, self.decoder_bias)):
             din, dout = self.decoder_sizes[i], self.decoder_sizes[i + 1]
@@ -203,7 +244,7 @@ class TransformerActorCritic(nn.Module):
         self.action_std = float(action_std)
 
     def _run(self, net: nn.Module, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return net(obs["obs"], obs["obs_mask"], obs.get("context"))
+        return net(obs["obs"], obs["obs_mask"], obs.get("context"), obs.get("extero"))
 
     def mu(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         out = self._run(self.actor, obs)
@@ -217,13 +258,13 @@ class TransformerActorCritic(nn.Module):
 
 
 def build_transformer_teacher(layout: Layout, config: TransformerTeacherConfig) -> TransformerActorCritic:
-    actor = TokenTransformer(layout.obs_features, layout.actions_per_token, config)
-    critic = TokenTransformer(layout.obs_features, 1, config)
+    actor = TokenTransformer(layout.obs_features, layout.actions_per_token, config, layout.extero_features)
+    critic = TokenTransformer(layout.obs_features, 1, config, layout.extero_features)
     return TransformerActorCritic(layout, actor, critic, config.action_std)
 
 
 def build_modumorph_teacher(layout: Layout, config: ModuMorphTeacherConfig) -> TransformerActorCritic:
     def net(out: int) -> ModularTokenTransformer:
-        return ModularTokenTransformer(layout.obs_features, layout.context_features, out, config)
+        return ModularTokenTransformer(layout.obs_features, layout.context_features, out, config, layout.extero_features)
 
     return TransformerActorCritic(layout, net(layout.actions_per_token), net(1), config.action_std)
