@@ -332,7 +332,7 @@ def check_robot(xml_path: Path, meta_path: Path, name: str, steps: int = 1000, s
         raise Rejected(f"{sim.data.ncon} contact(s) at spawn (the parent has {max_contacts})")
 
     class _Lib:
-        def get(self, n):
+        def get(self, n, task="ft"):
             return robot
 
     env = UnimalEnv(name, library=_Lib())
