@@ -85,54 +85,70 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 
-def _check_export(meta: dict, arrays: dict[str, np.ndarray], json_path: Path, weights_path: Path) -> None:  # noqa: C901 (one check per field, in file order)
+def _check_export(meta: dict, arrays: dict[str, np.ndarray], json_path: Path, weights_path: Path) -> None:
     """Raise a DataError naming the file unless the export is complete and consistent."""
 
     def bad(what: str, path: Path = json_path) -> DataError:
         return DataError(f"{path} {what}; the export is damaged, export it again.")
 
+    _check_meta(meta, bad)
+    _check_tensors(arrays, len(meta["layers"]), lambda what: bad(what, weights_path))
+    _check_shapes(meta, arrays, bad, lambda what: bad(what, weights_path))
+
+
+def _check_meta(meta: dict, bad) -> None:
+    """The JSON's fields: layers, input, normaliser and action mask."""
     layers, inp, norm, act_mask = meta.get("layers"), meta.get("input"), meta.get("normalizer"), meta.get("act_mask")
     if not isinstance(layers, list) or not 1 <= len(layers) <= 256:
         raise bad("has no valid 'layers' list")
-    if not isinstance(inp, dict) or not isinstance(inp.get("tokens"), int) or isinstance(inp.get("tokens"), bool) \
-            or inp["tokens"] <= 0 or not _int_list(inp.get("student_features")) or not inp["student_features"] \
-            or any(f < 0 for f in inp["student_features"]):
+    tokens = inp.get("tokens") if isinstance(inp, dict) else None
+    features = inp.get("student_features") if isinstance(inp, dict) else None
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens <= 0 or not _int_list(features) \
+            or not features or any(f < 0 for f in features):
         raise bad("has no valid 'input' (tokens, student_features)")
     if not isinstance(norm, dict) or not _number(norm.get("clip")) or norm["clip"] <= 0 \
             or not _number(norm.get("epsilon")) or norm["epsilon"] < 0:
         raise bad("has no valid 'normalizer' (clip > 0, epsilon >= 0)")
     if not isinstance(act_mask, list) or not act_mask or not all(isinstance(v, bool) for v in act_mask):
         raise bad("has no valid 'act_mask' (a list of true/false)")
-    n = len(layers)
+
+
+def _check_tensors(arrays: dict[str, np.ndarray], n: int, bad) -> None:
+    """Every layer's weight and bias and the normaliser's mean and var: present, floating point, finite."""
     names = [f"layer{i}.{kind}" for i in range(n) for kind in ("weight", "bias")] + ["norm.mean", "norm.var"]
     for name in names:
         if name not in arrays:
-            raise bad(f"lacks tensor {name!r}", weights_path)
+            raise bad(f"lacks tensor {name!r}")
         arr = arrays[name]
         if arr.dtype.kind != "f":
-            raise bad(f"has tensor {name!r} of dtype {arr.dtype}, not floating point", weights_path)
+            raise bad(f"has tensor {name!r} of dtype {arr.dtype}, not floating point")
         if not np.isfinite(arr).all():
-            raise bad(f"has NaN or infinity in tensor {name!r}", weights_path)
+            raise bad(f"has NaN or infinity in tensor {name!r}")
+
+
+def _check_shapes(meta: dict, arrays: dict[str, np.ndarray], bad_json, bad_weights) -> None:
+    """Layers chain, the input size matches the JSON, the normaliser fits it, the action mask fits the output."""
+    inp, norm, act_mask = meta["input"], meta["normalizer"], meta["act_mask"]
     width = None
-    for i in range(n):
+    for i in range(len(meta["layers"])):
         w, b = arrays[f"layer{i}.weight"], arrays[f"layer{i}.bias"]
         if w.ndim != 2 or b.ndim != 1 or b.shape[0] != w.shape[1] or 0 in w.shape:
-            raise bad(f"has layer {i} of weight shape {w.shape} and bias shape {b.shape}, which do not fit", weights_path)
+            raise bad_weights(f"has layer {i} of weight shape {w.shape} and bias shape {b.shape}, which do not fit")
         if width is not None and w.shape[0] != width:
-            raise bad(f"has layer {i} taking {w.shape[0]} inputs after a layer of {width} outputs", weights_path)
+            raise bad_weights(f"has layer {i} taking {w.shape[0]} inputs after a layer of {width} outputs")
         width = w.shape[1]
     in_size = arrays["layer0.weight"].shape[0]
     want_in = inp["tokens"] * len(inp["student_features"])
     if in_size != want_in or ("flat_size" in inp and inp["flat_size"] != in_size):
-        raise bad(f"says the input is {inp['tokens']} tokens x {len(inp['student_features'])} features "
-                  f"(= {want_in}) but the first layer takes {in_size}")
+        raise bad_json(f"says the input is {inp['tokens']} tokens x {len(inp['student_features'])} features "
+                       f"(= {want_in}) but the first layer takes {in_size}")
     for name in ("norm.mean", "norm.var"):
         if arrays[name].shape != (in_size,):
-            raise bad(f"has {name} of shape {arrays[name].shape}; the policy's input has {in_size} values", weights_path)
+            raise bad_weights(f"has {name} of shape {arrays[name].shape}; the policy's input has {in_size} values")
     if (arrays["norm.var"] < 0).any() or (arrays["norm.var"] + norm["epsilon"] <= 0).any():
-        raise bad("has a normaliser variance that is negative or zero with epsilon 0", weights_path)
+        raise bad_weights("has a normaliser variance that is negative or zero with epsilon 0")
     if len(act_mask) != width:
-        raise bad(f"has an act_mask of {len(act_mask)} slots but the last layer writes {width} actions")
+        raise bad_json(f"has an act_mask of {len(act_mask)} slots but the last layer writes {width} actions")
 
 
 def export_paths(path: str | Path) -> tuple[Path, Path]:
