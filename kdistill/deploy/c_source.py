@@ -6,7 +6,8 @@ the first layer exactly as the runtime folds them (subtract the mean, clip to +-
 layer's weights already divided by std), then dense layers with ReLU between them. Layers are stored
 (in, out) row-major; each block of 32 outputs accumulates over all inputs in registers
 (``acc[j] += w[i][o0 + j] * h[i]``), a loop compilers vectorise without reassociating sums, so every
-output is summed in input order, as the reference does.
+output is summed in input order, as the reference does. Inputs that are exactly zero (ReLU's zeros, padded
+slots) are skipped: their terms add nothing, so the sums are unchanged.
 
 The same kernel, compiled once into a shared library, is ``kdistill.deploy.runtime``'s fast path
 (``kdistill.deploy.kernel``).
@@ -34,6 +35,7 @@ static void kd_layer(int n_in, int n_out, const float *w, const float *b, const 
         for (int j = 0; j < KD_BLOCK; ++j) acc[j] = b[o0 + j];
         for (int i = 0; i < n_in; ++i) {
             const float hi = h[i];
+            if (hi == 0.0f) continue;  /* a ReLU zero (or a padded input) adds nothing: skip its weight row */
             const float *row = w + (long)i * n_out + o0;
             for (int j = 0; j < KD_BLOCK; ++j) acc[j] += row[j] * hi;
         }
@@ -41,7 +43,7 @@ static void kd_layer(int n_in, int n_out, const float *w, const float *b, const 
     }
     for (int o = o0; o < n_out; ++o) {
         float acc = b[o];
-        for (int i = 0; i < n_in; ++i) acc += w[(long)i * n_out + o] * h[i];
+        for (int i = 0; i < n_in; ++i) if (h[i] != 0.0f) acc += w[(long)i * n_out + o] * h[i];
         out[o] = (relu && acc < 0.0f) ? 0.0f : acc;
     }
 }

@@ -20,44 +20,91 @@ from pathlib import Path
 import numpy as np
 
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-std=gnu99"]
-# The exported C is plain C99 for any compiler; this build may use GCC/Clang vector types: blocks of 32
-# outputs live in four 8-wide registers across the whole input loop (then blocks of 8, then single outputs),
-# summing each output in input order like the plain kernel.
+# The exported C is plain C99 for any compiler; this build may use GCC/Clang vector types. Three things make
+# one observation cheap:
+# - ReLU makes many hidden activations exactly 0 (and padded inputs are 0): their weight rows add nothing, so
+#   each layer first lists its non-zero inputs and reads only those rows (the sums of the rest are unchanged,
+#   term for term, in input order);
+# - blocks of 64 outputs live in registers across the whole input loop (16-wide vectors where the CPU has
+#   them, else 8-wide), then blocks of one vector, then single outputs;
+# - everything a call needs sits in one plan struct, so the call from Python passes a single pointer.
 _FAST = r"""
-typedef float kd_v8 __attribute__((vector_size(32)));
-typedef float kd_v8u __attribute__((vector_size(32), aligned(4)));
-typedef int kd_i8 __attribute__((vector_size(32)));
-#define KD_LD(p) (*(const kd_v8u *)(p))
-#define KD_RELU(a) ((a) = (kd_v8)((kd_i8)((a) > zero) & (kd_i8)(a)))
-static void kd_layer_fast(int n_in, int n_out, const float *w, const float *b, const float *h, float *out, int relu) {
-    const kd_v8 zero = {0, 0, 0, 0, 0, 0, 0, 0};
+#if defined(__AVX512F__)
+#define KD_W 16
+#else
+#define KD_W 8
+#endif
+typedef float kd_v __attribute__((vector_size(4 * KD_W)));
+typedef float kd_vu __attribute__((vector_size(4 * KD_W), aligned(4)));
+typedef int kd_vi __attribute__((vector_size(4 * KD_W)));
+#define KD_LD(p) (*(const kd_vu *)(p))
+#define KD_ST(p, a) (*(kd_vu *)(p) = (a))
+#define KD_RELU(a) ((a) = (kd_v)((kd_vi)((a) > zero) & (kd_vi)(a)))
+
+static void kd_layer_fast(int n_in, int n_out, const float *w, const float *b, const float *h, float *out, int relu,
+                          int *nz) {
+    const kd_v zero = {0};
+    int m = 0;
+    for (int i = 0; i < n_in; ++i) if (h[i] != 0.0f) nz[m++] = i;
     int o0 = 0;
-    for (; o0 + 32 <= n_out; o0 += 32) {
-        kd_v8 a0 = KD_LD(b + o0), a1 = KD_LD(b + o0 + 8), a2 = KD_LD(b + o0 + 16), a3 = KD_LD(b + o0 + 24);
-        for (int i = 0; i < n_in; ++i) {
+    for (; o0 + 4 * KD_W <= n_out; o0 += 4 * KD_W) {
+        kd_v a0 = KD_LD(b + o0), a1 = KD_LD(b + o0 + KD_W), a2 = KD_LD(b + o0 + 2 * KD_W), a3 = KD_LD(b + o0 + 3 * KD_W);
+        for (int k = 0; k < m; ++k) {
+            const int i = nz[k];
             const float *row = w + (long)i * n_out + o0;
-            const kd_v8 hv = zero + h[i];
-            a0 += KD_LD(row) * hv; a1 += KD_LD(row + 8) * hv; a2 += KD_LD(row + 16) * hv; a3 += KD_LD(row + 24) * hv;
+            const kd_v hv = zero + h[i];
+            a0 += KD_LD(row) * hv; a1 += KD_LD(row + KD_W) * hv;
+            a2 += KD_LD(row + 2 * KD_W) * hv; a3 += KD_LD(row + 3 * KD_W) * hv;
         }
         if (relu) { KD_RELU(a0); KD_RELU(a1); KD_RELU(a2); KD_RELU(a3); }
-        *(kd_v8u *)(out + o0) = a0; *(kd_v8u *)(out + o0 + 8) = a1;
-        *(kd_v8u *)(out + o0 + 16) = a2; *(kd_v8u *)(out + o0 + 24) = a3;
+        KD_ST(out + o0, a0); KD_ST(out + o0 + KD_W, a1); KD_ST(out + o0 + 2 * KD_W, a2); KD_ST(out + o0 + 3 * KD_W, a3);
     }
-    for (; o0 + 8 <= n_out; o0 += 8) {
-        kd_v8 a = KD_LD(b + o0);
-        for (int i = 0; i < n_in; ++i) a += KD_LD(w + (long)i * n_out + o0) * (zero + h[i]);
+    for (; o0 + KD_W <= n_out; o0 += KD_W) {
+        kd_v a = KD_LD(b + o0);
+        for (int k = 0; k < m; ++k) a += KD_LD(w + (long)nz[k] * n_out + o0) * (zero + h[nz[k]]);
         if (relu) KD_RELU(a);
-        *(kd_v8u *)(out + o0) = a;
+        KD_ST(out + o0, a);
     }
     for (int o = o0; o < n_out; ++o) {
         float acc = b[o];
-        for (int i = 0; i < n_in; ++i) acc += w[(long)i * n_out + o] * h[i];
+        for (int k = 0; k < m; ++k) acc += w[(long)nz[k] * n_out + o] * h[nz[k]];
         out[o] = (relu && acc < 0.0f) ? 0.0f : acc;
     }
 }
 
+typedef struct {
+    int n_layers;
+    const int *sizes;
+    const float *const *w;
+    const float *const *b;
+    const float *mean, *low, *high;
+    const float *x;
+    float *y, *buf_a, *buf_b;
+    int *nz;
+} kd_plan;
+
+void kd_run(const kd_plan *p) {
+    float *h = p->buf_a, *next = p->buf_b;
+    for (int i = 0; i < p->sizes[0]; ++i) {
+        float v = p->x[i] - p->mean[i];
+        v = v < p->low[i] ? p->low[i] : v;
+        h[i] = v > p->high[i] ? p->high[i] : v;
+    }
+    for (int l = 0; l < p->n_layers; ++l) {
+        const int last = l == p->n_layers - 1;
+        float *out = last ? p->y : next;
+        kd_layer_fast(p->sizes[l], p->sizes[l + 1], p->w[l], p->b[l], h, out, !last, p->nz);
+        if (!last) { float *t = h; h = out; next = t; }
+    }
+}
 """
 _loaded: dict[str, object] = {}
+
+
+class _Plan(ctypes.Structure):
+    _fields_ = [("n_layers", ctypes.c_int), ("sizes", ctypes.c_void_p), ("w", ctypes.c_void_p), ("b", ctypes.c_void_p),
+                ("mean", ctypes.c_void_p), ("low", ctypes.c_void_p), ("high", ctypes.c_void_p), ("x", ctypes.c_void_p),
+                ("y", ctypes.c_void_p), ("buf_a", ctypes.c_void_p), ("buf_b", ctypes.c_void_p), ("nz", ctypes.c_void_p)]
 
 
 def _cache_dir() -> Path:
@@ -70,9 +117,7 @@ def load_kernel():
         return None
     if "fn" in _loaded:
         return _loaded["fn"]
-    from kdistill.deploy.c_source import mlp_driver
-
-    source = _FAST + mlp_driver("kd_act", "kd_layer_fast", storage="")
+    source = _FAST
     compiler = shutil.which(os.environ.get("CC", "cc"))
     fn = None
     if compiler is not None:
@@ -91,7 +136,8 @@ def load_kernel():
                     os.close(fd)
                     shutil.copyfile(built, partial)
                     os.replace(partial, lib)
-            fn = ctypes.CDLL(str(lib)).kd_act
+            fn = ctypes.CDLL(str(lib)).kd_run
+            fn.argtypes = [ctypes.c_void_p]
             fn.restype = None
         except (OSError, subprocess.SubprocessError):
             fn = None
@@ -100,7 +146,8 @@ def load_kernel():
 
 
 class KernelPlan:
-    """Pointers prepared once for one policy, so a call passes only the observation and the result."""
+    """Buffers and a ``kd_plan`` struct prepared once for one policy: a call copies the observation into the
+    plan's input buffer and passes the struct's address, nothing else."""
 
     def __init__(self, fn, layers: list[np.ndarray], biases: list[np.ndarray], mean: np.ndarray, low: np.ndarray,
                  high: np.ndarray):
@@ -110,19 +157,22 @@ class KernelPlan:
         ws, bs = self._keep[:n], self._keep[n:2 * n]
         mean, low, high = self._keep[2 * n:]
         sizes = np.array([ws[0].shape[0]] + [w.shape[1] for w in ws], np.int32)
-        self._sizes = sizes
+        widest = int(sizes.max())
+        self._arrays = {"sizes": sizes, "buf_a": np.empty(widest, np.float32), "buf_b": np.empty(widest, np.float32),
+                        "nz": np.empty(widest, np.int32)}
+        self.x = np.empty(int(sizes[0]), np.float32)
+        self.out = np.empty(int(sizes[-1]), np.float32)
         ptr = ctypes.c_void_p
         self._w = (ptr * n)(*[w.ctypes.data for w in ws])
         self._b = (ptr * n)(*[b.ctypes.data for b in bs])
-        widest = int(sizes.max())
-        self._buf_a = np.empty(widest, np.float32)
-        self._buf_b = np.empty(widest, np.float32)
-        self.out = np.empty(int(sizes[-1]), np.float32)
-        self._fixed = (ctypes.c_int(n), ptr(sizes.ctypes.data), self._w, self._b, ptr(mean.ctypes.data),
-                       ptr(low.ctypes.data), ptr(high.ctypes.data))
-        self._tail = (ptr(self.out.ctypes.data), ptr(self._buf_a.ctypes.data), ptr(self._buf_b.ctypes.data))
+        a = self._arrays
+        self._plan = _Plan(n, a["sizes"].ctypes.data, ctypes.addressof(self._w), ctypes.addressof(self._b),
+                           mean.ctypes.data, low.ctypes.data, high.ctypes.data, self.x.ctypes.data,
+                           self.out.ctypes.data, a["buf_a"].ctypes.data, a["buf_b"].ctypes.data, a["nz"].ctypes.data)
+        self._address = ctypes.addressof(self._plan)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Mean actions of one raw flat observation (float32, contiguous) into ``self.out``."""
-        self.fn(*self._fixed, ctypes.c_void_p(x.ctypes.data), *self._tail)
+        """Mean actions of one raw flat observation into ``self.out``."""
+        self.x[...] = x
+        self.fn(self._address)
         return self.out
