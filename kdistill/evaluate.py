@@ -112,8 +112,10 @@ def evaluate_policy(domain, policy, tasks: Sequence[str], episodes: int = 16, se
 
 
 def compare_policies(domain, policies: dict[str, Any], splits: dict[str, list[str]], episodes: int = 16, seed: int = 0,
-                     deterministic: bool = True, random_baseline: bool = True, on_task=None) -> dict[str, Any]:
-    """Evaluate every policy on every split's tasks (same envs, same reset seeds) and tabulate mean returns."""
+                     deterministic: bool = True, random_baseline: bool = True, on_task=None,
+                     executor: Executor | None = None, threads: int = 1) -> dict[str, Any]:
+    """Evaluate every policy on every split's tasks (same envs, same reset seeds) and tabulate mean returns.
+    ``executor``, ``threads``: as in ``evaluate_policy``."""
     returns: dict[str, dict[str, float | None]] = {}
     per_task: dict[str, dict[str, dict[str, float]]] = {}
     for split, tasks in splits.items():
@@ -121,7 +123,7 @@ def compare_policies(domain, policies: dict[str, Any], splits: dict[str, list[st
         for k, (name, policy) in enumerate(policies.items()):
             with_random = random_baseline and k == 0  # the random policy plays the same seeds whoever runs it
             result = evaluate_policy(domain, policy, tasks, episodes=episodes, seed=seed, deterministic=deterministic,
-                                     random_baseline=with_random,
+                                     random_baseline=with_random, executor=executor, threads=threads,
                                      on_task=(lambda row, n=name, s=split: on_task(s, n, row)) if on_task else None)
             returns[split][name] = result["summary"]["mean_return"]
             for row in result["tasks"]:

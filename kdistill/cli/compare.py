@@ -6,7 +6,18 @@ from pathlib import Path
 
 import click
 
-from kdistill.cli.options import console, data_dir_option, err_console, json_option, parse_policies, print_json, progress_lines, tasks_dir_option
+from kdistill.cli.options import (
+    console,
+    data_dir_option,
+    err_console,
+    executor_options,
+    json_option,
+    open_executor,
+    parse_policies,
+    print_json,
+    progress_lines,
+    tasks_dir_option,
+)
 
 
 @click.command("compare")
@@ -26,12 +37,14 @@ from kdistill.cli.options import console, data_dir_option, err_console, json_opt
                    "(measured 7-13x slower with 2 on 2 cores): the batches here are small.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Also write compare.json and compare.png into this folder.")
+@executor_options
 @json_option
 @data_dir_option
 @tasks_dir_option
 def compare_cmd(domain_name: str, policies_spec: str, split_spec: str, num_tasks: int | None, episodes: int, seed: int,
                 stochastic: bool, no_random: bool, device: str, threads: int | None, out_dir: str | None, as_json: bool,
-                data_dir: str | None, tasks_dir: str | None) -> None:
+                data_dir: str | None, tasks_dir: str | None, executor_name: str = "local", workers: int = 1,
+                address: str | None = None) -> None:
     """Evaluate several policies of DOMAIN on the same tasks and episodes, in one table.
 
     Each policy plays the reference protocol (one episode per env, mean action, raw returns; students
@@ -76,14 +89,16 @@ def compare_cmd(domain_name: str, policies_spec: str, split_spec: str, num_tasks
     if out_dir is not None:
         prepare_output_dir(out_dir)  # before the evaluations, so their results cannot be lost to a bad --out
     total = sum(len(t) for t in splits.values()) * len(policies)
-    with Progress(TextColumn("[bold]compare[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("task evaluations"),
-                  TimeElapsedColumn(), TextColumn("{task.fields[last]}", markup=False), console=err_console,
-                  disable=as_json) as progress:
+    with open_executor(executor_name, workers, address) as executor, \
+            Progress(TextColumn("[bold]compare[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("task evaluations"),
+                     TimeElapsedColumn(), TextColumn("{task.fields[last]}", markup=False), console=err_console,
+                     disable=as_json) as progress:
         bar = progress.add_task("compare", total=total, last="")
         result = compare_policies(
             domain, policies, splits, episodes=episodes, seed=seed, deterministic=not stochastic,
-            random_baseline=not no_random,
+            random_baseline=not no_random, executor=executor, threads=threads or 1,
             on_task=lambda split, name, row: progress.update(bar, advance=1, last=f"{split} {name} {row['name']}: {row['mean']:.1f}"))
+        result["executor"] = executor.describe()
     result["policies"] = {name: {"path": paths[name], **policies[name].describe()} for name in policies}
     if out_dir is not None:
         out = Path(out_dir)
