@@ -25,8 +25,9 @@ FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-std=gnu99"]
 # - ReLU makes many hidden activations exactly 0 (and padded inputs are 0): their weight rows add nothing, so
 #   each layer first lists its non-zero inputs and reads only those rows (the sums of the rest are unchanged,
 #   term for term, in input order);
-# - blocks of 64 outputs live in registers across the whole input loop (16-wide vectors where the CPU has
-#   them, else 8-wide), then blocks of one vector, then single outputs;
+# - blocks of 8 vectors of outputs live in registers across the whole input loop (16-wide vectors where the
+#   CPU has them, else 8-wide; eight independent accumulators keep both FMA ports busy), then blocks of 4
+#   vectors, then of one, then single outputs;
 # - everything a call needs sits in one plan struct, so the call from Python passes a single pointer.
 _FAST = r"""
 #if defined(__AVX512F__)
@@ -47,6 +48,17 @@ static void kd_layer_fast(int n_in, int n_out, const float *w, const float *b, c
     int m = 0;
     for (int i = 0; i < n_in; ++i) if (h[i] != 0.0f) nz[m++] = i;
     int o0 = 0;
+    for (; o0 + 8 * KD_W <= n_out; o0 += 8 * KD_W) {
+        kd_v a[8];
+        for (int j = 0; j < 8; ++j) a[j] = KD_LD(b + o0 + j * KD_W);
+        for (int k = 0; k < m; ++k) {
+            const int i = nz[k];
+            const float *row = w + (long)i * n_out + o0;
+            const kd_v hv = zero + h[i];
+            for (int j = 0; j < 8; ++j) a[j] += KD_LD(row + j * KD_W) * hv;
+        }
+        for (int j = 0; j < 8; ++j) { if (relu) KD_RELU(a[j]); KD_ST(out + o0 + j * KD_W, a[j]); }
+    }
     for (; o0 + 4 * KD_W <= n_out; o0 += 4 * KD_W) {
         kd_v a0 = KD_LD(b + o0), a1 = KD_LD(b + o0 + KD_W), a2 = KD_LD(b + o0 + 2 * KD_W), a3 = KD_LD(b + o0 + 3 * KD_W);
         for (int k = 0; k < m; ++k) {
