@@ -8,7 +8,7 @@ domain through the same observation layout, whatever it simulates:
 * ``act_mask`` bool    ``(T*A,)``   True where an action slot is padding (the env ignores it)
 * ``context``  float32 ``(T, C)``   per-token task context, constant within a task
 * ``extero``   float32 ``(E,)``     only when ``layout.extero_features = E > 0``: what the task senses of its
-  surroundings, one vector per step (e.g. a height map around a robot), raw (the core does not normalise it)
+  surroundings, one vector per step (e.g. a height map around the agent), raw (the core does not normalise it)
 
 ``T`` is the number of token slots (one per body part in a morphology domain; 1 for a domain whose context is a plain
 vector), ``F`` the teacher's per-token features, ``A`` the actions per token. The student sees only
@@ -109,7 +109,7 @@ class Domain:
     name: str = ""
     description: str = ""
     layout: Layout
-    # A domain that offers several kinds of task (variants of its envs, e.g. the ground a robot walks on) lists them
+    # A domain that offers several kinds of task (variants of its envs, e.g. the ground an agent walks on) lists them
     # here, takes ``task_kind=`` in its constructor (``kdistill.get_domain(name, task_kind=...)``, ``--task`` on the
     # command line) and reports the one it plays as ``task_kind``; its layout may depend on it. Empty: one kind.
     task_kinds: tuple[str, ...] = ()
