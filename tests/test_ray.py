@@ -136,3 +136,39 @@ def test_a_worker_killed_mid_task_is_retried_and_nothing_is_lost_or_duplicated(c
     tasks = get_domain("fragile").tasks("all")
     assert summary["collected"] == tasks  # each task once
     _same_folders(local_data[0], tmp_path / "data")
+
+
+def test_experts_sharded_over_two_ray_workers_equal_one_process(cluster, tmp_path):
+    import torch
+
+    from kdistill.executors import LocalExecutor
+    from kdistill.io import load_checkpoint
+    from kdistill.rl.expert_shards import train_sharded
+    from kdistill.rl.experts import ExpertConfig, ExpertRunSettings, export_experts, read_shard_plan, start_or_resume
+
+    torch.set_num_threads(1)
+    domain = get_domain("cartpole")
+    tiny = ExpertConfig.presets()["tiny"]
+    settings = ExpertRunSettings(domain="cartpole", tasks=domain.tasks("train")[:4], preset="tiny", seed=2,
+                                 steps_per_task=3 * tiny.batch_size, checkpoint_every=1)
+    trainer = start_or_resume(domain, settings, tiny, tmp_path / "one", resume=False)
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    export_experts(tmp_path / "one", tmp_path / "one-experts")
+    # two shards on Ray, stopped after one update each; then resumed here, one shard after the other
+    with RayExecutor(workers=2) as executor:
+        first = train_sharded(domain, settings, tmp_path / "two", executor, max_updates=1)
+    assert first["shards"] == 2 and first["active_tasks"] == 4
+    assert read_shard_plan(tmp_path / "two")["shards"] == [list(settings.tasks[:2]), list(settings.tasks[2:])]
+    done = train_sharded(domain, settings, tmp_path / "two", LocalExecutor(), resume=True)
+    assert done["active_tasks"] == 0 and done["env_steps"] == 4 * 3 * tiny.batch_size
+    export_experts(tmp_path / "two", tmp_path / "two-experts")
+    (a, meta_a), (b, meta_b) = load_checkpoint(tmp_path / "one-experts"), load_checkpoint(tmp_path / "two-experts")
+    assert [t["name"] for t in meta_a["tasks"]] == [t["name"] for t in meta_b["tasks"]] == list(settings.tasks)
+    assert sorted(a) == sorted(b)
+    for key in a:  # each task trains the same in a shard as beside all the others
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+    with pytest.raises(Exception, match="already holds a sharded expert run"):
+        train_sharded(domain, settings, tmp_path / "two", LocalExecutor())

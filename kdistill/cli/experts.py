@@ -31,7 +31,12 @@ def experts_group() -> None:
               help="Seed a new --out folder from a snapshot (`kdistill experts snapshot`) and continue from it.")
 @click.option("--seed", type=int, default=None, help="Random seed. [default: 0]")
 @click.option("--workers", type=int, default=0, show_default=True,
-              help="Env worker processes (0 = step the envs in this process, on threads; use several on many cores).")
+              help="Env worker processes (0 = step the envs in this process, on threads; use several on many cores). "
+                   "With --executor ray: the number of shards, one batched trainer per Ray worker.")
+@click.option("--executor", "executor_name", default="local", show_default=True,
+              help="local (one process), or ray: the tasks cut into --workers shards, each trained by its own worker "
+                   "in OUT/shards/ (docs/scaling.md). A sharded run resumes with either.")
+@click.option("--address", default=None, help="With --executor ray: the Ray cluster to join (host:port, or auto).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="Torch CPU threads for the updates. [default: up to 2]")
 @click.option("--checkpoint-every", type=click.IntRange(1), default=None, help="Updates between checkpoints. [default: 10]")
 @click.option("--max-updates", type=int, default=None, help="Stop after this many updates in this call (the run stays resumable).")
@@ -41,13 +46,14 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
               num_tasks: int | None, steps_per_task: int | None, resume: bool, resume_from: str | None,
               seed: int | None, workers: int,
               threads: int | None, checkpoint_every: int | None, max_updates: int | None, as_json: bool,
-              data_dir: str | None) -> None:
+              data_dir: str | None, executor_name: str = "local", address: str | None = None) -> None:
     """Train one expert per task of DOMAIN with PPO, all tasks batched in one process.
 
     \b
     Example:
       kdistill experts train unimal --split train --out runs/experts
       kdistill experts train unimal --out runs/experts --resume       # continue after an interruption
+      kdistill experts train unimal --out runs/experts --executor ray --workers 8 --address auto   # 8 shards
 
     Each task has its own normalisers, learned std and evaluation record; a task whose evaluation
     return stops improving stops early. The summary reports the trainer's env steps/s next to the
@@ -63,6 +69,12 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
     from kdistill.rl.experts import ExpertConfig, ExpertRunSettings, random_step_rate, start_or_resume
 
     run_dir = Path(out)
+    from kdistill.rl.experts import is_sharded
+
+    if executor_name != "local" or is_sharded(run_dir):
+        _train_sharded(domain_name, run_dir, preset, task_names, split, num_tasks, steps_per_task, resume, resume_from,
+                       seed, workers, threads, checkpoint_every, max_updates, as_json, data_dir, executor_name, address)
+        return
     if resume and resume_from:
         raise KdistillError("pass either --resume (continue --out) or --resume-from (seed a new --out), not both.")
     saved: dict[str, Any] = {}
@@ -102,6 +114,47 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
                           f"({summary['active_tasks']} still training); {summary['steps_per_s']:.0f} env steps/s "
                           f"against {raw_rate:.0f} stepping randomly ({summary['ratio_to_raw']:.2f}); "
                           f"mean best evaluation {summary['mean_best_return']}")
+
+
+def _train_sharded(domain_name, run_dir: Path, preset, task_names, split, num_tasks, steps_per_task, resume, resume_from,
+                   seed, workers, threads, checkpoint_every, max_updates, as_json, data_dir, executor_name, address) -> None:
+    """``experts train`` over an executor's workers, one shard of the tasks each (``kdistill.rl.expert_shards``)."""
+    from kdistill.cli.options import open_executor
+    from kdistill.errors import unknown_name
+    from kdistill.plugins import get_domain
+    from kdistill.resume import agreeing, run_tasks
+    from kdistill.rl.expert_shards import train_sharded
+    from kdistill.rl.experts import ExpertConfig, ExpertRunSettings, is_sharded, read_shard_plan
+
+    if resume_from:
+        raise KdistillError("--resume-from seeds a one-process run; a sharded run continues with --resume.")
+    if executor_name != "local" and workers < 1:
+        raise KdistillError(f"--executor {executor_name} needs --workers N (shards, one per worker), got {workers}.")
+    saved = read_shard_plan(run_dir)["settings"] if resume and is_sharded(run_dir) else {}
+    domain = get_domain(domain_name, data_dir=data_dir)
+    tasks = run_tasks(domain, saved, task_names, split, num_tasks, run_dir, progress=progress_lines())
+    agreeing(saved, [("--steps-per-task", "steps_per_task", steps_per_task), ("--seed", "seed", seed),
+                     ("--preset", "preset", preset), ("--checkpoint-every", "checkpoint_every", checkpoint_every)])
+    preset = preset or saved.get("preset") or "sb3"
+    if preset not in ExpertConfig.presets():
+        raise unknown_name("expert preset", preset, ExpertConfig.presets())
+    settings = ExpertRunSettings(domain=domain.name, tasks=tasks, preset=preset,
+                                 seed=seed if seed is not None else saved.get("seed", 0),
+                                 steps_per_task=steps_per_task or saved.get("steps_per_task") or 1_500_000,
+                                 checkpoint_every=checkpoint_every or saved.get("checkpoint_every", 10))
+    report = progress_lines(as_json)
+    with open_executor(executor_name, workers if executor_name != "local" else 1, address) as executor:
+        summary = train_sharded(domain, settings, run_dir, executor, resume=resume, threads=threads or 1,
+                                max_updates=max_updates,
+                                on_shard=lambda r: report and report(f"shard {r['shard']}: {len(r['tasks'])} tasks, "
+                                                                     f"{r['env_steps']:,} env steps", 1, 1))
+        summary["executor"] = executor.describe()
+    if as_json:
+        print_json(summary)
+    else:
+        err_console.print(f"done: {summary['env_steps']:,} env steps over {len(tasks)} tasks in {summary['shards']} "
+                          f"shards ({summary['active_tasks']} still training); mean best evaluation "
+                          f"{summary['mean_best_return']}", markup=False)
 
 
 def write_curves(trainer, run_dir: Path) -> None:
@@ -210,15 +263,16 @@ def status_cmd(run: str, as_json: bool) -> None:
     from rich.table import Table
 
     from kdistill.io import latest_checkpoint, read_json_object
+    from kdistill.rl.experts import is_sharded, load_sharded
 
     path = Path(run)
     meta_path = path / "meta.json" if (path / "meta.json").exists() else None
-    if meta_path is None:
+    if meta_path is None and not is_sharded(path):
         ckpt = latest_checkpoint(path) if path.is_dir() else None
         if ckpt is None:
             raise KdistillError(f"{path} holds no expert checkpoint yet; pass an experts run folder (or wait for its first checkpoint).")
         meta_path = ckpt / "meta.json"
-    meta = read_json_object(meta_path)
+    meta = read_json_object(meta_path) if meta_path is not None else load_sharded(path, with_tensors=False)[1]
     if meta.get("kind") != "experts":
         raise KdistillError(f"{path} is a {meta.get('kind')!r} checkpoint, not per-task experts.")
     tasks = meta["tasks"]

@@ -938,10 +938,62 @@ class ExpertSetPolicy(Policy):
                 "env_steps": self.meta.get("counters", {}).get("env_steps")}
 
 
-def export_experts(run: str | Path, out: str | Path) -> dict[str, Any]:
-    """Write the best actors and normalisers of an expert run (no critic, no optimiser) as a checkpoint folder."""
+# sharded runs (kdistill.rl.expert_shards): RUN/shards.json and one ordinary run per shard ---------------------------
+SHARDS_FILE = "shards.json"
 
-    tensors, meta = load_run_checkpoint(run)
+
+def is_sharded(run: str | Path) -> bool:
+    return (Path(run) / SHARDS_FILE).is_file()
+
+
+def shard_dir(run: str | Path, k: int) -> Path:
+    return Path(run) / "shards" / f"shard-{k:03d}"
+
+
+def read_shard_plan(run: str | Path) -> dict[str, Any]:
+    """``shards.json``: the run's settings and each shard's tasks, checked."""
+    plan = read_json_object(Path(run) / SHARDS_FILE)
+    shards = plan.get("shards")
+    if (not isinstance(plan.get("settings"), dict) or not isinstance(shards, list) or not shards
+            or not all(isinstance(t, list) and t for t in shards)):
+        raise CheckpointError(f"{Path(run) / SHARDS_FILE} is malformed (settings and a list of task lists expected); "
+                              f"start a new --out folder.")
+    return plan
+
+
+def load_sharded(run: str | Path, with_tensors: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A sharded run read as one expert run: each shard's newest checkpoint, the per-task tensors concatenated along
+    the task axis in the plan's task order, and one meta (counters summed; updates and wall time the longest
+    shard's). Only the policy's tensors (``best.*``) are merged: enough to export, evaluate and report."""
+    plan = read_shard_plan(run)
+    parts, metas = [], []
+    for k, tasks in enumerate(plan["shards"]):
+        folder = shard_dir(run, k)
+        ckpt = latest_checkpoint(folder) if folder.is_dir() else None
+        if ckpt is None:
+            raise CheckpointError(f"shard {k} of {run} ({len(tasks)} tasks) has no checkpoint yet; wait for it, or "
+                                  f"run `kdistill experts train --resume` on {run} to train it.")
+        tensors, meta = load_run_checkpoint(ckpt) if with_tensors else ({}, read_json_object(ckpt / "meta.json"))
+        if [t["name"] for t in meta["tasks"]] != tasks:
+            raise CheckpointError(f"{folder} trains other tasks than {run}/{SHARDS_FILE} gives it; the run is damaged.")
+        parts.append(tensors)
+        metas.append(meta)
+    merged = {key: torch.cat([torch.as_tensor(p[key]) for p in parts]) for key in parts[0] if key.startswith("best.")}
+    meta = {k: v for k, v in metas[0].items() if k != "optimizer_groups"}
+    meta["run"] = plan["settings"]
+    meta["tasks"] = [t for m in metas for t in m["tasks"]]
+    meta["counters"] = {"updates": max(m["counters"]["updates"] for m in metas),
+                        "env_steps": sum(m["counters"]["env_steps"] for m in metas),
+                        "wall_s": max(m["counters"].get("wall_s", 0.0) for m in metas)}
+    meta["shards"] = len(metas)
+    return merged, meta
+
+
+def export_experts(run: str | Path, out: str | Path) -> dict[str, Any]:
+    """Write the best actors and normalisers of an expert run (no critic, no optimiser) as a checkpoint folder.
+    A sharded run (``kdistill.rl.expert_shards``) is exported as one set of experts."""
+
+    tensors, meta = load_sharded(run) if is_sharded(run) else load_run_checkpoint(run)
     if meta.get("kind") != "experts":
         raise CheckpointError(f"{run} is a {meta.get('kind')!r} run, not a per-task expert run; pass an experts run folder.")
     policy = ExpertSetPolicy(tensors, meta)  # validates shapes and finiteness before anything is written
