@@ -191,3 +191,40 @@ class Domain:
         """Facts for ``kdistill domains``."""
         return {"name": self.name, "description": self.description,
                 "splits": {k: len(v) for k, v in self.splits().items()}}
+
+
+# task kinds ---------------------------------------------------------------------------------------------------
+def task_kind_of(domain) -> str | None:
+    """The kind of task ``domain`` plays (its first ``task_kinds`` entry unless built with another), or None for a
+    domain with one kind."""
+    kinds = tuple(getattr(domain, "task_kinds", ()) or ())
+    if not kinds:
+        return None
+    return getattr(domain, "task_kind", None) or kinds[0]
+
+
+def domain_label(domain) -> str:
+    """``name`` or ``name:kind`` (the DOMAIN argument that builds this domain again; the default kind is left out)."""
+    kind = task_kind_of(domain)
+    return domain.name if kind is None or kind == domain.task_kinds[0] else f"{domain.name}:{kind}"
+
+
+def task_kind_meta(domain) -> dict[str, str]:
+    """What a checkpoint or data folder records of the task kind: ``{"task_kind": kind}``, or nothing for the
+    default kind (so those files stay as they were before kinds existed) and for a domain with one kind."""
+    kind = task_kind_of(domain)
+    return {} if kind is None or kind == domain.task_kinds[0] else {"task_kind": kind}
+
+
+def check_task_kind(meta: dict, domain, what: str) -> None:
+    """Raise a one-line ``CheckpointError`` unless ``meta`` (a checkpoint's or data folder's) was made on the kind of
+    task ``domain`` plays. A meta without ``task_kind`` was written before kinds existed: the domain's default kind."""
+    from kdistill.errors import CheckpointError
+
+    want = task_kind_of(domain)
+    if want is None:
+        return
+    saved = meta.get("task_kind") or domain.task_kinds[0]
+    if saved != want:
+        raise CheckpointError(f"{what} was made on {domain.name}:{saved} tasks, not {domain.name}:{want}; pass DOMAIN "
+                              f"as {domain.name}:{saved}, or a run made on {domain.name}:{want}.")

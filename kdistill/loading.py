@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdistill.distill.students import load_student_policy
-from kdistill.domain import Layout
+from kdistill.domain import Layout, check_task_kind
 from kdistill.errors import CheckpointError
 from kdistill.io import load_run_checkpoint, malformed
 from kdistill.policy import Policy, TeacherPolicy, checked_normalizer
@@ -15,12 +15,11 @@ from kdistill.state import load_model_state
 from kdistill.teachers.lookup import build_teacher
 
 
-def load_policy(path: str | Path, domain: str | None = None, device: str = "cpu", seed: int = 0) -> Policy:
-    """Load the policy in ``path`` (a run folder or a checkpoint folder), checking its domain if given."""
+def load_policy(path: str | Path, domain=None, device: str = "cpu", seed: int = 0) -> Policy:
+    """Load the policy in ``path`` (a run folder or a checkpoint folder), checking its domain if given: a name, or
+    a ``Domain``, whose kind of task is then checked too."""
     tensors, meta = load_run_checkpoint(path)
-    if domain is not None and meta.get("domain") != domain:
-        raise CheckpointError(f"{path} holds a policy for domain {meta.get('domain')!r}, not {domain!r}; "
-                              f"pass a policy trained on {domain!r}.")
+    check_domain(meta, domain, str(path))
     kind = meta.get("kind")
     try:
         policy = _build_policy(kind, tensors, meta, path, device, seed)
@@ -47,3 +46,16 @@ def _build_policy(kind, tensors: dict, meta: dict, path, device: str, seed: int)
             return ExpertSetPolicy(tensors, meta, seed=seed)
     raise CheckpointError(f"{path} holds a policy of kind {kind!r}; kdistill loads 'teacher', 'student' and 'experts' "
                           f"policies.")
+
+
+def check_domain(meta: dict, domain, what: str) -> None:
+    """Raise a one-line ``CheckpointError`` unless ``meta`` was written on ``domain`` (a name, or a ``Domain``
+    whose kind of task must match too); None checks nothing."""
+    if domain is None:
+        return
+    name = domain if isinstance(domain, str) else domain.name
+    if meta.get("domain") != name:
+        raise CheckpointError(f"{what} holds a policy for domain {meta.get('domain')!r}, not {name!r}; "
+                              f"pass a policy trained on {name!r}.")
+    if not isinstance(domain, str):
+        check_task_kind(meta, domain, what)

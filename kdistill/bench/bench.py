@@ -43,7 +43,7 @@ from torch import nn
 
 from kdistill.bench import flops as F
 from kdistill.deploy import runtime
-from kdistill.deploy.export import export_policy, fold_policy, load_student_run, onnx_model_bytes, onnx_session
+from kdistill.deploy.export import export_policy, extero_layers, fold_policy, load_student_run, onnx_model_bytes, onnx_session
 from kdistill.distill.students import StudentPolicy, build_student, per_row_forward
 from kdistill.domain import Domain, Layout, TaskContext
 from kdistill.errors import KdistillError
@@ -138,9 +138,12 @@ class Subjects:
     policy: Any  # kdistill.distill.students.StudentPolicy
     layers: list[tuple[np.ndarray, np.ndarray]]  # the task's folded MLP
     runtime: Any  # kdistill.deploy.runtime.ExportedPolicy
+    extero: list[tuple[np.ndarray, np.ndarray]] = attrs.Factory(list)  # the student's exteroception encoder, if any
 
     def describe(self) -> dict[str, Any]:
-        return {"domain": self.domain, "task": self.task,
+        return {"domain": self.domain, "task": self.task, **({"extero_encoder": [int(self.extero[0][0].shape[0])]
+                                                                + [int(w.shape[1]) for w, _ in self.extero]}
+                                                               if self.extero else {}),
                 "teacher": {"arch": self.teacher_arch, "source": self.teacher_source},
                 "student": {"arch": self.student_arch, "source": self.student_source},
                 "generated_mlp": [int(self.layers[0][0].shape[0])] + [int(w.shape[1]) for w, _ in self.layers]}
@@ -165,7 +168,7 @@ def build_subjects(domain: Domain, teacher_run: str | None = None, student_run: 
     context = domain.context(task)
     torch.manual_seed(seed)
     if teacher_run:
-        loaded = load_policy(teacher_run, domain=domain.name)
+        loaded = load_policy(teacher_run, domain=domain)
         if not isinstance(loaded, TeacherPolicy):
             raise KdistillError(f"{teacher_run} holds a {loaded.kind!r} policy; --teacher takes a run from `kdistill teacher train`.")
         teacher, arch, source = loaded.model, str(loaded.meta.get("arch")), str(teacher_run)
@@ -173,7 +176,7 @@ def build_subjects(domain: Domain, teacher_run: str | None = None, student_run: 
         teacher, arch, source = _fresh_teacher(domain, teacher_arch, teacher_preset)
     teacher.eval()
     if student_run:
-        policy = load_student_run(student_run, domain.name)
+        policy = load_student_run(student_run, domain)
         student_source = str(student_run)
     else:
         student = build_student(student_arch, layout, preset=student_preset)
@@ -185,10 +188,11 @@ def build_subjects(domain: Domain, teacher_run: str | None = None, student_run: 
     layers = fold_policy(policy, context)
     with ExitStack() as stack:
         folder = Path(export_dir) if export_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        export_policy(policy, task, context, folder / "student", source=student_source, domain=domain.name)
+        export_policy(policy, task, context, folder / "student", source=student_source, domain=domain)
         exported = runtime.load(folder / "student")
     return Subjects(domain.name, layout, task, context, teacher, arch, source, policy.student,
-                    str(policy.meta.get("arch", policy.student.name)), student_source, policy, layers, exported)
+                    str(policy.meta.get("arch", policy.student.name)), student_source, policy, layers, exported,
+                    extero_layers(policy))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -227,13 +231,16 @@ def _per_row(params: dict, batch: int) -> dict:
     def rows(t: torch.Tensor) -> torch.Tensor:
         return t.expand(batch, *t.shape[1:]).contiguous()  # stored per row, as the reference's generate_params does
 
-    return {"w_in": rows(params["w_in"]), "b_in": rows(params["b_in"]),
-            "hidden": [(rows(w), rows(b)) for w, b in params["hidden"]],
-            "w_out": rows(params["w_out"]), "b_out": rows(params["b_out"])}
+    out = {"w_in": rows(params["w_in"]), "b_in": rows(params["b_in"]),
+           "hidden": [(rows(w), rows(b)) for w, b in params["hidden"]],
+           "w_out": rows(params["w_out"]), "b_out": rows(params["b_out"])}
+    if "w_ext" in params:
+        out["w_ext"], out["b_ext"] = rows(params["w_ext"]), rows(params["b_ext"])
+    return out
 
 
-def dense_torch(layers: list[tuple[np.ndarray, np.ndarray]]) -> nn.Sequential:
-    """The folded MLP as ``torch.nn.Linear`` layers with ReLU between them."""
+def dense_torch(layers: list[tuple[np.ndarray, np.ndarray]], relu_last: bool = False) -> nn.Sequential:
+    """The folded MLP as ``torch.nn.Linear`` layers with ReLU between them (and after the last with ``relu_last``)."""
     mods: list[nn.Module] = []
     for i, (w, b) in enumerate(layers):
         lin = nn.Linear(w.shape[0], w.shape[1])
@@ -241,9 +248,26 @@ def dense_torch(layers: list[tuple[np.ndarray, np.ndarray]]) -> nn.Sequential:
             lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
             lin.bias.copy_(torch.from_numpy(b))
         mods.append(lin)
-        if i < len(layers) - 1:
+        if i < len(layers) - 1 or relu_last:
             mods.append(nn.ReLU())
     return nn.Sequential(*mods).eval()
+
+
+class DenseWithExtero(nn.Module):
+    """The exported two-input policy in torch: the exteroception encoder, its output after the flat observation,
+    then the folded MLP (``forward(flat, extero)``)."""
+
+    def __init__(self, layers, extero):
+        super().__init__()
+        self.encoder, self.mlp = dense_torch(extero, relu_last=True), dense_torch(layers)
+
+    def forward(self, flat: torch.Tensor, extero: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.cat([flat, self.encoder(extero)], dim=1))
+
+
+def dense_student(s: "Subjects") -> nn.Module:
+    """The folded student as a torch module: ``module(flat)``, or ``module(flat, extero)`` with exteroception."""
+    return DenseWithExtero(s.layers, s.extero).eval() if s.extero else dense_torch(s.layers)
 
 
 def _has_per_token_weights(params: dict) -> bool:
@@ -261,28 +285,38 @@ def make_callers(s: Subjects, batch: int, seed: int = 0) -> dict[str, Callable[[
 
     x = torch.from_numpy(rng.standard_normal((batch, T, S), np.float32))
     mask = obs["obs_mask"]
+    ext = obs.get("extero")  # the student reads the same exteroception as the teacher
+    extra = {"extero": ext} if ext is not None else {}
     params = _generated(s)
     if _has_per_token_weights(params):
         rows = _per_row(params, batch)
         real = (~mask).to(torch.float32)
         n_real = real.sum(-1, keepdim=True).clamp(min=1.0)
-        callers["hnmlp-per-token"] = lambda: per_row_forward(rows, x, real, n_real)
+        encoder = getattr(s.student, "extero_encoder", None)
+        if ext is None:
+            callers["hnmlp-per-token"] = lambda: per_row_forward(rows, x, real, n_real)
+        elif encoder is not None and "w_ext" in rows:
+            callers["hnmlp-per-token"] = lambda: per_row_forward(rows, x, real, n_real, encoder(ext))
     index = torch.zeros(batch, dtype=torch.long)
-    callers["student-batched"] = lambda: s.student.forward_with(params, x, mask, index)
-    dense = dense_torch(s.layers)
+    callers["student-batched"] = lambda: s.student.forward_with(params, x, mask, index, **extra)
+    dense = dense_student(s)
     flat = x.reshape(batch, T * S)
-    callers["dense-torch"] = lambda: dense(flat)
+    callers["dense-torch"] = (lambda: dense(flat, ext)) if ext is not None else (lambda: dense(flat))
     mean, var = s.runtime.mean, s.runtime.std ** 2
     raw = (mean + np.sqrt(var) * rng.standard_normal((batch, T * S))).astype(np.float32)
     out = np.empty((batch, s.runtime.output_size), np.float32)
     on_numpy = _numpy_only(s.runtime)
-    callers["numpy-runtime"] = lambda: on_numpy.act(raw, out=out)
+    ext_np = ext.numpy() if ext is not None else None
+    if ext_np is not None:
+        callers["numpy-runtime"] = lambda: on_numpy.act(raw, ext_np, out=out)
+    else:
+        callers["numpy-runtime"] = lambda: on_numpy.act(raw, out=out)
     if batch == 1 and s.runtime._prepare_kernel():
         row, one = raw[0].copy(), np.empty(s.runtime.output_size, np.float32)
         callers["compiled-runtime"] = lambda: s.runtime.act(row, out=one)
     session = _onnx_session(s)
     if session is not None:
-        feed = {"obs": raw}
+        feed = {"obs": raw, **({"extero": ext_np} if ext_np is not None else {})}
         callers["onnxruntime"] = lambda: session.run(None, feed)
     return callers
 
@@ -319,7 +353,8 @@ def _onnx_session(s: Subjects):
         return None
 
     norm = s.policy.normalizer
-    model = onnx_model_bytes(s.layers, np.asarray(norm.rms.mean), np.asarray(norm.rms.var), norm.clip, norm.epsilon)
+    model = onnx_model_bytes(s.layers, np.asarray(norm.rms.mean), np.asarray(norm.rms.var), norm.clip, norm.epsilon,
+                             extero=s.extero)
     return onnx_session(model, threads=torch.get_num_threads())
 
 
@@ -387,11 +422,17 @@ def count_costs(s: Subjects) -> dict[str, Any]:
     else:
         teacher["analytic"] = {**F.analytic_cost(lambda: actor(obs), s.teacher, batch).to_dict(), "style": "linear layers"}
 
-    dense = dense_torch(s.layers)
-    flat = torch.zeros(batch, s.layers[0][0].shape[0])
+    dense = dense_student(s)
+    if s.extero:  # the encoder runs at every step too: counted in both conventions
+        flat = torch.zeros(batch, s.runtime.input_size)
+        ext = torch.zeros(batch, s.layout.extero_features)
+        call = lambda: dense(flat, ext)  # noqa: E731
+    else:
+        flat = torch.zeros(batch, s.layers[0][0].shape[0])
+        call = lambda: dense(flat)  # noqa: E731
     student = {
-        "measured": {"flops": F.measured_flops(lambda: dense(flat), batch), "params": F.parameter_count(dense)},
-        "analytic": F.dense_cost(s.layers).to_dict(),
+        "measured": {"flops": F.measured_flops(call, batch), "params": F.parameter_count(dense)},
+        "analytic": (F.dense_cost(s.layers) + F.dense_cost(s.extero)).to_dict(),
     }
     # what the other ways of running the student execute, for reference (FlopCounterMode, per sample)
     callers = make_callers(s, batch)

@@ -85,7 +85,7 @@ def compare_cmd(domain_name: str, policies_spec: str, split_spec: str, num_tasks
         splits[label] = resolve_tasks(domain, None, None, num_tasks, tasks_dir)
         split_names.append(label)
     device = check_device(device)
-    policies = {name: load_policy(path, domain=domain.name, device=device, seed=seed) for name, path in paths.items()}
+    policies = {name: load_policy(path, domain=domain, device=device, seed=seed) for name, path in paths.items()}
     if out_dir is not None:
         prepare_output_dir(out_dir)  # before the evaluations, so their results cannot be lost to a bad --out
     total = sum(len(t) for t in splits.values()) * len(policies)

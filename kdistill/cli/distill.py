@@ -191,7 +191,7 @@ def _run_dagger(domain_name, data_path, student, student_config, student_preset,
         from kdistill.tasks import select_tasks
 
         select_tasks(domain, tasks_dir=tasks_dir)
-    teacher = load_policy(teacher_path, domain=domain.name, device=check_device(device), seed=seed or 0)
+    teacher = load_policy(teacher_path, domain=domain, device=check_device(device), seed=seed or 0)
     if teacher.kind not in ("teacher", "experts"):
         raise KdistillError(f"--teacher {teacher_path} holds a {teacher.kind!r} policy; pass a teacher run or experts.")
     sha = teacher.meta.get("weights_sha256")

@@ -72,7 +72,7 @@ def eval_cmd(domain_name: str, policy_path: str, task_names: str | None, split: 
     domain = get_domain(domain_name, data_dir=data_dir)
     tasks = resolve_tasks(domain, task_names, split or (None if task_names or tasks_dir else "train"), num_tasks, tasks_dir,
                           progress=progress_lines())
-    policy = load_policy(policy_path, domain=domain.name, device=check_device(device), seed=seed)
+    policy = load_policy(policy_path, domain=domain, device=check_device(device), seed=seed)
     if out_dir is not None:
         prepare_output_dir(out_dir)  # before the evaluation, so its results cannot be lost to a bad --out
     with open_executor(executor_name, workers, address) as executor, \

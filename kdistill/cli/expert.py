@@ -78,7 +78,7 @@ def collect_cmd(domain_name: str, teacher_path: str, out: str, task_names: str |
     domain = get_domain(domain_name, data_dir=data_dir)
     tasks = resolve_tasks(domain, task_names, split or (None if task_names or tasks_dir else "train"), num_tasks, tasks_dir,
                           progress=progress_lines())
-    teacher = load_policy(teacher_path, domain=domain.name, device=check_device(device), seed=seed)
+    teacher = load_policy(teacher_path, domain=domain, device=check_device(device), seed=seed)
     if teacher.kind not in ("teacher", "experts"):
         raise KdistillError(f"{teacher_path} holds a {teacher.kind!r} policy; pass a teacher run from `kdistill teacher "
                             f"train` or per-task experts from `kdistill experts export`.")

@@ -59,11 +59,11 @@ def export_cmd(domain_name: str, student_path: str, task: str, out: str, fmt: st
         check_export_target(out)
     domain = get_domain(domain_name, data_dir=data_dir)
     task = select_tasks(domain, tasks=task, tasks_dir=tasks_dir, progress=progress_lines())[0]
-    policy = load_student_run(student_path, domain.name)
+    policy = load_student_run(student_path, domain)
     context = domain.context(task)
     if fmt == "onnx":
         check = random_student_observations(policy, check_samples) if check_samples > 0 else None
-        info = export_onnx(policy, task, context, out, source=str(student_path), domain=domain.name, check_obs=check)
+        info = export_onnx(policy, task, context, out, source=str(student_path), domain=domain, check_obs=check)
         if as_json:
             print_json(info)
             return
@@ -86,7 +86,7 @@ def export_cmd(domain_name: str, student_path: str, task: str, out: str, fmt: st
             console.print(f"compiled and run: matches the student within {info['check']:.2e} on {check_samples} "
                           f"random observations", markup=False)
         return
-    info = export_policy(policy, task, context, out, source=str(student_path), domain=domain.name)
+    info = export_policy(policy, task, context, out, source=str(student_path), domain=domain)
     if check_samples > 0:
         info["check"] = {"samples": check_samples,
                          "max_abs_diff": export_parity(policy, task, context, runtime.load(out), check_samples)}

@@ -55,7 +55,7 @@ def render_cmd(domain_name: str, policy_spec: str, task: str, out: str, steps: i
     paths = parse_policies(policy_spec) if "=" in policy_spec else {"policy": policy_spec}
     domain = get_domain(domain_name, data_dir=data_dir)
     task = select_tasks(domain, tasks=task, tasks_dir=tasks_dir, progress=progress_lines(as_json))[0]
-    policies = {name: load_policy(p, domain=domain.name, seed=seed) for name, p in paths.items()}
+    policies = {name: load_policy(p, domain=domain, seed=seed) for name, p in paths.items()}
     if len(policies) == 1:
         name = next(iter(policies))
         policies = {f"{policies[name].kind}" if name == "policy" else name: policies[name]}

@@ -4,6 +4,10 @@ The hypernetwork runs once here; its output for the task is folded into dense la
 student observation (``Student.fold``): the per-token input weights and the masked mean over real tokens
 become one ``(T*S, H)`` layer whose rows for padded tokens are zero. The observation normaliser cannot be
 folded into the weights (it clips), so it is stored beside them. File layout: see ``kdistill.deploy.runtime``.
+
+A student that reads exteroception also exports its encoder (``Student.fold_extero``), the same for every task: the
+export then has two inputs, the flat observation and the raw ``extero`` vector (runtime and ONNX); the C export
+refuses it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,33 @@ def fold_policy(policy: StudentPolicy, context: TaskContext) -> list[tuple[np.nd
         params = policy.student.generate(tokens, mask)
         layers = policy.student.fold(params, mask[0])
     return [(w.detach().cpu().numpy().astype(np.float32), b.detach().cpu().numpy().astype(np.float32)) for w, b in layers]
+
+
+def extero_layers(policy: StudentPolicy) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The student's exteroception encoder as float32 ``[(weight (in, out), bias), ...]`` (ReLU after every layer);
+    [] for a student without one."""
+    fold_extero = getattr(policy.student, "fold_extero", None)  # plugin students without exteroception may lack it
+    with torch.no_grad():
+        layers = fold_extero() if fold_extero is not None else []
+    return [(w.detach().cpu().numpy().astype(np.float32), b.detach().cpu().numpy().astype(np.float32)) for w, b in layers]
+
+
+def _extero_meta(policy: StudentPolicy, encoder: list) -> dict[str, Any]:
+    if not encoder:
+        return {}
+    return {"extero": {"features": int(encoder[0][0].shape[0]), "joins": "layer0",
+                       "layers": [{"in": int(w.shape[0]), "out": int(w.shape[1]), "activation": "relu"} for w, _ in encoder]}}
+
+
+def _domain_fields(domain, policy: StudentPolicy) -> dict[str, str]:
+    """``domain`` (and ``task_kind``, when not the default) of an export: from ``domain`` (a name or a ``Domain``),
+    else the student's checkpoint."""
+    if domain is not None and not isinstance(domain, str):
+        from kdistill.domain import task_kind_meta
+
+        return {"domain": domain.name, **task_kind_meta(domain)}
+    kind = policy.meta.get("task_kind")
+    return {"domain": domain or policy.meta.get("domain", ""), **({"task_kind": kind} if kind else {})}
 
 
 def _is_export_json(path: Path) -> bool:
@@ -70,26 +101,24 @@ def export_policy(policy: StudentPolicy, task: str, context: TaskContext, out: s
     from safetensors.numpy import save as st_save
 
     layout = policy.layout
-    layers = fold_policy(policy, context)
-    bad = first_non_finite({f"layer{i}": w for i, (w, _) in enumerate(layers)}
-                           | {f"layer{i} bias": b for i, (_, b) in enumerate(layers)})
-    if bad is not None:
-        raise NonFiniteError(f"the student's generated MLP for {task!r} has NaN or infinity in {bad}; nothing was "
-                             f"exported. The student is damaged: distill it again.")
+    layers, encoder = _checked_layers(policy, task, context)
     norm = policy.normalizer
     tensors: dict[str, np.ndarray] = {}
     for i, (w, b) in enumerate(layers):
         tensors[f"layer{i}.weight"] = np.ascontiguousarray(w)
         tensors[f"layer{i}.bias"] = np.ascontiguousarray(b)
+    for j, (w, b) in enumerate(encoder):
+        tensors[f"extero{j}.weight"] = np.ascontiguousarray(w)
+        tensors[f"extero{j}.bias"] = np.ascontiguousarray(b)
     tensors["norm.mean"] = np.ascontiguousarray(np.asarray(norm.rms.mean, np.float64).reshape(-1))
     tensors["norm.var"] = np.ascontiguousarray(np.asarray(norm.rms.var, np.float64).reshape(-1))
     blob = st_save(tensors)
     weights_path, json_path = export_paths(out)
-    num_params = int(sum(w.size + b.size for w, b in layers))
+    num_params = int(sum(w.size + b.size for w, b in layers + encoder))
     meta = {
         "format": FORMAT,
         "task": task,
-        "domain": domain or policy.meta.get("domain", ""),
+        **_domain_fields(domain, policy),
         "student": policy.meta.get("arch", policy.student.name),
         "source": source,
         "input": {"tokens": layout.max_tokens, "features_per_token": layout.student_token_features,
@@ -97,12 +126,13 @@ def export_policy(policy: StudentPolicy, task: str, context: TaskContext, out: s
                   "flat_size": layout.max_tokens * layout.student_token_features},
         "layers": [{"in": int(w.shape[0]), "out": int(w.shape[1]),
                     "activation": "relu" if i < len(layers) - 1 else None} for i, (w, _) in enumerate(layers)],
+        **_extero_meta(policy, encoder),
         "normalizer": {"clip": norm.clip, "epsilon": norm.epsilon},
         "act_mask": np.asarray(context.act_mask, bool).tolist(),
         "num_actions": layout.num_actions,
         "action_std": policy.action_std,
         "num_params": num_params,
-        "flops": int(sum(2 * w.size for w, _ in layers)),
+        "flops": int(sum(2 * w.size for w, _ in layers + encoder)),
         "weights_file": weights_path.name,
         "weights_sha256": hashlib.sha256(blob).hexdigest(),
     }
@@ -111,13 +141,32 @@ def export_policy(policy: StudentPolicy, task: str, context: TaskContext, out: s
     return {**meta, "files": [str(weights_path), str(json_path)]}
 
 
-def load_student_run(run: str | Path, domain: str | None = None) -> StudentPolicy:
-    """The student policy of a run folder (or checkpoint folder), checked against ``domain``."""
+def _checked_layers(policy: StudentPolicy, task: str, context: TaskContext) -> tuple[list, list]:
+    """The task's folded MLP and the exteroception encoder, refused when anything is not finite."""
+    layers, encoder = fold_policy(policy, context), extero_layers(policy)
+    bad = first_non_finite({f"layer{i}": w for i, (w, _) in enumerate(layers)}
+                           | {f"layer{i} bias": b for i, (_, b) in enumerate(layers)}
+                           | {f"extero layer{j}": w for j, (w, _) in enumerate(encoder)}
+                           | {f"extero layer{j} bias": b for j, (_, b) in enumerate(encoder)})
+    if bad is not None:
+        raise NonFiniteError(f"the student's generated MLP for {task!r} has NaN or infinity in {bad}; nothing was "
+                             f"exported. The student is damaged: distill it again.")
+    return layers, encoder
+
+
+def load_student_run(run: str | Path, domain=None) -> StudentPolicy:
+    """The student policy of a run folder (or checkpoint folder), checked against ``domain`` (a name, or a
+    ``Domain``, whose kind of task is then checked too)."""
+    from kdistill.domain import check_task_kind
+
     tensors, meta = load_run_checkpoint(run)
     if meta.get("kind") != "student":
         raise CheckpointError(f"{run} holds a {meta.get('kind')!r} checkpoint; export needs a student run from `kdistill distill`.")
-    if domain is not None and meta.get("domain") != domain:
-        raise CheckpointError(f"{run} is a {meta.get('domain')!r} student, not {domain!r}.")
+    name = domain if domain is None or isinstance(domain, str) else domain.name
+    if name is not None and meta.get("domain") != name:
+        raise CheckpointError(f"{run} is a {meta.get('domain')!r} student, not {name!r}.")
+    if domain is not None and not isinstance(domain, str):
+        check_task_kind(meta, domain, str(run))
     with malformed(f"the checkpoint meta.json in {run}", "use another checkpoint or distill the student again."):
         return load_student_policy(tensors, meta)
 
@@ -147,9 +196,12 @@ def _import_onnx():
 
 
 def onnx_model_bytes(layers: list[tuple[np.ndarray, np.ndarray]], mean: np.ndarray, var: np.ndarray, clip: float,
-                     epsilon: float, metadata: dict[str, Any] | None = None) -> bytes:
+                     epsilon: float, metadata: dict[str, Any] | None = None,
+                     extero: list[tuple[np.ndarray, np.ndarray]] = ()) -> bytes:
     """A serialised ONNX model of the exported policy: input ``obs`` float32 ``(N, T*S)`` (the raw flat student
-    observation, as ``kdistill.deploy.runtime`` reads it), output ``mu`` float32 ``(N, T*A)``.
+    observation, as ``kdistill.deploy.runtime`` reads it), output ``mu`` float32 ``(N, T*A)``. With an ``extero``
+    encoder (ReLU after every layer) a second input ``extero`` float32 ``(N, E)`` runs through it, and its output
+    is concatenated after the normalised observation before the first layer.
 
     The graph is the training-time normaliser, ``clip((obs - mean) / sqrt(var + eps), -clip, clip)``, then the
     dense layers (``MatMul`` + ``Add``, ``Relu`` between them). ``metadata`` goes into the model's metadata_props
@@ -166,7 +218,17 @@ def onnx_model_bytes(layers: list[tuple[np.ndarray, np.ndarray]], mean: np.ndarr
              numpy_helper.from_array(np.array(clip, np.float32), "clip_high")]
     nodes = [helper.make_node("Sub", ["obs", "norm_mean"], ["centred"]),
              helper.make_node("Div", ["centred", "norm_std"], ["scaled"]),
-             helper.make_node("Clip", ["scaled", "clip_low", "clip_high"], ["h0"])]
+             helper.make_node("Clip", ["scaled", "clip_low", "clip_high"], ["h0" if not extero else "normed"])]
+    inputs = []
+    if extero:
+        for j, (w, b) in enumerate(extero):
+            inits += [numpy_helper.from_array(np.ascontiguousarray(w, np.float32), f"extero{j}.weight"),
+                      numpy_helper.from_array(np.ascontiguousarray(b, np.float32), f"extero{j}.bias")]
+            nodes += [helper.make_node("MatMul", ["extero" if j == 0 else f"e{j}", f"extero{j}.weight"], [f"ez{j + 1}"]),
+                      helper.make_node("Add", [f"ez{j + 1}", f"extero{j}.bias"], [f"ea{j + 1}"]),
+                      helper.make_node("Relu", [f"ea{j + 1}"], [f"e{j + 1}"])]
+        nodes.append(helper.make_node("Concat", ["normed", f"e{len(extero)}"], ["h0"], axis=1))
+        inputs.append(helper.make_tensor_value_info("extero", TensorProto.FLOAT, ["batch", int(extero[0][0].shape[0])]))
     last = len(layers) - 1
     for i, (w, b) in enumerate(layers):
         inits += [numpy_helper.from_array(np.ascontiguousarray(w, np.float32), f"layer{i}.weight"),
@@ -176,9 +238,10 @@ def onnx_model_bytes(layers: list[tuple[np.ndarray, np.ndarray]], mean: np.ndarr
         nodes.append(helper.make_node("Add", [f"z{i + 1}", f"layer{i}.bias"], [out if i == last else f"a{i + 1}"]))
         if i != last:
             nodes.append(helper.make_node("Relu", [f"a{i + 1}"], [f"h{i + 1}"]))
-    inp = helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", int(layers[0][0].shape[0])])
+    joined = int(extero[-1][0].shape[1]) if extero else 0
+    inp = helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", int(layers[0][0].shape[0]) - joined])
     outp = helper.make_tensor_value_info("mu", TensorProto.FLOAT, ["batch", int(layers[-1][0].shape[1])])
-    graph = helper.make_graph(nodes, "kdistill_policy", [inp], [outp], initializer=inits)
+    graph = helper.make_graph(nodes, "kdistill_policy", [inp, *inputs], [outp], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], producer_name="kdistill")
     model.ir_version = 8  # readable by every onnxruntime since 1.10
     props = {"format": ONNX_FORMAT, **(metadata or {})}
@@ -233,38 +296,38 @@ def export_onnx(policy: StudentPolicy, task: str, context: TaskContext, out: str
     is first run with onnxruntime and compared with the student, and nothing is written unless the largest
     difference is within ``ONNX_TOLERANCE``. Returns the export's description."""
     layout = policy.layout
-    layers = fold_policy(policy, context)
-    bad = first_non_finite({f"layer{i}": w for i, (w, _) in enumerate(layers)}
-                           | {f"layer{i} bias": b for i, (_, b) in enumerate(layers)})
-    if bad is not None:
-        raise NonFiniteError(f"the student's generated MLP for {task!r} has NaN or infinity in {bad}; nothing was "
-                             f"exported. The student is damaged: distill it again.")
+    layers, encoder = _checked_layers(policy, task, context)
     norm = policy.normalizer
     path = onnx_path(out)
     meta = {
-        "task": task, "domain": domain or policy.meta.get("domain", ""),
+        "task": task, **_domain_fields(domain, policy),
         "student": policy.meta.get("arch", policy.student.name), "source": source,
         "input": {"name": "obs", "tokens": layout.max_tokens, "features_per_token": layout.student_token_features,
                   "student_features": list(layout.student_features),
                   "flat_size": layout.max_tokens * layout.student_token_features},
+        **({"extero": {"name": "extero", "features": layout.extero_features}} if encoder else {}),
         "output": {"name": "mu", "num_actions": layout.num_actions},
         "act_mask": np.asarray(context.act_mask, bool).tolist(),
         "action_std": policy.action_std,
     }
     blob = onnx_model_bytes(layers, np.asarray(norm.rms.mean), np.asarray(norm.rms.var), norm.clip, norm.epsilon,
-                            metadata=meta)
+                            metadata=meta, extero=encoder)
     info: dict[str, Any] = {"format": ONNX_FORMAT, **meta, "opset": ONNX_OPSET,
                             "layers": [{"in": int(w.shape[0]), "out": int(w.shape[1])} for w, _ in layers],
-                            "num_params": int(sum(w.size + b.size for w, b in layers)),
-                            "flops": int(sum(2 * w.size for w, _ in layers))}
+                            "num_params": int(sum(w.size + b.size for w, b in layers + encoder)),
+                            "flops": int(sum(2 * w.size for w, _ in layers + encoder))}
     if check_obs is not None and len(check_obs):
         x = np.ascontiguousarray(check_obs, np.float32)
-        got = onnx_session(blob).run(["mu"], {"obs": x})[0]
+        feed = {"obs": x}
         T, S = layout.max_tokens, layout.student_token_features
         raw = np.zeros((len(x), T, layout.obs_features), np.float32)
         raw[..., list(layout.student_features)] = x.reshape(len(x), T, S)
+        obs = {"obs": raw, "obs_mask": np.broadcast_to(context.mask, (len(x), T))}
+        if encoder:
+            feed["extero"] = obs["extero"] = random_extero(policy, len(x))
+        got = onnx_session(blob).run(["mu"], feed)[0]
         policy.prepare(task, context)
-        want = policy.act({"obs": raw, "obs_mask": np.broadcast_to(context.mask, (len(x), T))})
+        want = policy.act(obs)
         diff = float(np.max(np.abs(got - want)))
         info["check"] = {"samples": int(len(x)), "max_abs_diff": diff, "tolerance": ONNX_TOLERANCE,
                          "runtime": "onnxruntime"}
@@ -286,6 +349,12 @@ def random_student_observations(policy: StudentPolicy, samples: int, seed: int =
     return x.reshape(samples, layout.max_tokens * layout.student_token_features).astype(np.float32)
 
 
+def random_extero(policy: StudentPolicy, samples: int, seed: int = 0) -> np.ndarray:
+    """Random raw ``extero`` vectors ``(samples, E)`` for export checks: heights of a few metres either way (the
+    exteroception is not normalised, so there are no statistics to draw around)."""
+    return np.random.default_rng([seed, 1]).uniform(-2.0, 2.0, (samples, policy.layout.extero_features)).astype(np.float32)
+
+
 def export_parity(policy: StudentPolicy, task: str, context: TaskContext, exported, samples: int, seed: int = 0) -> float:
     """Largest difference between the student and its loaded export (``runtime.load``) on random env observations."""
     layout = policy.layout
@@ -295,12 +364,18 @@ def export_parity(policy: StudentPolicy, task: str, context: TaskContext, export
     raw[..., list(layout.student_features)] = (np.asarray(policy.normalizer.rms.mean)
                                                 + std * rng.standard_normal((samples, *std.shape)))
     obs = {"obs": raw, "obs_mask": np.broadcast_to(context.mask, (samples, layout.max_tokens))}
+    if layout.extero_features:
+        obs["extero"] = random_extero(policy, samples, seed)
     policy.prepare(task, context)
     return float(np.max(np.abs(policy.act(obs) - exported.act_obs(obs))))
 
 
 def export_c(policy: StudentPolicy, task: str, context: TaskContext, out: str | Path, check_samples: int) -> dict[str, Any]:
     """One task's generated MLP as C99 (STEM.c + STEM.h); compiled and compared with the student when a compiler exists."""
+    if getattr(policy.student, "extero_encoder", None) is not None:
+        raise KdistillError(f"--format c exports one dense chain, and this student also reads exteroception ('extero', "
+                            f"{policy.layout.extero_features} values) through its own encoder; export it as safetensors "
+                            f"(the default) or --format onnx, which take both inputs.")
     stem = Path(out)
     if stem.suffix in (".c", ".h"):
         stem = stem.with_suffix("")

@@ -13,6 +13,12 @@ features, flattened token-major to ``T*S`` values. It normalises it exactly as t
     mu = policy.act(flat_obs)                 # (N, T*S) -> (N, T*A), or (T*S,) -> (T*A,)
     mu = policy.act_obs(env_obs)              # from an env observation dict
 
+A student that reads exteroception (a layout with ``extero_features``, e.g. a height map) is exported with a
+second input: its encoder ``extero<j>.weight`` / ``extero<j>.bias`` (ReLU after every layer; JSON ``extero``) runs
+on the raw ``extero`` vector, and its output follows the normalised flat observation as the first layer's input::
+
+    mu = policy.act(flat_obs, extero)         # (N, T*S), (N, E) -> (N, T*A)
+
 Buffers are allocated once per batch size and reused, so a control loop allocates nothing but the result
 (pass ``out=`` to avoid that too). The normaliser's division is folded into the first layer's weights, so a
 step is: subtract the mean, clip, then per layer one ``matmul`` into its buffer, bias add and ReLU in place.
@@ -92,7 +98,7 @@ def _check_export(meta: dict, arrays: dict[str, np.ndarray], json_path: Path, we
         return DataError(f"{path} {what}; the export is damaged, export it again.")
 
     _check_meta(meta, bad)
-    _check_tensors(arrays, len(meta["layers"]), lambda what: bad(what, weights_path))
+    _check_tensors(arrays, len(meta["layers"]), lambda what: bad(what, weights_path), _extero_count(meta))
     _check_shapes(meta, arrays, bad, lambda what: bad(what, weights_path))
 
 
@@ -111,11 +117,22 @@ def _check_meta(meta: dict, bad) -> None:
         raise bad("has no valid 'normalizer' (clip > 0, epsilon >= 0)")
     if not isinstance(act_mask, list) or not act_mask or not all(isinstance(v, bool) for v in act_mask):
         raise bad("has no valid 'act_mask' (a list of true/false)")
+    extero = meta.get("extero")
+    if extero is not None and not (isinstance(extero, dict) and isinstance(extero.get("features"), int)
+                                   and extero["features"] > 0 and isinstance(extero.get("layers"), list)
+                                   and 1 <= len(extero["layers"]) <= 256):
+        raise bad("has no valid 'extero' (features > 0 and a list of layers)")
 
 
-def _check_tensors(arrays: dict[str, np.ndarray], n: int, bad) -> None:
-    """Every layer's weight and bias and the normaliser's mean and var: present, floating point, finite."""
+def _extero_count(meta: dict) -> int:
+    return len(meta["extero"]["layers"]) if meta.get("extero") is not None else 0
+
+
+def _check_tensors(arrays: dict[str, np.ndarray], n: int, bad, n_extero: int = 0) -> None:
+    """Every layer's weight and bias (the exteroception encoder's too) and the normaliser's mean and var: present,
+    floating point, finite."""
     names = [f"layer{i}.{kind}" for i in range(n) for kind in ("weight", "bias")] + ["norm.mean", "norm.var"]
+    names += [f"extero{j}.{kind}" for j in range(n_extero) for kind in ("weight", "bias")]
     for name in names:
         if name not in arrays:
             raise bad(f"lacks tensor {name!r}")
@@ -137,7 +154,8 @@ def _check_shapes(meta: dict, arrays: dict[str, np.ndarray], bad_json, bad_weigh
         if width is not None and w.shape[0] != width:
             raise bad_weights(f"has layer {i} taking {w.shape[0]} inputs after a layer of {width} outputs")
         width = w.shape[1]
-    in_size = arrays["layer0.weight"].shape[0]
+    joined = _check_extero_shapes(meta, arrays, bad_json, bad_weights)
+    in_size = arrays["layer0.weight"].shape[0] - joined
     want_in = inp["tokens"] * len(inp["student_features"])
     if in_size != want_in or ("flat_size" in inp and inp["flat_size"] != in_size):
         raise bad_json(f"says the input is {inp['tokens']} tokens x {len(inp['student_features'])} features "
@@ -151,6 +169,23 @@ def _check_shapes(meta: dict, arrays: dict[str, np.ndarray], bad_json, bad_weigh
         raise bad_json(f"has an act_mask of {len(act_mask)} slots but the last layer writes {width} actions")
 
 
+def _check_extero_shapes(meta: dict, arrays: dict[str, np.ndarray], bad_json, bad_weights) -> int:
+    """The exteroception encoder chains from ``extero.features`` inputs; returns its output size (0 without one)."""
+    n = _extero_count(meta)
+    width = meta["extero"]["features"] if n else 0
+    for j in range(n):
+        w, b = arrays[f"extero{j}.weight"], arrays[f"extero{j}.bias"]
+        if w.ndim != 2 or b.ndim != 1 or b.shape[0] != w.shape[1] or 0 in w.shape:
+            raise bad_weights(f"has extero layer {j} of weight shape {w.shape} and bias shape {b.shape}, which do not fit")
+        if w.shape[0] != width:
+            raise (bad_json if j == 0 else bad_weights)(f"has extero layer {j} taking {w.shape[0]} inputs, not {width}")
+        width = w.shape[1]
+    if n and arrays["layer0.weight"].shape[0] <= width:
+        raise bad_weights(f"has a first layer of {arrays['layer0.weight'].shape[0]} inputs, too few for the "
+                          f"observation and the {width} encoded extero values")
+    return width
+
+
 def export_paths(path: str | Path) -> tuple[Path, Path]:
     """``(weights, json)`` paths of an export given either file or their common stem."""
     path = Path(path)
@@ -162,7 +197,11 @@ class ExportedPolicy:
     """A dense MLP for one task, with its observation normaliser; numpy only."""
 
     def __init__(self, weights: list[np.ndarray], biases: list[np.ndarray], mean: np.ndarray, var: np.ndarray,
-                 clip: float, epsilon: float, meta: dict):
+                 clip: float, epsilon: float, meta: dict, extero: list[tuple[np.ndarray, np.ndarray]] = ()):
+        # the exteroception encoder [(weight (in, out), bias)], ReLU after every layer; empty without one
+        self.extero = [(np.ascontiguousarray(w, np.float32), np.ascontiguousarray(b, np.float32)) for w, b in extero]
+        self.extero_size = int(self.extero[0][0].shape[0]) if self.extero else 0
+        joined = int(self.extero[-1][0].shape[1]) if self.extero else 0
         self.weights = [np.ascontiguousarray(w, np.float32) for w in weights]
         self.biases = [np.ascontiguousarray(b, np.float32) for b in biases]
         self.mean = np.ascontiguousarray(mean, np.float64)
@@ -174,15 +213,16 @@ class ExportedPolicy:
         self.student_features = list(meta["input"]["student_features"])
         self.tokens = int(meta["input"]["tokens"])
         self.act_mask = np.asarray(meta["act_mask"], bool)
-        self.input_size = self.weights[0].shape[0]
+        self.input_size = self.weights[0].shape[0] - joined  # the flat observation's size
         self.output_size = self.weights[-1].shape[1]
         # clip((x - mean) / std, -c, c) @ W == clip(x - mean, -c*std, c*std) @ (W / std): the division moves into
         # the first layer's weights. The mean stays a subtraction, not a bias, to avoid cancellation in float32.
         self._mean32 = self.mean.astype(np.float32)
         self._high = (self.clip * self.std).astype(np.float32)
         self._low = -self._high
-        first = (self.weights[0].astype(np.float64) / self.std[:, None]).astype(np.float32)
+        first = (self.weights[0][:self.input_size].astype(np.float64) / self.std[:, None]).astype(np.float32)
         self._layers = [first] + self.weights[1:]
+        self._joined = self.weights[0][self.input_size:]  # the encoded extero's rows of the first layer
         self._plans: dict[int, tuple] = {}
         self._kernel = None  # the compiled batch-1 path (kdistill.deploy.kernel), prepared on first use
         self.use_kernel = True  # False: numpy only
@@ -190,12 +230,12 @@ class ExportedPolicy:
     # sizes -------------------------------------------------------------------------------------------
     @property
     def num_params(self) -> int:
-        return int(sum(w.size + b.size for w, b in zip(self.weights, self.biases)))
+        return int(sum(w.size + b.size for w, b in [*zip(self.weights, self.biases), *self.extero]))
 
     @property
     def flops(self) -> int:
         """Multiply-adds counted as 2 FLOPs per weight (the reference's convention), per sample."""
-        return int(sum(2 * w.size for w in self.weights))
+        return int(sum(2 * w.size for w in [*self.weights, *(w for w, _ in self.extero)]))
 
     # running -----------------------------------------------------------------------------------------
     def _plan(self, n: int) -> tuple:
@@ -223,12 +263,15 @@ class ExportedPolicy:
         self._plans[n] = plan
         return plan
 
-    def act(self, flat_obs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Mean actions for raw flat student observations ``(N, T*S)`` (or one ``(T*S,)``)."""
+    def act(self, flat_obs: np.ndarray, extero: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        """Mean actions for raw flat student observations ``(N, T*S)`` (or one ``(T*S,)``), and for a policy that
+        reads exteroception its raw ``extero`` ``(N, E)`` (or ``(E,)``)."""
         x = flat_obs if isinstance(flat_obs, np.ndarray) else np.asarray(flat_obs)
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise DataError(f"exported policy for {self.task!r} takes flat observations of {self.input_size} values "
                             f"(tokens x student features), got shape {np.shape(flat_obs)}.")
+        if self.extero or extero is not None:
+            return self._act_extero(x, extero, out)
         batched = x.ndim == 2
         n = x.shape[0] if batched else 1
         if n == 1 and self.use_kernel:
@@ -264,9 +307,33 @@ class ExportedPolicy:
             return result.reshape(1, -1).copy()
         return result.copy()
 
-    def _prepare_kernel(self):
-        """The compiled path for one observation, or False when no compiler is available (numpy then)."""
+    def _act_extero(self, x: np.ndarray, extero: np.ndarray | None, out: np.ndarray | None) -> np.ndarray:
+        """The two-input step (numpy, no preallocated plans): encoder on ``extero``, its output joins layer 0."""
+        if not self.extero:
+            raise DataError(f"exported policy for {self.task!r} reads no exteroception; call act(flat_obs) alone.")
+        e = None if extero is None else np.asarray(extero, np.float32)
+        if e is None or e.ndim != x.ndim or e.shape[-1] != self.extero_size or (x.ndim == 2 and len(e) != len(x)):
+            raise DataError(f"exported policy for {self.task!r} reads exteroception: pass extero of shape "
+                            f"{('(N, ' if x.ndim == 2 else '(') + str(self.extero_size)}) with the observations, got "
+                            f"{None if extero is None else np.shape(extero)}.")
+        for w, b in self.extero:
+            e = np.maximum(e @ w + b, 0.0)
+        z = np.clip(x.astype(np.float32) - self._mean32, self._low, self._high)
+        h = z @ self._layers[0] + e @ self._joined + self.biases[0]
+        for w, b in zip(self._layers[1:], self.biases[1:]):
+            h = np.maximum(h, 0.0) @ w + b
+        h = h.astype(np.float32, copy=False)
+        if out is not None:
+            out[...] = h.reshape(out.shape)
+            return out
+        return h
 
+    def _prepare_kernel(self):
+        """The compiled path for one observation, or False when no compiler is available (numpy then) or the policy
+        reads exteroception (the kernel runs one dense chain)."""
+        if self.extero:
+            self._kernel = False
+            return False
         fn = load_kernel()
         self._kernel = KernelPlan(fn, self._layers, self.biases, self._mean32, self._low, self._high) if fn else False
         return self._kernel
@@ -280,7 +347,12 @@ class ExportedPolicy:
 
     def act_obs(self, obs: dict, out: np.ndarray | None = None) -> np.ndarray:
         """Mean actions ``(N, T*A)`` for a batch of env observation dicts (the env drops padded slots)."""
-        return self.act(self.flat_observation(obs), out=out)
+        flat = self.flat_observation(obs)
+        if self.extero:
+            if "extero" not in obs:
+                raise DataError(f"exported policy for {self.task!r} reads exteroception; the observation has no 'extero'.")
+            return self.act(flat, np.asarray(obs["extero"], np.float32).reshape(len(flat), -1), out=out)
+        return self.act(flat, out=out)
 
     def valid_actions(self, mu: np.ndarray) -> np.ndarray:
         """Only the non-padded action slots (the task's real actuators, in order)."""
@@ -319,9 +391,11 @@ def load(path: str | Path) -> ExportedPolicy:
     n = len(meta["layers"])
     ws = [arrays[f"layer{i}.weight"] for i in range(n)]
     bs = [arrays[f"layer{i}.bias"] for i in range(n)]
+    extero = [(arrays[f"extero{j}.weight"], arrays[f"extero{j}.bias"]) for j in range(_extero_count(meta))]
     norm = meta["normalizer"]
     with np.errstate(all="ignore"):
-        policy = ExportedPolicy(ws, bs, arrays["norm.mean"], arrays["norm.var"], norm["clip"], norm["epsilon"], meta)
+        policy = ExportedPolicy(ws, bs, arrays["norm.mean"], arrays["norm.var"], norm["clip"], norm["epsilon"], meta,
+                                extero)
     if not all(np.isfinite(a).all() for a in (policy._layers[0], policy._high, policy._mean32)):
         raise DataError(f"{weights_path}: the normaliser and the first layer overflow float32 together; export again.")
     return policy

@@ -82,21 +82,21 @@ def run_dagger(domain, teacher, teacher_ref: str, data_path: str | Path, student
         if on_round is not None:
             on_round(row)
 
-    result = distill(data_path, student, student_config, config, out=out / "round-0", resume=True, domain=domain.name,
+    result = distill(data_path, student, student_config, config, out=out / "round-0", resume=True, domain=domain,
                      device=device, progress=progress, student_preset=student_preset)
     publish(0, result)
     tasks, _ = split_tasks(sorted(data_meta["tasks"]), config.val_tasks, config.seed)  # distill's own split
     round_config = _attrs.evolve(config, epochs=settings.epochs)
     for r in range(1, settings.rounds + 1):
         previous = out / f"round-{r - 1}"
-        actor = load_policy(previous, domain=domain.name, device=device, seed=settings.seed + r)
+        actor = load_policy(previous, domain=domain, device=device, seed=settings.seed + r)
         collect_expert_data(domain, teacher, data_meta["normalizer"], tasks, out / f"data-{r}",
                             CollectSettings(samples_per_task=settings.samples_per_task, num_envs=settings.num_envs,
                                             seed=settings.seed + r),
                             teacher_ref=str(teacher_ref), progress=progress, actor=actor,
                             beta=settings.beta ** r, actor_ref=str(previous.resolve()))
         result = distill(data_path, student, student_config, round_config, out=out / f"round-{r}", resume=True,
-                         domain=domain.name, device=device, progress=progress, student_preset=student_preset,
+                         domain=domain, device=device, progress=progress, student_preset=student_preset,
                          extra_data=[out / f"data-{i}" for i in range(1, r + 1)],
                          init_from=latest_checkpoint(previous))
         publish(r, result)

@@ -64,6 +64,28 @@ class VectorContextEncoder(MLPContextEncoder):
         return self.net(context)
 
 
+class ExteroEncoder(nn.Module):
+    """The students' exteroception encoder: an MLP ``[E, 64, 64]`` with a ReLU after every layer (the reference's
+    ``MLPObsEncoder`` with ``EXT_HIDDEN_DIMS [64, 64]``, as in the teachers), run on the raw ``extero`` vector."""
+
+    def __init__(self, in_features: int, sizes: tuple[int, ...] = (64, 64)):
+        super().__init__()
+        mods: list[nn.Module] = []
+        width = in_features
+        for out in sizes:
+            mods += [nn.Linear(width, out), nn.ReLU()]
+            width = out
+        self.net = nn.Sequential(*mods)
+        self.out_features = width
+
+    def forward(self, extero: torch.Tensor) -> torch.Tensor:
+        return self.net(extero)
+
+    def dense_layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``[(weight (in, out), bias), ...]``, ReLU after every layer."""
+        return [(m.weight.T, m.bias) for m in self.net if isinstance(m, nn.Linear)]
+
+
 ENCODERS = {
     "transformer": TransformerContextEncoder,
     "mlp": MLPContextEncoder,

@@ -5,7 +5,8 @@ A data folder ``DATA`` holds
 * ``DATA/shards/<task>.safetensors``, one per task, rows in time-major order (row = step * num_envs + env):
   ``obs`` (n, T, S) float32, the *student view* of the state (the teacher's normalised observation sliced
   to ``layout.student_features``), ``obs_mask`` (n, T) bool, ``act_mask`` (n, T*A) bool, ``mu`` (n, T*A)
-  the teacher's mean action and ``action`` (n, T*A) the action actually played, sampled from N(mu, std);
+  the teacher's mean action and ``action`` (n, T*A) the action actually played, sampled from N(mu, std); for a
+  layout with exteroception also ``extero`` (n, E) float32, the raw ``extero`` observation (not normalised);
 * ``DATA/meta.json``: domain, teacher, layout, the normaliser state and its slice for the student, and per
   finished task its shard, sample count, episode returns and context.
 
@@ -35,7 +36,7 @@ from typing import Any, Callable, Sequence
 import attrs
 import numpy as np
 
-from kdistill.domain import Layout, TaskContext
+from kdistill.domain import Layout, TaskContext, check_task_kind, task_kind_meta
 from kdistill.errors import DataError
 from kdistill.executors import DomainRef, Executor, LocalExecutor, PolicyRef
 from kdistill.io import atomic_write_bytes, atomic_write_json, claim_folder, read_json_object
@@ -45,6 +46,11 @@ from kdistill.rl.normalise import ObsNormalizer
 
 FORMAT = "kdistill-expert/1"
 SHARD_KEYS = ("obs", "obs_mask", "act_mask", "mu", "action")
+
+
+def shard_keys(layout: Layout) -> tuple[str, ...]:
+    """The arrays of a shard of ``layout``'s data: ``SHARD_KEYS``, and ``extero`` when the layout has it."""
+    return SHARD_KEYS + (("extero",) if layout.extero_features else ())
 STATIC_TOLERANCE = 1e-4  # how far a row's non-student features may stray from the task's ``static``
 
 
@@ -113,6 +119,8 @@ def rollout_task(domain, teacher, normalizer: ObsNormalizer, task: str, context:
         "mu": np.empty((rows, TA), np.float32),
         "action": np.empty((rows, TA), np.float32),
     }
+    if layout.extero_features:
+        out["extero"] = np.empty((rows, layout.extero_features), np.float32)
     returns: list[float] = []
     teacher.prepare(task, context)
     if actor is not None:
@@ -136,6 +144,8 @@ def rollout_task(domain, teacher, normalizer: ObsNormalizer, task: str, context:
             out["obs"][sl] = full[..., features]
             out["obs_mask"][sl] = obs["obs_mask"]
             out["act_mask"][sl] = obs["act_mask"]
+            if "extero" in out:
+                out["extero"][sl] = obs["extero"]
             mu = np.asarray(teacher.act(obs, deterministic=True), np.float32)
             action = sample_actions(mu, std, rng)
             if actor is not None:
@@ -257,7 +267,8 @@ def collect_expert_data(domain, teacher, normalizer_state: dict | None, tasks: S
         raise DataError(f"the DAgger mixing coefficient must lie in [0, 1], got {beta}.")
     # the teacher checkpoint's weights hash and the seed pin what the rows come from
     teacher_sha = (getattr(teacher, "meta", None) or {}).get("weights_sha256")
-    expected = {"format": FORMAT, "domain": domain.name, "layout": layout.to_dict(), "teacher": str(teacher_ref),
+    expected = {"format": FORMAT, "domain": domain.name, **task_kind_meta(domain), "layout": layout.to_dict(),
+                "teacher": str(teacher_ref),
                 "teacher_sha256": teacher_sha, "samples_per_task": settings.samples_per_task,
                 "num_envs": settings.num_envs, "seed": settings.seed}
     if actor is not None:
@@ -266,6 +277,7 @@ def collect_expert_data(domain, teacher, normalizer_state: dict | None, tasks: S
     meta_path = out / "meta.json"
     if meta_path.exists() and _is_expert_folder(out):
         meta = read_expert_meta(out)
+        check_task_kind(meta, domain, str(out))
         _check_existing(meta, expected, out)
         claim_folder(out, "expert-data", legacy=_is_expert_folder)
         if normalizer is None:
@@ -348,6 +360,7 @@ class ExpertData:
     task_index: np.ndarray
     meta: dict
     static: np.ndarray | None = None  # (K, T, F) per task, when loaded ``with_static``
+    extero: np.ndarray | None = None  # (n, E), when the layout has exteroception
 
     def __len__(self) -> int:
         return len(self.obs)
@@ -424,6 +437,8 @@ def _shard_problem(arrays: dict[str, np.ndarray], layout: Layout) -> str | None:
     T, S, TA = layout.max_tokens, len(layout.student_features), layout.num_actions
     want = {"obs": (np.float32, (T, S)), "obs_mask": (np.bool_, (T,)), "act_mask": (np.bool_, (TA,)),
             "mu": (np.float32, (TA,)), "action": (np.float32, (TA,))}
+    if layout.extero_features:
+        want["extero"] = (np.float32, (layout.extero_features,))
     missing = [k for k in want if k not in arrays]
     if missing:
         return f"lacks array {missing[0]!r}"
@@ -458,7 +473,8 @@ def load_expert_sets(paths: Sequence[str | Path], tasks: Sequence[str] | None = 
     if len(paths) == 1:
         return first
     index = {t: k for k, t in enumerate(first.tasks)}
-    parts = {k: [getattr(first, k)] for k in SHARD_KEYS}
+    keys = shard_keys(Layout.from_dict(first.meta["layout"]))
+    parts = {k: [getattr(first, k)] for k in keys}
     task_index = [first.task_index]
     for path in paths[1:]:
         meta = read_expert_meta(path)
@@ -469,7 +485,7 @@ def load_expert_sets(paths: Sequence[str | Path], tasks: Sequence[str] | None = 
         if not held:
             continue
         more = load_expert_data(path, held, samples_per_task)
-        for key in SHARD_KEYS:
+        for key in keys:
             parts[key].append(getattr(more, key))
         task_index.append(np.array([index[held[i]] for i in range(len(held))], np.int64)[more.task_index])
     cat = {k: np.concatenate(v) for k, v in parts.items()}
@@ -494,7 +510,8 @@ def load_expert_data(path: str | Path, tasks: Sequence[str] | None = None, sampl
     if not tasks:
         raise DataError(f"{path} holds no finished task yet; run `kdistill expert collect` first.")
     layout = Layout.from_dict(meta["layout"])
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in SHARD_KEYS}
+    keys = shard_keys(layout)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     index = []
     statics = []
     for k, task in enumerate(tasks):
@@ -515,10 +532,22 @@ def load_expert_data(path: str | Path, tasks: Sequence[str] | None = None, sampl
                                 f"Collect the data again with `kdistill expert collect`.")
             statics.append(arrays["static"][0])
         n = len(arrays["obs"]) if samples_per_task is None else min(samples_per_task, len(arrays["obs"]))
-        for key in SHARD_KEYS:
+        for key in keys:
             parts[key].append(arrays[key][:n])
         index.append(np.full(n, k, np.int64))
     cat = {k: np.concatenate(v) for k, v in parts.items()}
     return ExpertData(tasks=tasks, contexts=[context_from_json(meta["tasks"][t]["context"]) for t in tasks],
                       task_index=np.concatenate(index), meta=meta, static=np.stack(statics) if with_static else None,
                       **cat)
+
+
+def check_data_domain(meta: dict, domain, path) -> None:
+    """Raise a one-line error unless the data in ``path`` (its ``meta``) was collected on ``domain``: a ``Domain``,
+    or a DOMAIN argument (``name`` or ``name:kind``), whose kind of task must match too."""
+    if isinstance(domain, str):
+        from kdistill.plugins import get_domain
+
+        domain = get_domain(domain)
+    if meta["domain"] != domain.name:
+        raise DataError(f"{path} holds {meta['domain']!r} data, not {domain.name!r}.")
+    check_task_kind(meta, domain, str(path))

@@ -4,12 +4,18 @@ Every student is an ``nn.Module`` built as ``cls(layout, config)`` with
 
 * ``generate(context (K, T, C), ctx_mask (K, T)) -> params``: the per-task part, run once per task;
 * ``forward_with(params, x (B, T, S), obs_mask (B, T), task_index (B,)) -> mu (B, T*A)``: the per-step part,
-  where ``task_index`` says which of the K generated tasks each row belongs to;
+  where ``task_index`` says which of the K generated tasks each row belongs to; for a layout with exteroception
+  (``extero_features > 0``) the core also passes ``extero=`` the raw ``(B, E)`` vectors;
 * ``forward(x, context, mask) -> mu``: the per-sample reference path (weights generated for every row, as
   the original code did), kept for tests and benchmarks.
 
 ``x`` is the observation sliced to ``layout.student_features`` and normalised with the teacher's statistics.
 Masks are True on padded tokens. The action std is fixed (``action_std``, 0.9 like the teachers).
+
+Exteroception (``layout.extero_features > 0``, e.g. a height map): both built-in students run ``extero`` through an
+``ExteroEncoder`` (MLP [E, 64, 64], shared by all tasks) whose output joins the generated MLP's *input*: the first
+layer reads ``[flat observation, encoded extero]``, so the generated policy stays one dense chain behind one encoder
+branch (``fold`` + ``fold_extero``). docs/terrain.md says why this placement.
 
 Two students are registered (``kdistill.plugins.builtin``): ``hnmlp``, the HyperDistill HN-MLP, and ``mlp``, a padded
 plain MLP baseline that never sees the context.
@@ -24,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdistill.distill.encoders import ENCODERS
+from kdistill.distill.encoders import ENCODERS, ExteroEncoder
 from kdistill.distill.hypernet import HypernetLayer
 from kdistill.distill.losses import LOSSES
 from kdistill.domain import Layout, TaskContext
@@ -67,6 +73,9 @@ class HNMLPConfig:
         return {
             "paper": cls(),
             "paper-dropout": cls(context_dropout=0.1),
+            # the generated MLP the reference's FLOP script prices on its terrain tasks (3 hidden layers): with the
+            # exteroception encoder 0.600 MFLOPs / 0.301 M parameters (the paper's commands distil 2 layers)
+            "paper-3layers": cls(layers=3),
             "small": cls(hidden=64, embed=32),
         }
 
@@ -164,12 +173,25 @@ class Student(nn.Module):
         self.C = layout.context_features
         self.A = layout.actions_per_token
         self.action_std = ACTION_STD
+        self.extero_encoder: ExteroEncoder | None = None  # set by students that read exteroception
 
     def generate(self, context: torch.Tensor, ctx_mask: torch.Tensor) -> dict:
         raise NotImplementedError
 
-    def forward_with(self, params: dict, x: torch.Tensor, obs_mask: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
+    def forward_with(self, params: dict, x: torch.Tensor, obs_mask: torch.Tensor, task_index: torch.Tensor,
+                     extero: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def _encoded_extero(self, extero: torch.Tensor | None) -> torch.Tensor:
+        if extero is None:
+            raise KdistillError(f"the {self.name} student reads exteroception (layout.extero_features = "
+                                f"{self.layout.extero_features}); pass obs['extero'].")
+        return self.extero_encoder(extero)
+
+    def fold_extero(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The exteroception encoder as dense layers ``[(weight (in, out), bias), ...]`` with a ReLU after every
+        layer, whose output follows the flat observation in ``fold``'s first layer; [] without exteroception."""
+        return self.extero_encoder.dense_layers() if self.extero_encoder is not None else []
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -180,7 +202,8 @@ class Student(nn.Module):
     def fold(self, params: dict, mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The generated policy of one task (``params`` from ``generate`` with K = 1, ``mask`` (T,) its
         padding) as plain dense layers ``[(weight (in, out), bias (out,)), ...]`` on the flat student
-        observation ``(T*S,)``, ReLU between layers. Padding is folded in: rows of padded tokens are zero."""
+        observation ``(T*S,)`` (followed by the encoded exteroception, see ``fold_extero``), ReLU between layers.
+        Padding is folded in: rows of padded tokens are zero."""
         raise NotImplementedError
 
 
@@ -215,8 +238,12 @@ class HNMLPStudent(Student):
         self.hidden_encoder = encoder_cls(self.C, E) if config.layers > 1 else None
         self.output_encoder = encoder_cls(self.C, E)
         self.dropout = nn.Dropout(config.context_dropout)
-        # fan-in of the input layer is the whole flat observation (T*S), as in the reference
-        self.input_hn = HypernetLayer(E, self.S, H, fan_in=self.T * self.S)
+        X = 64 if layout.extero_features else 0  # the encoder's output size
+        self.extero_encoder = ExteroEncoder(layout.extero_features) if X else None
+        # fan-in of the input layer is the whole flat observation (T*S), as in the reference, plus the encoded extero
+        self.input_hn = HypernetLayer(E, self.S, H, fan_in=self.T * self.S + X)
+        # the encoded extero's input weights, one (X, H) block per task from the input encoder's mean embedding
+        self.extero_hn = HypernetLayer(E, X, H, fan_in=self.T * self.S + X) if X else None
         self.hidden_hns = nn.ModuleList(HypernetLayer(E, H, H) for _ in range(config.layers - 1))
         self.output_hn = HypernetLayer(E, H, self.A)
 
@@ -224,18 +251,24 @@ class HNMLPStudent(Student):
         """Per-task MLP parameters: ``w_in (K,T,S,H)``, ``b_in (K,T,H)``, ``hidden`` list of
         ``(w (K,H,H), b (K,H))``, ``w_out (K,T,H,A)``, ``b_out (K,T,A)``."""
         ctx_mask = ctx_mask.bool()
-        w_in, b_in = self.input_hn(self.dropout(self.input_encoder(context, ctx_mask)))
+        e_in = self.input_encoder(context, ctx_mask)
+        w_in, b_in = self.input_hn(self.dropout(e_in))
         hidden = []
+        real, n_real = _real_tokens(ctx_mask)
         if self.hidden_hns:
-            real, n_real = _real_tokens(ctx_mask)
             e = self.hidden_encoder(context, ctx_mask)
             mean_e = (e * real.unsqueeze(-1)).sum(-2) / n_real.unsqueeze(-1)
             mean_e = self.dropout(mean_e)
             hidden = [hn(mean_e) for hn in self.hidden_hns]
         w_out, b_out = self.output_hn(self.dropout(self.output_encoder(context, ctx_mask)))
-        return {"w_in": w_in, "b_in": b_in, "hidden": hidden, "w_out": w_out, "b_out": b_out}
+        params = {"w_in": w_in, "b_in": b_in, "hidden": hidden, "w_out": w_out, "b_out": b_out}
+        if self.extero_hn is not None:
+            mean_in = (e_in * real.unsqueeze(-1)).sum(-2) / n_real.unsqueeze(-1)
+            params["w_ext"], params["b_ext"] = self.extero_hn(self.dropout(mean_in))  # (K, X, H), (K, H)
+        return params
 
-    def forward_with(self, params: dict, x: torch.Tensor, obs_mask: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
+    def forward_with(self, params: dict, x: torch.Tensor, obs_mask: torch.Tensor, task_index: torch.Tensor,
+                     extero: torch.Tensor | None = None) -> torch.Tensor:
         B, T, S = x.shape
         K, H = params["w_in"].shape[0], self.config.hidden
         real, n_real = _real_tokens(obs_mask)
@@ -249,7 +282,11 @@ class HNMLPStudent(Student):
         groups = TaskGroups(task_index)
         h = torch.bmm(groups.pack(features), groups.select(w_first))
         # multiply by the packed reciprocal: unused slots then hold 0, never 0/0 (which would poison gradients)
-        h = torch.relu(h * groups.pack((1.0 / n_real).unsqueeze(-1)))
+        h = h * groups.pack((1.0 / n_real).unsqueeze(-1))
+        if self.extero_encoder is not None:  # the encoded extero joins the input layer, outside the token mean
+            z = groups.pack(self._encoded_extero(extero))
+            h = h + torch.baddbmm(groups.select(params["b_ext"]).unsqueeze(1), z, groups.select(params["w_ext"]))
+        h = torch.relu(h)
         for w, b in params["hidden"]:
             h = torch.relu(torch.baddbmm(groups.select(b).unsqueeze(1), h, groups.select(w)))
         mu = torch.baddbmm(groups.select(b_out).unsqueeze(1), h, groups.select(w_out))
@@ -261,22 +298,30 @@ class HNMLPStudent(Student):
         H = self.config.hidden
         w_first = (params["w_in"][0] * real[:, None, None]).reshape(self.T * self.S, H) / n_real
         b_first = (params["b_in"][0] * real[:, None]).sum(0) / n_real
+        if "w_ext" in params:
+            w_first, b_first = torch.cat([w_first, params["w_ext"][0]]), b_first + params["b_ext"][0]
         layers = [(w_first, b_first)] + [(w[0], b[0]) for w, b in params["hidden"]]
         w_out = params["w_out"][0].permute(1, 0, 2).reshape(H, self.T * self.A)
         return layers + [(w_out, params["b_out"][0].reshape(self.T * self.A))]
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor,
+                extero: torch.Tensor | None = None) -> torch.Tensor:
         """Per-sample path: weights generated for every row (the reference's training forward)."""
         real, n_real = _real_tokens(mask)
-        return per_row_forward(self.generate(context, mask), x, real, n_real.unsqueeze(-1))
+        z = self._encoded_extero(extero) if self.extero_encoder is not None else None
+        return per_row_forward(self.generate(context, mask), x, real, n_real.unsqueeze(-1), z)
 
 
-def per_row_forward(params: dict, x: torch.Tensor, real: torch.Tensor, n_real: torch.Tensor) -> torch.Tensor:
+def per_row_forward(params: dict, x: torch.Tensor, real: torch.Tensor, n_real: torch.Tensor,
+                    extero_z: torch.Tensor | None = None) -> torch.Tensor:
     """The reference HN-MLP step: every row carries its own generated per-token weights (``params`` with a leading
     batch dimension), applied by einsum; the input layer is averaged over the real tokens (``real`` (B, T) float,
-    ``n_real`` (B, 1))."""
+    ``n_real`` (B, 1)); ``extero_z`` (B, X), the encoded exteroception, meets its own weights ``w_ext``."""
     h_tok = torch.einsum("bts,btsh->bth", x, params["w_in"]) + params["b_in"]
-    h = torch.relu((h_tok * real.unsqueeze(-1)).sum(1) / n_real)
+    h = (h_tok * real.unsqueeze(-1)).sum(1) / n_real
+    if extero_z is not None:
+        h = h + torch.einsum("bx,bxh->bh", extero_z, params["w_ext"]) + params["b_ext"]
+    h = torch.relu(h)
     for w, b in params["hidden"]:
         h = torch.relu(torch.einsum("bi,bio->bo", h, w) + b)
     mu = torch.einsum("bh,btha->bta", h, params["w_out"]) + params["b_out"]
@@ -296,27 +341,38 @@ class MLPStudent(Student):
         super().__init__(layout, config)
         H = config.hidden
         self.first = nn.Linear(self.T * self.S, H)
+        if layout.extero_features:
+            self.extero_encoder = ExteroEncoder(layout.extero_features)
+            # the encoded extero's weights in the first layer (its bias is the first layer's)
+            self.extero_in = nn.Linear(self.extero_encoder.out_features, H, bias=False)
         self.hidden_layers = nn.ModuleList(nn.Linear(H, H) for _ in range(config.layers - 1))
         self.out = nn.Linear(H, self.T * self.A)
 
     def generate(self, context: torch.Tensor, ctx_mask: torch.Tensor) -> dict:
         return {}
 
-    def forward_with(self, params: dict, x: torch.Tensor, obs_mask: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
+    def forward_with(self, params: dict, x: torch.Tensor, obs_mask: torch.Tensor, task_index: torch.Tensor,
+                     extero: torch.Tensor | None = None) -> torch.Tensor:
         real, n_real = _real_tokens(obs_mask)
         h = self.first((x * real.unsqueeze(-1)).reshape(x.shape[0], -1)) / n_real.unsqueeze(-1)
+        if self.extero_encoder is not None:
+            h = h + self.extero_in(self._encoded_extero(extero))
         h = torch.relu(h)
         for layer in self.hidden_layers:
             h = torch.relu(layer(h))
         return self.out(h)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.forward_with({}, x, mask, torch.zeros(x.shape[0], dtype=torch.long))
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor,
+                extero: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_with({}, x, mask, torch.zeros(x.shape[0], dtype=torch.long), extero=extero)
 
     def fold(self, params: dict, mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         real, n_real = _real_tokens(mask.reshape(-1))
         row_keep = real.repeat_interleave(self.S)  # (T*S,)
-        layers = [((self.first.weight.T * row_keep[:, None]) / n_real, self.first.bias / n_real)]
+        first = (self.first.weight.T * row_keep[:, None]) / n_real
+        if self.extero_encoder is not None:
+            first = torch.cat([first, self.extero_in.weight.T])
+        layers = [(first, self.first.bias / n_real)]
         layers += [(layer.weight.T, layer.bias) for layer in self.hidden_layers]
         return layers + [(self.out.weight.T, self.out.bias)]
 
@@ -424,8 +480,15 @@ class StudentPolicy(Policy):
         else:
             mask = self.ctx_mask.expand(x.shape[0], -1)
         index = torch.zeros(x.shape[0], dtype=torch.long, device=self.device)
+        extra = {}
+        if self.layout.extero_features:
+            if "extero" not in obs:
+                raise KdistillError(f"the student reads exteroception: the observation needs 'extero' "
+                                    f"({self.layout.extero_features} values); it has {sorted(obs)}.")
+            extero = np.asarray(obs["extero"], np.float32).reshape(x.shape[0], -1)
+            extra["extero"] = torch.from_numpy(extero).to(self.device)
         with torch.no_grad():
-            mu = self.student.forward_with(self.params, x, mask, index).float().cpu().numpy()
+            mu = self.student.forward_with(self.params, x, mask, index, **extra).float().cpu().numpy()
         if deterministic:
             return mu
         return sample_actions(mu, self.action_std, self.rng)

@@ -21,7 +21,7 @@ import attrs
 import numpy as np
 import torch
 
-from kdistill.distill.expert_data import ExpertData, load_expert_sets, read_expert_meta
+from kdistill.distill.expert_data import ExpertData, check_data_domain, load_expert_sets, read_expert_meta
 from kdistill.distill.students import Student, build_student, context_tensors, loss_function, student_class, student_tensors
 from kdistill.distributed import DataParallel
 from kdistill.domain import Layout
@@ -98,6 +98,7 @@ class TorchData:
         self.mu = torch.from_numpy(data.mu)
         self.action = torch.from_numpy(data.action)
         self.task_index = torch.from_numpy(data.task_index)
+        self.extero = torch.from_numpy(data.extero) if data.extero is not None else None
         ctx, cmask = context_tensors(data.contexts)
         self.context, self.ctx_mask = ctx.to(device), cmask.to(device)
         self.device = torch.device(device)
@@ -107,15 +108,19 @@ class TorchData:
 
     def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         d = self.device
-        return {"obs": self.obs[idx].to(d), "obs_mask": self.obs_mask[idx].to(d), "act_mask": self.act_mask[idx].to(d),
-                "mu": self.mu[idx].to(d), "action": self.action[idx].to(d), "task_index": self.task_index[idx].to(d)}
+        out = {"obs": self.obs[idx].to(d), "obs_mask": self.obs_mask[idx].to(d), "act_mask": self.act_mask[idx].to(d),
+               "mu": self.mu[idx].to(d), "action": self.action[idx].to(d), "task_index": self.task_index[idx].to(d)}
+        if self.extero is not None:
+            out["extero"] = self.extero[idx].to(d)
+        return out
 
 
 def student_mu(student: Student, data: TorchData, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The student's mean actions on a batch, generating weights once per task present."""
     present, local = torch.unique(batch["task_index"], return_inverse=True)
     params = student.generate(data.context.index_select(0, present), data.ctx_mask.index_select(0, present))
-    return student.forward_with(params, batch["obs"], batch["obs_mask"], local)
+    extra = {"extero": batch["extero"]} if "extero" in batch else {}  # only layouts with exteroception pass it
+    return student.forward_with(params, batch["obs"], batch["obs_mask"], local, **extra)
 
 
 def teacher_mu(model, data: TorchData, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -126,6 +131,8 @@ def teacher_mu(model, data: TorchData, batch: dict[str, torch.Tensor]) -> torch.
     full[..., data.features.to(full.device)] = batch["obs"]
     feed = {"obs": full, "obs_mask": batch["obs_mask"], "act_mask": batch["act_mask"],
             "context": data.context.index_select(0, ti)}
+    if "extero" in batch:
+        feed["extero"] = batch["extero"]
     return model.mu(feed)
 
 
@@ -232,8 +239,8 @@ def train_student(data_path: str | Path, student: str = "hnmlp", student_config:
     data_path = Path(data_path)
     meta = read_expert_meta(data_path)
     spec = teacher_spec_for(student)
-    if domain is not None and meta["domain"] != domain:
-        raise DataError(f"{data_path} holds {meta['domain']!r} data, not {domain!r}.")
+    if domain is not None:
+        check_data_domain(meta, domain, data_path)
     layout = Layout.from_dict(meta["layout"])
     loss_fn = loss_function(config.loss)
     if spec is None:
@@ -291,7 +298,8 @@ def train_student(data_path: str | Path, student: str = "hnmlp", student_config:
 
     def checkpoint_meta(epoch: int) -> dict:
         out_meta = {
-            "kind": kind, "domain": meta["domain"], "arch": student, "config": cfg_dict,
+            "kind": kind, "domain": meta["domain"], **({"task_kind": meta["task_kind"]} if "task_kind" in meta else {}),
+            "arch": student, "config": cfg_dict,
             "layout": layout.to_dict(), "normalizer": meta["normalizer" if spec is not None else "student_normalizer"],
             "action_std": model.action_std,
             "distill": config.to_dict(), "data": data_ref, "extra_data": extra_refs, "init_from": init_ref,

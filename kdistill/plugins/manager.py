@@ -180,18 +180,27 @@ def reset_plugins() -> None:
 def get_domain(name: str, **options):
     """Build the domain registered as ``name`` with ``options`` (e.g. ``data_dir``).
 
-    ``task_kind=None`` is left out (the domain's default kind); another value must be one of the domain's
-    ``task_kinds``, else a one-line error says which there are.
+    ``name`` may be ``NAME:KIND`` (e.g. ``unimal:vt``), the same as ``task_kind=KIND``. ``task_kind=None`` is left
+    out (the domain's default kind); another value must be one of the domain's ``task_kinds``, else a one-line error says which there are.
     """
     plugins = get_plugins()
+    name, sep, suffix = str(name).partition(":")
+    if sep:
+        # "unimal:vt": the DOMAIN argument of every command names the kind of task too
+        if not suffix:
+            raise KdistillError(f"domain {name + sep!r} ends with ':'; write NAME or NAME:KIND (e.g. unimal:vt).")
+        if options.get("task_kind") not in (None, suffix):
+            raise KdistillError(f"domain {name}:{suffix} and --task {options['task_kind']} name two kinds of task; "
+                                f"give one.")
+        options["task_kind"] = suffix
     factory = plugins.domains.get(name)
     if "task_kind" in options:
         kind = options.pop("task_kind")
         if kind is not None:
             kinds = tuple(getattr(factory, "task_kinds", ()) or ())
             if not kinds:
-                raise KdistillError(f"domain {name!r} has one kind of task; --task KIND is for domains that offer several "
-                                    "(see `kdistill domains`).")
+                raise KdistillError(f"domain {name!r} has one kind of task; NAME:KIND (or --task KIND) is for domains that "
+                                    "offer several (see `kdistill domains`).")
             if kind not in kinds:
                 raise unknown_name(f"kind of {name} task", str(kind), kinds)
             options["task_kind"] = kind

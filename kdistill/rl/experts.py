@@ -37,7 +37,7 @@ import attrs
 import numpy as np
 import torch
 
-from kdistill.domain import Layout
+from kdistill.domain import Layout, check_task_kind, task_kind_meta
 from kdistill.errors import CheckpointError, KdistillError
 from kdistill.io import (
     NonFiniteError,
@@ -640,6 +640,7 @@ class ExpertTrainer:
         return {
             "kind": "experts",
             "domain": self.settings.domain,
+            **task_kind_meta(self.domain),
             "arch": "stacked-mlp",
             "config": self.config.to_dict(),
             "run": self.settings.to_dict(),
@@ -801,6 +802,7 @@ def start_or_resume(domain, settings: ExpertRunSettings, config: ExpertConfig, r
     trainer = ExpertTrainer(domain, settings, config, workers=workers, run_dir=run_dir)
     if existing is not None:
         tensors, meta = load_run_checkpoint(run_dir)
+        check_task_kind(meta, domain, str(run_dir))
         trainer.restore(tensors, meta)
         updates = trainer.updates
         truncate_jsonl(run_dir / "metrics.jsonl", lambda r: r.get("update", 0) <= updates)

@@ -26,6 +26,7 @@ import attrs
 import numpy as np
 import torch
 
+from kdistill.domain import check_task_kind, task_kind_meta
 from kdistill.errors import CheckpointError, KdistillError
 from kdistill.io import NonFiniteError, append_jsonl, latest_checkpoint, load_run_checkpoint, save_run_checkpoint, truncate_jsonl
 from kdistill.rl.distributions import gaussian_log_prob
@@ -107,6 +108,7 @@ class PPOTrainer:
         return {
             "kind": "teacher",
             "domain": self.settings.domain,
+            **task_kind_meta(self.domain),
             "arch": self.settings.teacher,
             "config": self.teacher_config.to_dict(),
             "ppo": self.config.to_dict(),
@@ -334,6 +336,7 @@ def start_or_resume(domain, settings: RunSettings, teacher_spec, teacher_config,
     try:
         if existing is not None:
             tensors, meta = load_run_checkpoint(run_dir)
+            check_task_kind(meta, domain, str(run_dir))
             trainer.restore(tensors, meta)
             # metrics logged after that checkpoint belong to work that is being redone
             truncate_jsonl(run_dir / "metrics.jsonl", lambda r: r.get("iteration", 0) <= trainer.iteration)
