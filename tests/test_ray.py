@@ -119,6 +119,8 @@ def test_eval_command_takes_executor_options(cluster, teacher_run, monkeypatch, 
     assert code == 2 and "use --executor ray" in err and len(err.strip().splitlines()) == 1
     code, out, err = _cli([*args, "--executor", "dask"], monkeypatch, capsys)
     assert code == 2 and "dask" in err and len(err.strip().splitlines()) == 1
+    code, out, err = _cli([*args, "--executor", "ray", "--address", "127.0.0.1:1"], monkeypatch, capsys)
+    assert code == 2 and "no Ray cluster answers there" in err and len(err.strip().splitlines()) == 1
 
 
 def test_expert_data_on_two_ray_workers_equals_the_local_executor(cluster, teacher_run, local_data, tmp_path):

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Any, Callable, Iterator, Sequence
 
 from kdistill.errors import KdistillError
 from kdistill.executors import Executor
 
 MAX_RETRIES = 3  # attempts after a worker died, per task
+CONNECT_TIMEOUT_S = 5.0
 
 
 def _run(job: Callable[[Any], Any], item: Any) -> Any:
@@ -26,6 +28,21 @@ def _env_vars() -> dict[str, str]:
     # workers see the driver's plugin and data settings (KDISTILL_PLUGINS, KDISTILL_UNIMAL_DIR, ...), also on a cluster
     # whose nodes were started without them
     return {k: v for k, v in os.environ.items() if k.startswith("KDISTILL_") or k == "MUJOCO_GL"}
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a cluster address nothing answers at: ray.init would retry for minutes."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not port.isdigit():
+        raise KdistillError(f"--address {address}: expected host:port (ray start --head prints it), or auto on a node "
+                            f"of the cluster.")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise KdistillError(f"--address {address}: no Ray cluster answers there ({exc}); pass the head node's "
+                            f"host:port (ray start --head prints it), or auto on a node of the cluster.") from None
 
 
 class RayExecutor(Executor):
@@ -42,6 +59,8 @@ class RayExecutor(Executor):
             raise KdistillError("--executor ray needs Ray, which is not installed; install it with "
                                 "pip install 'kdistill[ray]'.") from None
         self.workers, self.address, self._started = workers, address, False
+        if address:
+            _check_reachable(address)
         if ray.is_initialized():
             return
         options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
