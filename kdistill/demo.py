@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kdistill.domain import Domain
+from kdistill.domain import Domain, check_task_kind, domain_label
 from kdistill.errors import KdistillError
 from kdistill.io import atomic_write_json, atomic_write_text, claim_folder, folder_owner, load_run_checkpoint
 from kdistill.progress import Progress
@@ -107,6 +107,7 @@ def check_teacher_run(teacher_run: str, domain: Domain) -> None:
     if given.get("kind") != "teacher" or given.get("domain") != domain.name:
         raise KdistillError(f"--teacher {teacher_run} holds a {given.get('domain')!r} {given.get('kind')!r} run, "
                             f"not a {domain.name!r} teacher; pass a teacher run from `kdistill teacher train`.")
+    check_task_kind(given, domain, f"--teacher {teacher_run}")
 
 
 def prepare_report_folder(out: Path, fresh: bool) -> None:
@@ -126,7 +127,7 @@ def _splits(domain: Domain, step: Steps, data_args: list[str]) -> dict[str, list
     except KdistillError:
         if type(domain).fetch_data is Domain.fetch_data:  # nothing to fetch: the error stands
             raise
-        step("fetch", ["data", "fetch", domain.name, *data_args], "fetch the domain's data")
+        step("fetch", ["data", "fetch", domain_label(domain), *data_args], "fetch the domain's data")
         return domain.splits()
 
 
@@ -135,7 +136,7 @@ def _teacher(domain: Domain, out: Path, settings: dict[str, Any], teacher_run: s
     """The teacher to distil (given, shipped, or trained here) and its checkpoint meta."""
     teacher = teacher_run or domain.pretrained_teacher()
     if teacher is None:
-        args = ["teacher", "train", domain.name, "--out", str(out / "teacher"), "--preset", settings["ppo_preset"],
+        args = ["teacher", "train", domain_label(domain), "--out", str(out / "teacher"), "--preset", settings["ppo_preset"],
                 "--steps", str(settings["teacher_steps"]), "--split", "train", *data_args]
         if settings["teacher"]:
             args += ["--teacher", settings["teacher"]]
@@ -149,6 +150,7 @@ def _teacher(domain: Domain, out: Path, settings: dict[str, Any], teacher_run: s
     _, meta = load_run_checkpoint(teacher, as_torch=False)
     if meta.get("domain") != domain.name:
         raise KdistillError(f"teacher {teacher} is for domain {meta.get('domain')!r}, not {domain.name!r}.")
+    check_task_kind(meta, domain, f"teacher {teacher}")
     return teacher, meta
 
 
@@ -168,12 +170,12 @@ def _demo_tasks(splits: dict[str, list[str]], teacher_meta: dict[str, Any], test
 def _distill_students(domain: Domain, out: Path, teacher: str, settings: dict[str, Any], n_train: int, step: Steps,
                       data_args: list[str]) -> None:
     expert = out / "expert"
-    step("collect", ["expert", "collect", domain.name, "--teacher", teacher, "--split", "train", "--num-tasks", str(n_train),
+    step("collect", ["expert", "collect", domain_label(domain), "--teacher", teacher, "--split", "train", "--num-tasks", str(n_train),
                      "--samples-per-task", str(settings["samples_per_task"]), "--envs", str(settings["collect_envs"]),
                      "--out", str(expert), *data_args], "collect expert data from the teacher")
     students = {"hnmlp": settings["student"], "blind": settings["blind_student"]}
     for label, arch in students.items():
-        args = ["distill", domain.name, "--data", str(expert), "--student", arch, "--preset", settings["distill_preset"],
+        args = ["distill", domain_label(domain), "--data", str(expert), "--student", arch, "--preset", settings["distill_preset"],
                 "--epochs", str(settings["distill_epochs"]), "--out", str(out / label)]
         if arch == settings["student"]:
             args += ["--student-preset", settings["student_preset"]]
@@ -185,7 +187,7 @@ def _distill_students(domain: Domain, out: Path, teacher: str, settings: dict[st
 def _render_clip(domain: Domain, out: Path, teacher: str, task: str, step: Steps, data_args: list[str]) -> str | None:
     """A short clip of teacher and student side by side on an unseen task; None where nothing can render."""
     try:
-        step("render", ["render", domain.name, "--policy", f"teacher={teacher},student={out / 'hnmlp'}",
+        step("render", ["render", domain_label(domain), "--policy", f"teacher={teacher},student={out / 'hnmlp'}",
                         "--task", task, "--out", str(out / "clip.gif"), "--steps", "150", "--every", "3",
                         "--overwrite", *data_args], f"render teacher and student on the unseen task {task}")
         return "clip.gif"
@@ -222,23 +224,23 @@ def run_demo(domain: Domain, out: Path, settings: dict[str, Any], teacher_run: s
     compared = {}
     for split, n in (("train", len(train_tasks)), ("test", len(test_tasks))):
         compared[split] = step(f"compare-{split}", [
-            "compare", domain.name, "--policies", policies, "--split", split, "--num-tasks", str(n),
+            "compare", domain_label(domain), "--policies", policies, "--split", split, "--num-tasks", str(n),
             "--episodes", str(settings["eval_episodes"]), "--out", str(out / f"compare-{split}"), *data_args],
             f"evaluate teacher, students and random on {split} tasks")
     clip = _render_clip(domain, out, teacher, test_tasks[0], step, data_args)
 
     task = train_tasks[0]
-    exported = step("export", ["export", domain.name, "--student", str(out / "hnmlp"), "--task", task,
+    exported = step("export", ["export", domain_label(domain), "--student", str(out / "hnmlp"), "--task", task,
                                "--out", str(out / "export" / "policy"), *data_args], f"export the generated MLP of {task}")
     benched = None
     if bench:
-        benched = step("bench", ["bench", domain.name, "--teacher", teacher, "--student", str(out / "hnmlp"), "--task", task,
+        benched = step("bench", ["bench", domain_label(domain), "--teacher", teacher, "--student", str(out / "hnmlp"), "--task", task,
                                  "--preset", settings["bench_preset"], "--out", str(out / "bench"), *data_args],
                        "benchmark teacher against the generated student")
 
     returns, normalised = _summarise(compared)
     outcome: dict[str, Any] = {
-        "domain": domain.name, "out": str(out), "teacher": teacher, "settings": settings,
+        "domain": domain_label(domain), "out": str(out), "teacher": teacher, "settings": settings,
         "tasks": {"train": train_tasks, "test": test_tasks},
         "returns": returns, "normalised": normalised,
         "export": {"task": task, "file": (exported.get("files") or [None])[0],

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import attrs
 import numpy as np
 
+from kdistill.domain import domain_label
 from kdistill.errors import CheckpointError
 from kdistill.executors import DomainRef, Executor, LocalExecutor, PolicyRef
 from kdistill.rl.vec import stack_obs
@@ -132,7 +133,7 @@ def compare_policies(domain, policies: dict[str, Any], splits: dict[str, list[st
                     per_task[split][row["name"]]["random"] = row["random_mean"]
             if with_random:
                 returns[split]["random"] = result["summary"]["random_mean_return"]
-    out: dict[str, Any] = {"domain": domain.name, "episodes": episodes, "seed": seed, "deterministic": deterministic,
+    out: dict[str, Any] = {"domain": domain_label(domain), "episodes": episodes, "seed": seed, "deterministic": deterministic,
                            "tasks": {s: list(t) for s, t in splits.items()}, "returns": returns, "per_task": per_task}
     if "teacher" in policies:
         # a fraction of a non-positive return means nothing, so it is left out (None)

@@ -164,8 +164,12 @@ class UnimalDomain(kdistill.Domain):
 
     # kdistill demo -------------------------------------------------------------------------------------
     def pretrained_teacher(self):
-        """The shipped teacher: MetaMorph transformer, `cpu` preset, 10 training robots (docs/teacher.md)."""
+        """The shipped teacher: MetaMorph transformer, `cpu` preset, 10 training robots (docs/teacher.md); flat terrain
+        only (none is shipped for vt and obstacle yet)."""
         from pathlib import Path
+
+        if self.task_kind != "ft":
+            return None
 
         path = Path(__file__).resolve().parent / "pretrained" / "teacher-cpu10"
         return path if (path / "latest.json").exists() else None

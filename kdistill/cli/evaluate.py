@@ -58,6 +58,7 @@ def eval_cmd(domain_name: str, policy_path: str, task_names: str | None, split: 
     from rich.text import Text
 
     from kdistill.devices import check_device, set_torch_threads
+    from kdistill.domain import domain_label
     from kdistill.errors import KdistillError
     from kdistill.evaluate import evaluate_policy
     from kdistill.io import atomic_write_json, prepare_output_dir
@@ -86,7 +87,7 @@ def eval_cmd(domain_name: str, policy_path: str, task_names: str | None, split: 
             on_task=lambda row: progress.update(bar, advance=1, last=f"{row['name']}: {row['mean']:.1f}"))
         result["executor"] = executor.describe()
     result["policy"] = {"path": str(policy_path), **policy.describe()}
-    result["domain"] = domain.name
+    result["domain"] = domain_label(domain)
     result["split"] = None if task_names or tasks_dir else (split or "train")
     result["tasks_dir"] = tasks_dir
     if out_dir is not None:
