@@ -82,6 +82,7 @@ def bench_cmd(domain_name: str, teacher_run: str | None, student_run: str | None
     \b
     Examples:
       kdistill bench unimal                                   # fresh paper-preset models
+      kdistill bench unimal:vt --json                         # variable terrain (unimal:obstacle: obstacles)
       kdistill bench unimal --teacher runs/t --student runs/h --task floor-1409-11-11-01-08-26-42
       kdistill bench DOMAIN --batches 1,256 --json   # any registered domain
     """
@@ -92,6 +93,7 @@ def bench_cmd(domain_name: str, teacher_run: str | None, student_run: str | None
     from rich.text import Text
 
     from kdistill.bench.bench import STUDENT_ROWS, TEACHER, BenchConfig, build_subjects, plot_latency, run_bench
+    from kdistill.domain import domain_label
     from kdistill.errors import KdistillError
     from kdistill.io import atomic_write_json, prepare_output_dir
     from kdistill.plugins import get_domain
@@ -109,7 +111,7 @@ def bench_cmd(domain_name: str, teacher_run: str | None, student_run: str | None
     from kdistill.tasks import ensure_data
 
     ensure_data(domain, progress_lines(as_json))
-    out = Path(out_dir) if out_dir else Path(f"bench-{domain.name}")
+    out = Path(out_dir) if out_dir else Path(f"bench-{domain_label(domain).replace(':', '-')}")
 
     with err_console.status("loading the teacher and the student", spinner="dots"):  # transient: errors stay one line
         subjects = build_subjects(domain, teacher_run, student_run, task, teacher_arch=teacher_arch,

@@ -32,12 +32,14 @@ def export_cmd(domain_name: str, student_path: str, task: str, out: str, fmt: st
     The result needs neither the context nor the hypernetwork (nor torch): load it with
     `kdistill.deploy.runtime.load(path)` and call `.act(flat_obs)` or `.act_obs(env_obs)`. With --format onnx it
     is one ONNX model for any ONNX runtime, compared with the student through onnxruntime before it is
-    written (largest difference at most 1e-5).
+    written (largest difference at most 1e-5). A student of a task kind with exteroception (e.g. unimal:vt) exports
+    its encoder too and takes a second input, `.act(flat_obs, extero)` and ONNX input `extero`; --format c refuses it.
 
     \b
     Examples:
       kdistill export unimal --student runs/hnmlp --task floor-1409-11-11-01-08-26-42 --out exports/floor
       kdistill export unimal --student runs/hnmlp --task my-task --tasks-dir my-tasks --format onnx --out exports/my
+      kdistill export unimal:vt --student runs/hnmlp-vt --task floor-1409-11-11-01-08-26-42 --out exports/floor-vt
     """
     from kdistill.deploy import runtime
     from kdistill.deploy.export import (

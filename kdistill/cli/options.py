@@ -57,8 +57,8 @@ def task_option(help: str, **kwargs):
 
 task_kind_option = click.option(
     "--task", "task_kind", default=None, metavar="KIND",
-    help="The kind of task, for a domain that offers several (its task_kinds in `kdistill domains`); default: the "
-         "domain's own.")
+    help="The kind of task, for a domain that offers several (its task_kinds in `kdistill domains`), the same as "
+         "DOMAIN:KIND (e.g. unimal:vt, which every command takes); default: the domain's own.")
 
 
 def progress_lines(quiet: bool = False) -> ProgressFn | None:

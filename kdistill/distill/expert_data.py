@@ -545,9 +545,14 @@ def check_data_domain(meta: dict, domain, path) -> None:
     """Raise a one-line error unless the data in ``path`` (its ``meta``) was collected on ``domain``: a ``Domain``,
     or a DOMAIN argument (``name`` or ``name:kind``), whose kind of task must match too."""
     if isinstance(domain, str):
+        name, _, kind = domain.partition(":")
+        if meta["domain"] != name:
+            raise DataError(f"{path} holds {meta['domain']!r} data, not {name!r}.")
+        if (kind or None) == meta.get("task_kind"):
+            return  # same kind (or both the default): no need to build the domain, which may not be registered here
         from kdistill.plugins import get_domain
 
-        domain = get_domain(domain)
+        domain = get_domain(domain)  # the domain knows its default kind
     if meta["domain"] != domain.name:
         raise DataError(f"{path} holds {meta['domain']!r} data, not {domain.name!r}.")
     check_task_kind(meta, domain, str(path))
