@@ -43,7 +43,7 @@ def demo_cmd(domain_name: str, out_dir: str | None, teacher_run: str | None, sam
       kdistill demo DOMAIN --json               # a domain with no shipped teacher trains one first
     """
     # everything is checked before the report folder is touched
-    out = Path(out_dir or f"runs/demo-{domain_name}")
+    out = Path(out_dir or f"runs/demo-{domain_name.replace(':', '-')}")  # unimal:vt -> runs/demo-unimal-vt
     domain = get_domain(domain_name, data_dir=data_dir)
     settings = demo_settings(domain, {"samples_per_task": samples_per_task, "distill_epochs": epochs,
                                       "eval_episodes": episodes, "test_tasks": test_tasks})
