@@ -29,8 +29,9 @@ def saved_run_settings(run_dir: str | Path, domain_name: str, required: bool,
     if not isinstance(saved, dict) or not isinstance(saved.get("tasks"), list):
         raise KdistillError(f"{ckpt / 'meta.json'} has no valid 'run' settings (tasks, seed, ...); "
                             f"it cannot be resumed, start a new --out folder.")
-    if saved.get("domain") not in (None, domain_name):
-        raise KdistillError(f"{run_dir} is a run of domain {saved.get('domain')!r}, not {domain_name!r}; "
+    name = domain_name.partition(":")[0]  # "unimal:vt": the kind of task is checked against the checkpoint later
+    if saved.get("domain") not in (None, name):
+        raise KdistillError(f"{run_dir} is a run of domain {saved.get('domain')!r}, not {name!r}; "
                             f"resume it with that domain or choose a new --out folder.")
     return saved
 

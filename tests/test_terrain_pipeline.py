@@ -163,6 +163,23 @@ def test_pipeline_records_the_kind_and_stores_extero(pipeline):
     assert teacher.meta["task_kind"] == "vt"
 
 
+def test_runs_of_a_kind_resume_with_it(pipeline, unimal_dir):
+    from kdistill.domain import check_task_kind
+    from kdistill.io import load_run_checkpoint
+    from kdistill.resume import saved_run_settings
+
+    root, domain = pipeline
+    assert saved_run_settings(root / "teacher", "unimal:vt", required=True)["tasks"] == [SMALL, OTHER]
+    _, meta = load_run_checkpoint(root / "teacher", as_torch=False)
+    check_task_kind(meta, domain, "run")
+    with pytest.raises(CheckpointError, match="unimal:vt tasks, not unimal:obstacle"):
+        check_task_kind(meta, get_domain("unimal:obstacle"), "run")
+    res = invoke("expert", "collect", "unimal:vt", "--teacher", root / "teacher", "--tasks", f"{SMALL},{OTHER}",
+                 "--samples-per-task", 48, "--envs", 2, "--out", root / "data", "--json", "--data-dir", unimal_dir)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["skipped"] == [SMALL, OTHER]
+
+
 @pytest.mark.parametrize("student", ["hnmlp", "mlp"])
 def test_eval_and_export_parity(pipeline, unimal_dir, tmp_path, student):
     root, domain = pipeline
