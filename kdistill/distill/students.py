@@ -238,8 +238,8 @@ class HNMLPStudent(Student):
         self.hidden_encoder = encoder_cls(self.C, E) if config.layers > 1 else None
         self.output_encoder = encoder_cls(self.C, E)
         self.dropout = nn.Dropout(config.context_dropout)
-        X = 64 if layout.extero_features else 0  # the encoder's output size
-        self.extero_encoder = ExteroEncoder(layout.extero_features) if X else None
+        self.extero_encoder = ExteroEncoder(layout.extero_features) if layout.extero_features else None
+        X = self.extero_encoder.out_features if self.extero_encoder is not None else 0
         # fan-in of the input layer is the whole flat observation (T*S), as in the reference, plus the encoded extero
         self.input_hn = HypernetLayer(E, self.S, H, fan_in=self.T * self.S + X)
         # the encoded extero's input weights, one (X, H) block per task from the input encoder's mean embedding
@@ -249,7 +249,8 @@ class HNMLPStudent(Student):
 
     def generate(self, context: torch.Tensor, ctx_mask: torch.Tensor) -> dict:
         """Per-task MLP parameters: ``w_in (K,T,S,H)``, ``b_in (K,T,H)``, ``hidden`` list of
-        ``(w (K,H,H), b (K,H))``, ``w_out (K,T,H,A)``, ``b_out (K,T,A)``."""
+        ``(w (K,H,H), b (K,H))``, ``w_out (K,T,H,A)``, ``b_out (K,T,A)``; with exteroception also the encoded
+        extero's input weights ``w_ext (K,X,H)`` and ``b_ext (K,H)``."""
         ctx_mask = ctx_mask.bool()
         e_in = self.input_encoder(context, ctx_mask)
         w_in, b_in = self.input_hn(self.dropout(e_in))
