@@ -18,7 +18,7 @@ from kdistill.deploy.export import export_c, extero_layers, fold_policy, load_st
 from kdistill.distill.expert_data import load_expert_data
 from kdistill.distill.students import build_student
 from kdistill.domain import domain_label
-from kdistill.errors import CheckpointError, KdistillError
+from kdistill.errors import CheckpointError, DataError, KdistillError
 from kdistill.loading import load_policy
 from kdistill.plugins import get_domain, get_plugins
 from kdistill.rl.ppo import PPOConfig
@@ -195,6 +195,12 @@ def test_eval_and_export_parity(pipeline, unimal_dir, tmp_path, student):
     info = json.loads(res.stdout)
     assert info["extero"]["features"] == E and info["task_kind"] == "vt" and info["check"]["max_abs_diff"] < 1e-5
     exported = runtime.load(tmp_path / "policy")
+    meta = json.loads((tmp_path / "policy.json").read_text())
+    del meta["extero"]  # an export that lost its encoder's description is refused, not misread
+    (tmp_path / "bad.json").write_text(json.dumps({**meta, "weights_file": "policy.safetensors"}))
+    (tmp_path / "bad.safetensors").write_bytes((tmp_path / "policy.safetensors").read_bytes())
+    with pytest.raises(DataError, match="the first layer takes 268"):
+        runtime.load(tmp_path / "bad")
     # on real terrain observations: the student and the numpy runtime agree
     policy = load_student_run(root / student, domain)
     policy.prepare(SMALL, domain.context(SMALL))
