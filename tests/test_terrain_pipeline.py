@@ -252,6 +252,34 @@ def test_another_kind_of_task_is_one_line(pipeline, unimal_dir):
     one_line_error(res)
 
 
+def test_experts_read_the_height_map(unimal_dir, tmp_path):
+    from kdistill.rl.experts import ExpertConfig, ExpertRunSettings, ExpertTrainer
+
+    domain = get_domain("unimal:vt", data_dir=unimal_dir)
+    config = ExpertConfig(envs_per_task=2, num_steps=16, epochs=1, minibatch_size=16, eval_every=10**6,
+                          eval_episodes=1, min_steps=0, patience=0, hidden=(8,))
+    settings = ExpertRunSettings(domain="unimal", tasks=[SMALL], preset="test", seed=0, steps_per_task=10**6,
+                                 checkpoint_every=1)
+    trainer = ExpertTrainer(domain, settings, config, run_dir=tmp_path / "experts")
+    try:
+        assert trainer.in_features == 12 * 17 + E
+        trainer.train(stop_after_updates=1)
+        trainer.save()
+    finally:
+        trainer.close()
+    experts = load_policy(tmp_path / "experts", domain=domain)
+    assert experts.meta["task_kind"] == "vt"
+    venv = domain.make_vec_env([SMALL], 2, seed=1)
+    try:
+        obs = venv.reset(seed=1)
+    finally:
+        venv.close()
+    experts.prepare(SMALL)
+    mu = experts.act(obs)
+    lifted = experts.act({**obs, "extero": obs["extero"] + 1.0})
+    assert np.isfinite(mu).all() and not np.allclose(mu, lifted)  # the actions depend on the terrain
+
+
 def test_flat_checkpoints_load_unchanged_and_stay_flat(unimal_dir):
     from pathlib import Path
 

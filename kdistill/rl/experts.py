@@ -13,8 +13,9 @@ gradient-norm clip 0.5, orthogonal initialisation), with the time-limit conventi
 ``kdistill.rl``'s GAE (a truncated step's return is its own value).
 
 Experts read the state only: the features the domain's students read (``layout.student_features``)
-of every token slot, flattened, with padded slots zeroed. A task is evaluated every ``eval_every``
-env steps with the deterministic mean action on fixed starts; its best evaluated actor is kept, and
+of every token slot, flattened, with padded slots zeroed, followed on a layout with exteroception by the raw
+``extero`` vector (e.g. a height map), normalised per task like the rest (``expert_inputs``). A task is evaluated
+every ``eval_every`` env steps with the deterministic mean action on fixed starts; its best evaluated actor is kept, and
 a task whose best return has not improved for ``patience`` evaluations stops, so the remaining wall
 time goes to the tasks still learning.
 
@@ -137,6 +138,22 @@ class ExpertRunSettings:
         return d
 
 
+def expert_input_size(layout: Layout) -> int:
+    """Inputs of an expert of ``layout``: the flat student view, then the exteroception (if any)."""
+    return layout.max_tokens * len(layout.student_features) + layout.extero_features
+
+
+def expert_inputs(obs: dict[str, np.ndarray], layout: Layout) -> np.ndarray:
+    """``(N, D)`` float64 expert inputs of raw observations: the student features of every token (padded slots zeroed),
+    flattened, then ``extero`` when the layout has it."""
+    x = np.asarray(obs["obs"])[:, :, list(layout.student_features)].astype(np.float64)
+    x[np.asarray(obs["obs_mask"], bool)] = 0.0
+    x = x.reshape(len(x), -1)
+    if layout.extero_features:
+        x = np.concatenate([x, np.asarray(obs["extero"], np.float64).reshape(len(x), -1)], axis=1)
+    return x
+
+
 def task_key(task: str) -> int:
     """A stable integer per task name: a task's seeds do not depend on which other tasks run beside it."""
     return zlib.crc32(task.encode())
@@ -250,7 +267,7 @@ class ExpertTrainer:
         if len(set(self.tasks)) != len(self.tasks):
             raise KdistillError("the task list names a task twice; pass each task once.")
         self.features = np.asarray(layout.student_features, np.int64)
-        self.in_features = layout.max_tokens * len(self.features)
+        self.in_features = expert_input_size(layout)
         self.num_actions = layout.num_actions
         K = len(self.tasks)
         self.max_updates = max(1, math.ceil(settings.steps_per_task / config.batch_size))
@@ -259,7 +276,10 @@ class ExpertTrainer:
         contexts = [domain.context(t) for t in self.tasks]
         self.token_mask = np.stack([np.asarray(c.mask, bool) for c in contexts])  # (K, T) True = padded
         self.act_mask = torch.from_numpy(np.stack([np.asarray(c.act_mask, bool) for c in contexts]))  # (K, A)
-        self.input_mask = torch.from_numpy(np.repeat(self.token_mask, len(self.features), axis=1))  # (K, D)
+        input_mask = np.repeat(self.token_mask, len(self.features), axis=1)
+        if layout.extero_features:  # exteroception inputs are never padding
+            input_mask = np.concatenate([input_mask, np.zeros((K, layout.extero_features), bool)], axis=1)
+        self.input_mask = torch.from_numpy(input_mask)  # (K, D)
 
         self.generators = [torch.Generator().manual_seed(_derived_seed(settings.seed, task_key(t), 1)) for t in self.tasks]
         full = StackedActorCritic(K, self.in_features, self.num_actions, config.hidden)
@@ -331,9 +351,7 @@ class ExpertTrainer:
     # observations ---------------------------------------------------------------------------------
     def _features(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """``(m*E, T, F)`` raw observations -> ``(m, E, D)`` state features, padded slots zeroed."""
-        x = obs["obs"][:, :, self.features].astype(np.float64)
-        x[np.asarray(obs["obs_mask"], bool)] = 0.0
-        return x.reshape(-1, self.config.envs_per_task, self.in_features)
+        return expert_inputs(obs, self.layout).reshape(-1, self.config.envs_per_task, self.in_features)
 
     def _normalise(self, x: np.ndarray, rows: np.ndarray, update: bool) -> np.ndarray:
         if update:
@@ -498,9 +516,7 @@ class ExpertTrainer:
         return returns.reshape(n, E).mean(1)
 
     def _features_n(self, obs: dict[str, np.ndarray], n: int, per_task: int) -> np.ndarray:
-        x = obs["obs"][:, :, self.features].astype(np.float64)
-        x[np.asarray(obs["obs_mask"], bool)] = 0.0
-        return x.reshape(n, per_task, self.in_features)
+        return expert_inputs(obs, self.layout).reshape(n, per_task, self.in_features)
 
     def _record_eval(self, means: np.ndarray) -> list[int]:
         """Update the best snapshots and patience counters; return the active rows that should stop."""
@@ -873,7 +889,7 @@ class ExpertSetPolicy(Policy):
         config = meta["config"]
         self.obs_clip = float(config["obs_clip"])
         self.features = np.asarray(self.layout.student_features, np.int64)
-        D = self.layout.max_tokens * len(self.features)
+        D = expert_input_size(self.layout)
         sizes = [D, *config["hidden"], self.layout.num_actions]
         self.actor = StackedMLP(len(self.tasks), sizes)
         state = {k[len("best."):]: torch.as_tensor(v) for k, v in tensors.items()
@@ -911,9 +927,7 @@ class ExpertSetPolicy(Policy):
     def act_tasks(self, obs: dict[str, np.ndarray], task_index: np.ndarray, deterministic: bool = True) -> np.ndarray:
         """Mean (or sampled) actions of rows whose expert is ``task_index`` (rows into ``self.tasks``)."""
         task_index = np.asarray(task_index, np.int64)
-        x = np.asarray(obs["obs"])[:, :, self.features].astype(np.float64)
-        x[np.asarray(obs["obs_mask"], bool)] = 0.0
-        x = x.reshape(len(x), -1)
+        x = expert_inputs(obs, self.layout)
         x = np.clip((x - self.mean[task_index]) / np.sqrt(self.var[task_index] + 1e-8), -self.obs_clip, self.obs_clip)
         out = np.empty((len(x), self.layout.num_actions), np.float32)
         with torch.no_grad():
