@@ -121,6 +121,17 @@ def test_bench_ratios_on_paper_presets(unimal_dir):
     assert modumorph["params"] / student["analytic"]["params"] >= 6.6
 
 
+def test_reference_presets_reproduce_the_papers_figures(unimal_dir):
+    """ModuMorph teacher with the reference's vt decoder against the FLOP script's 3-layer student: 67.2x / 6.55x."""
+    from kdistill.bench.bench import build_subjects, count_costs
+
+    s = build_subjects(get_domain("unimal:vt", data_dir=unimal_dir), task=SMALL, teacher_arch="modumorph",
+                       teacher_preset="paper-vt", student_preset="paper-3layers")
+    costs = count_costs(s)
+    assert costs["teacher"]["analytic"]["flops"] == 40_336_640 and costs["teacher"]["analytic"]["params"] == 1_973_176
+    assert costs["generated_mlp"]["analytic"] == {"flops": 600_320, "params": 301_080}
+
+
 # end to end ----------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

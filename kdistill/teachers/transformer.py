@@ -66,6 +66,9 @@ class TransformerTeacherConfig:
             # two pre-LN layers of width 64 keep cross-token attention, which is what lets one policy
             # serve many morphologies; PPO's update dominates the wall time on CPU, so depth is costly
             "cpu": cls(d_model=64, num_layers=2, num_heads=2, feedforward=256),
+            # the reference's terrain teachers: the paper's, with a deeper decoder (csr.yaml, obstacle.yaml)
+            "paper-vt": cls(decoder_hidden=(64,)),
+            "paper-obstacle": cls(decoder_hidden=(64, 64)),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,7 +84,8 @@ class ModuMorphTeacherConfig(TransformerTeacherConfig):
 
     @classmethod
     def presets(cls) -> dict[str, "ModuMorphTeacherConfig"]:
-        return {"paper": cls(), "cpu": cls(d_model=64, num_layers=2, num_heads=2, feedforward=256)}
+        return {"paper": cls(), "cpu": cls(d_model=64, num_layers=2, num_heads=2, feedforward=256),
+                "paper-vt": cls(decoder_hidden=(64,)), "paper-obstacle": cls(decoder_hidden=(64, 64))}
 
 
 # building blocks ------------------------------------------------------------------------------------
