@@ -10,6 +10,7 @@ from kdistill.cli.options import (
     console,
     data_dir_option,
     err_console,
+    evaluation_options,
     executor_options,
     json_option,
     open_executor,
@@ -27,14 +28,7 @@ from kdistill.cli.options import (
                    "A policy named 'teacher' is the reference for the fraction column.")
 @click.option("--split", "split_spec", default="train,test", show_default=True, help="Comma-separated splits.")
 @click.option("--num-tasks", type=click.IntRange(1), default=None, help="Only the first N tasks of each split.")
-@click.option("--episodes", type=click.IntRange(1), default=16, show_default=True, help="Episodes per task (one per env).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the episodes' resets.")
-@click.option("--stochastic", is_flag=True, help="Sample actions instead of playing the mean action.")
-@click.option("--no-random", is_flag=True, help="Skip the random-policy row.")
-@click.option("--device", default="cpu", show_default=True, help="Torch device: cpu or cuda.")
-@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
-              help="Torch CPU threads. More threads are much slower while the envs step on the same cores "
-                   "(measured 7-13x slower with 2 on 2 cores): the batches here are small.")
+@evaluation_options
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Also write compare.json and compare.png into this folder.")
 @executor_options

@@ -10,6 +10,7 @@ from kdistill.cli.options import (
     console,
     data_dir_option,
     err_console,
+    evaluation_options,
     executor_options,
     json_option,
     open_executor,
@@ -27,14 +28,7 @@ from kdistill.cli.options import (
 @tasks_option()
 @click.option("--split", default=None, help="Evaluate a split's tasks: train, test or all. [default: train]")
 @click.option("--num-tasks", type=click.IntRange(1), default=None, help="Only the first N tasks of the selection.")
-@click.option("--episodes", type=click.IntRange(1), default=16, show_default=True, help="Episodes per task (one per env).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the episodes' resets.")
-@click.option("--stochastic", is_flag=True, help="Sample actions with the policy's std instead of the mean action.")
-@click.option("--no-random", is_flag=True, help="Skip the random-policy row.")
-@click.option("--device", default="cpu", show_default=True, help="Torch device: cpu or cuda.")
-@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
-              help="Torch CPU threads. More threads are much slower while the envs step on the same cores: "
-                   "the batches here are small.")
+@evaluation_options
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Also write eval.json and eval.png (per-task bar chart) into this folder.")
 @executor_options

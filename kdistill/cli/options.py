@@ -129,3 +129,21 @@ def open_executor(name: str, workers: int, address: str | None):
     from kdistill.executors import get_executor
 
     return get_executor(name, workers=workers, address=address)
+
+
+def evaluation_options(command):
+    """The options every command that plays policies for returns shares: episodes, seed, random row, device, threads."""
+    for option in reversed([
+        click.option("--episodes", type=click.IntRange(1), default=16, show_default=True,
+                     help="Episodes per task (one per env)."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the episodes' resets."),
+        click.option("--stochastic", is_flag=True, help="Sample actions with the policy's std instead of the mean action."),
+        click.option("--no-random", is_flag=True, help="Skip the random-policy row."),
+        click.option("--device", default="cpu", show_default=True, help="Torch device: cpu or cuda."),
+        click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
+                     help="Torch CPU threads. More threads are much slower while the envs step on the same cores "
+                          "(measured 7-13x slower with 2 on 2 cores): the batches here are small."),
+    ]):
+        command = option(command)
+    return command
+

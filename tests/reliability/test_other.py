@@ -182,7 +182,7 @@ def test_files_are_written_with_the_users_umask(cli, pipeline, tmp_path, umask):
 
 
 def test_pipeline_files_are_not_private(pipeline):
-    # the session-scoped fixture ran with the test process's umask (0022 unless changed)
+    # the pipeline fixture wrote its files under the test process's umask (0022 unless changed)
     umask = os.umask(0)
     os.umask(umask)
     for name in ("teacher", "expert", "student"):
