@@ -1,5 +1,6 @@
 """A generated policy as C: compiled with the system compiler, it matches the student on every training robot;
-the runtime's compiled batch-1 path matches its numpy path."""
+the runtime's compiled batch-1 path matches its numpy path. A terrain student (two inputs: the flat observation and
+the raw height map through its encoder) does too, in C and through the compiled kernel."""
 
 from __future__ import annotations
 
@@ -43,6 +44,27 @@ int main(int argc, char **argv) {
 }
 """
 
+HARNESS_EXTERO = r"""
+#include <stdio.h>
+#include <stdlib.h>
+%(includes)s
+typedef void (*act_fn)(const float *, const float *, float *);
+static const act_fn ACTS[] = {%(functions)s};
+int main(int argc, char **argv) {
+    /* stdin: for each policy k, int32 k, int32 rows, then per row n_in obs floats and n_ext extero floats */
+    int k, rows;
+    while (fread(&k, 4, 1, stdin) == 1 && fread(&rows, 4, 1, stdin) == 1) {
+        static float obs[%(n_in)d], ext[%(n_ext)d], act[%(n_out)d];
+        for (int r = 0; r < rows; ++r) {
+            if (fread(obs, 4, %(n_in)d, stdin) != %(n_in)d || fread(ext, 4, %(n_ext)d, stdin) != %(n_ext)d) return 2;
+            ACTS[k](obs, ext, act);
+            fwrite(act, 4, %(n_out)d, stdout);
+        }
+    }
+    return 0;
+}
+"""
+
 
 def random_student(layout, config: dict, seed: int = 0) -> StudentPolicy:
     """A student whose generators are moved off their init (every task gets its own MLP), random normaliser."""
@@ -59,22 +81,27 @@ def random_student(layout, config: dict, seed: int = 0) -> StudentPolicy:
     return StudentPolicy(student, ObsNormalizer.from_state(state), {"domain": "x", "arch": "hnmlp"})
 
 
-def compile_and_run(tmp: Path, exports: list, observations: list[np.ndarray]) -> list[np.ndarray]:
-    """Write C for each export, build one program with all of them, feed it the observations."""
-    prefixes = []
+def compile_and_run(tmp: Path, exports: list, observations: list[np.ndarray],
+                    extero: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """Write C for each export, build one program with all of them, feed it the observations (and, for two-input
+    exports, their ``extero`` rows)."""
+    prefixes, functions = [], []
     for k, exported in enumerate(exports):
         prefix = c_identifier(f"p{k}")
-        write_c(exported, tmp, prefix)
+        functions.append(write_c(exported, tmp, prefix)["function"])
         prefixes.append(prefix)
     n_in, n_out = exports[0].input_size, exports[0].output_size
-    (tmp / "main.c").write_text(HARNESS % {
-        "includes": "\n".join(f'#include "{p}.h"' for p in prefixes),
-        "functions": ", ".join(f"{p}_act" for p in prefixes), "n_in": n_in, "n_out": n_out})
+    fields = {"includes": "\n".join(f'#include "{p}.h"' for p in prefixes), "functions": ", ".join(functions),
+              "n_in": n_in, "n_out": n_out, "n_ext": exports[0].extero_size}
+    (tmp / "main.c").write_text((HARNESS if extero is None else HARNESS_EXTERO) % fields)
     sources = [str(tmp / f"{p}.c") for p in prefixes] + [str(tmp / "main.c")]
     subprocess.run([CC, "-std=c99", "-O1", "-Wall", "-Werror", "-o", str(tmp / "prog"), *sources, "-lm"], check=True,
                    capture_output=True, timeout=600)
-    feed = b"".join(np.array([k, len(o)], np.int32).tobytes() + np.ascontiguousarray(o, np.float32).tobytes()
-                    for k, o in enumerate(observations))
+    if extero is None:
+        rows = [np.ascontiguousarray(o, np.float32) for o in observations]
+    else:
+        rows = [np.ascontiguousarray(np.hstack([o, e]), np.float32) for o, e in zip(observations, extero)]
+    feed = b"".join(np.array([k, len(r)], np.int32).tobytes() + r.tobytes() for k, r in enumerate(rows))
     out = subprocess.run([str(tmp / "prog")], input=feed, capture_output=True, check=True, timeout=120).stdout
     flat = np.frombuffer(out, np.float32)
     results, start = [], 0
@@ -113,6 +140,59 @@ def test_c_matches_the_student_on_every_training_robot(tmp_path, unimal_dir):
     worst = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))
     assert worst <= 1e-5, worst
     assert len(got) == len(tasks) == 100 and not np.allclose(got[0][1], got[1][1])
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler")
+def test_terrain_student_in_c_and_in_the_kernel(tmp_path, unimal_dir, monkeypatch):
+    """A tiny vt student on real robots and real height maps: the exported C (``policy_act_extero``) and the runtime's
+    compiled kernel at batch 1 both match the student within 1e-5."""
+    from kdistill.deploy import kernel
+    from kdistill_unimal.domain import UnimalDomain
+
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
+    kernel._loaded.clear()
+    domain = UnimalDomain(data_dir=unimal_dir, task_kind="vt")
+    tasks = domain.tasks("train")[::25]  # 1.4 MB of C per robot (the encoder), so four robots
+    policy = random_student(domain.layout, {"hidden": 16, "embed": 16, "layers": 3})
+    exports, observations, heights, expected = [], [], [], []
+    rng = np.random.default_rng(0)
+    for k, task in enumerate(tasks):
+        ctx = domain.context(task)
+        export_policy(policy, task, ctx, tmp_path / "exports" / task)
+        exports.append(runtime.load(tmp_path / "exports" / f"{task}.json"))
+        env = domain.make_env(task)
+        obs, _ = env.reset(seed=k)
+        seen = [obs]
+        for _ in range(4):
+            seen.append(env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))[0])
+        env.close()
+        raw = {"obs": np.stack([o["obs"] for o in seen]), "obs_mask": np.repeat(ctx.mask[None], len(seen), 0),
+               "extero": np.stack([o["extero"] for o in seen])}
+        assert (raw["extero"] == 0).mean() > 0.5  # the flat start: mostly exact zeros, which the kernels skip
+        raw["obs"][0] *= 50.0  # far outside the normaliser's range: the clipping must agree too
+        raw["extero"][1] += rng.uniform(-3, 3, raw["extero"][1].shape).astype(np.float32)  # rough ground, no zeros
+        policy.prepare(task, ctx)
+        expected.append(policy.act(raw))
+        observations.append(exports[-1].flat_observation(raw))
+        heights.append(raw["extero"])
+    got = compile_and_run(tmp_path / "c", exports, observations, heights)
+    worst_c = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))
+    fast = [np.stack([p.act(o, e) for o, e in zip(obs, ext)]) for p, obs, ext in zip(exports, observations, heights)]
+    assert all(p._kernel for p in exports)  # batch 1 ran compiled, not numpy
+    worst_kernel = max(float(np.abs(f - e).max()) for f, e in zip(fast, expected))
+    print(f"terrain student: C {worst_c:.2e}, compiled kernel {worst_kernel:.2e} from the student")
+    assert worst_c <= 1e-5 and worst_kernel <= 1e-5, (worst_c, worst_kernel)
+    assert not np.allclose(got[0][2], got[1][2])  # each robot its own policy
+    lifted = exports[0].act(observations[0][2], heights[0][2] + 0.5)  # the height map matters
+    assert not np.allclose(lifted, fast[0][2])
+    header = (tmp_path / "c" / "p0.h").read_text()
+    assert "void p0_act_extero(const float *obs, const float *extero, float *action);" in header
+    assert "#define P0_EXTERO_SIZE 1410" in header and "#define P0_OBS_SIZE 204" in header
+    assert "#include <" not in (tmp_path / "c" / "p0.c").read_text()
+    subprocess.run([CC, "-std=c99", "-pedantic", "-Wall", "-Werror", "-c", str(tmp_path / "c" / "p0.c"), "-o",
+                    str(tmp_path / "p0.o")], check=True, capture_output=True, timeout=300)
+    with pytest.raises(Exception, match="reads exteroception"):
+        exports[0].act(observations[0][0])  # the compiled path checks its inputs as numpy does
 
 
 @pytest.mark.skipif(CC is None, reason="no C compiler")

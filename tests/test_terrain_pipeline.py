@@ -1,10 +1,12 @@
 """The pipeline on the terrain tasks (issue 14): DOMAIN as ``unimal:vt``, a tiny teacher, expert data with ``extero``
-rows, an HN-MLP student with its exteroception encoder, evaluation, export with two inputs and runtime parity; the
+rows, an HN-MLP student with its exteroception encoder, evaluation, export with two inputs and its parity (numpy
+runtime, compiled kernel, C); the
 student encoder's cost against hand-computed numbers; a checkpoint of one kind of task refused by another."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from click.testing import CliRunner
 from kdistill.bench import flops as F
 from kdistill.cli.app import app
 from kdistill.deploy import runtime
-from kdistill.deploy.export import export_c, extero_layers, fold_policy, load_student_run
+from kdistill.deploy.export import extero_layers, fold_policy, load_student_run
 from kdistill.distill.expert_data import load_expert_data
 from kdistill.distill.students import build_student
 from kdistill.domain import domain_label
@@ -227,9 +229,17 @@ def test_eval_and_export_parity(pipeline, unimal_dir, tmp_path, student):
     flat = exported.flat_observation(obs)
     with pytest.raises(Exception, match="reads exteroception"):
         exported.act(flat)
-    assert exported._prepare_kernel() is False  # the compiled path runs one dense chain only
-    with pytest.raises(KdistillError, match="--format c"):
-        export_c(policy, SMALL, domain.context(SMALL), tmp_path / "policy_c", check_samples=0)
+    # one observation at a time: the compiled kernel runs the encoder and the chain
+    for row, ext, want in zip(flat, obs["extero"], policy.act(obs)):
+        np.testing.assert_allclose(exported.act(row, ext), want, atol=1e-5, rtol=0)
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        return
+    res = invoke("export", "unimal:vt", "--student", root / student, "--task", SMALL, "--out", tmp_path / "c" / "robot",
+                 "--format", "c", "--check-samples", 16, "--json", "--data-dir", unimal_dir)
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    assert info["function"] == "policy_act_extero" and info["extero_size"] == E and 0 <= info["check"] <= 1e-5
+    assert "policy_act_extero(const float *obs, const float *extero, float *action)" in (tmp_path / "c" / "robot.h").read_text()
 
 
 def test_onnx_takes_both_inputs(pipeline, unimal_dir, tmp_path):

@@ -313,7 +313,11 @@ def make_callers(s: Subjects, batch: int, seed: int = 0) -> dict[str, Callable[[
         callers["numpy-runtime"] = lambda: on_numpy.act(raw, out=out)
     if batch == 1 and s.runtime._prepare_kernel():
         row, one = raw[0].copy(), np.empty(s.runtime.output_size, np.float32)
-        callers["compiled-runtime"] = lambda: s.runtime.act(row, out=one)
+        if ext_np is not None:
+            ext_row = ext_np[0].copy()
+            callers["compiled-runtime"] = lambda: s.runtime.act(row, ext_row, out=one)
+        else:
+            callers["compiled-runtime"] = lambda: s.runtime.act(row, out=one)
     session = _onnx_session(s)
     if session is not None:
         feed = {"obs": raw, **({"extero": ext_np} if ext_np is not None else {})}

@@ -19,7 +19,8 @@ from kdistill.cli.options import console, data_dir_option, json_option, print_js
               show_default=True,
               help="safetensors: dense layers + JSON for kdistill.deploy.runtime (numpy only); onnx: one ONNX model "
                    "(input 'obs' (N, T*S), output 'mu' (N, T*A)), checked with onnxruntime; c: STEM.c + STEM.h, "
-                   "dependency-free C99 with policy_act(obs, action), checked with the system compiler.")
+                   "dependency-free C99 with policy_act(obs, action) (policy_act_extero(obs, extero, action) for a "
+                   "student that reads exteroception), checked with the system compiler.")
 @click.option("--check-samples", type=click.IntRange(0), default=256, show_default=True,
               help="Random observations on which the export is compared with the student (0 = skip).")
 @json_option
@@ -33,7 +34,8 @@ def export_cmd(domain_name: str, student_path: str, task: str, out: str, fmt: st
     `kdistill.deploy.runtime.load(path)` and call `.act(flat_obs)` or `.act_obs(env_obs)`. With --format onnx it
     is one ONNX model for any ONNX runtime, compared with the student through onnxruntime before it is
     written (largest difference at most 1e-5). A student of a task kind with exteroception (e.g. unimal:vt) exports
-    its encoder too and takes a second input, `.act(flat_obs, extero)` and ONNX input `extero`; --format c refuses it.
+    its encoder too and takes a second input: `.act(flat_obs, extero)`, ONNX input `extero`, and with --format c the
+    function `policy_act_extero(obs, extero, action)`.
 
     \b
     Examples:
@@ -82,8 +84,9 @@ def export_cmd(domain_name: str, student_path: str, task: str, out: str, fmt: st
         if as_json:
             print_json(info)
             return
+        ext = f", extero[{info['extero_size']}]" if "extero_size" in info else ""
         console.print(f"exported the {task} policy as C: {info['header']} and {info['source']}, function "
-                      f"{info['function']}(obs[{info['obs_size']}], action[{info['action_size']}])", markup=False)
+                      f"{info['function']}(obs[{info['obs_size']}]{ext}, action[{info['action_size']}])", markup=False)
         if info.get("check") is not None:
             console.print(f"compiled and run: matches the student within {info['check']:.2e} on {check_samples} "
                           f"random observations", markup=False)

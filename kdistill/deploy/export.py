@@ -6,8 +6,8 @@ become one ``(T*S, H)`` layer whose rows for padded tokens are zero. The observa
 folded into the weights (it clips), so it is stored beside them. File layout: see ``kdistill.deploy.runtime``.
 
 A student that reads exteroception also exports its encoder (``Student.fold_extero``), the same for every task: the
-export then has two inputs, the flat observation and the raw ``extero`` vector (runtime and ONNX); the C export
-refuses it.
+export then has two inputs, the flat observation and the raw ``extero`` vector (runtime, ONNX, and C through
+``policy_act_extero``).
 """
 
 from __future__ import annotations
@@ -371,11 +371,8 @@ def export_parity(policy: StudentPolicy, task: str, context: TaskContext, export
 
 
 def export_c(policy: StudentPolicy, task: str, context: TaskContext, out: str | Path, check_samples: int) -> dict[str, Any]:
-    """One task's generated MLP as C99 (STEM.c + STEM.h); compiled and compared with the student when a compiler exists."""
-    if getattr(policy.student, "extero_encoder", None) is not None:
-        raise KdistillError(f"--format c exports one dense chain, and this student also reads exteroception ('extero', "
-                            f"{policy.layout.extero_features} values) through its own encoder; export it as safetensors "
-                            f"(the default) or --format onnx, which take both inputs.")
+    """One task's generated MLP as C99 (STEM.c + STEM.h); compiled and compared with the student when a compiler exists.
+    A student that reads exteroception gets ``policy_act_extero(obs, extero, action)``, its encoder included."""
     stem = Path(out)
     if stem.suffix in (".c", ".h"):
         stem = stem.with_suffix("")
@@ -389,7 +386,11 @@ def export_c(policy: StudentPolicy, task: str, context: TaskContext, out: str | 
     info["task"] = task
     if check_samples > 0:
         obs = random_student_observations(policy, check_samples)
-        info["check"] = check_c(info, obs, exported.act(obs))
+        if exported.extero:
+            ext = random_extero(policy, check_samples)
+            info["check"] = check_c(info, obs, exported.act(obs, ext), extero=ext)
+        else:
+            info["check"] = check_c(info, obs, exported.act(obs))
         if info["check"] is not None and info["check"] > 1e-5:
             raise KdistillError(f"the compiled C differs from the student by {info['check']:.2e}; please report this.")
     return info

@@ -5,6 +5,9 @@ cost. The library is built with the system C compiler on first use and cached (`
 ``~/.cache/kdistill``, keyed by the source and flags, written atomically); without a compiler, or with
 ``KDISTILL_NO_KERNEL=1``, ``load_kernel()`` returns None and the runtime stays on numpy. Importing this
 module imports neither torch nor the compiler.
+
+A policy with an encoder on a second input (exteroception) runs it first, with the same layer code, straight into
+the first layer's input behind the normalised observation, then the dense chain.
 """
 
 from __future__ import annotations
@@ -93,11 +96,31 @@ typedef struct {
     const float *x;
     float *y, *buf_a, *buf_b;
     int *nz;
+    /* an optional encoder branch (n_ext 0: none) on a second raw input, ReLU after every layer; its output
+       follows the normalised x as the first layer's input */
+    int n_ext;
+    const int *ext_sizes;
+    const float *const *ext_w;
+    const float *const *ext_b;
+    const float *ext_x;
+    float *ext_buf;
 } kd_plan;
 
 void kd_run(const kd_plan *p) {
     float *h = p->buf_a, *next = p->buf_b;
-    for (int i = 0; i < p->sizes[0]; ++i) {
+    const int n_obs = p->n_ext ? p->sizes[0] - p->ext_sizes[p->n_ext] : p->sizes[0];
+    if (p->n_ext) {
+        /* buf_a's head is not written yet, so the encoder's intermediates ping-pong in buf_b and ext_buf and its
+           last layer writes straight behind where the normalised observation goes */
+        const float *e = p->ext_x;
+        float *spare = p->buf_b, *other = p->ext_buf;
+        for (int l = 0; l < p->n_ext; ++l) {
+            float *out = l == p->n_ext - 1 ? h + n_obs : spare;
+            kd_layer_fast(p->ext_sizes[l], p->ext_sizes[l + 1], p->ext_w[l], p->ext_b[l], e, out, 1, p->nz);
+            e = out; spare = other; other = out;
+        }
+    }
+    for (int i = 0; i < n_obs; ++i) {
         float v = p->x[i] - p->mean[i];
         v = v < p->low[i] ? p->low[i] : v;
         h[i] = v > p->high[i] ? p->high[i] : v;
@@ -116,7 +139,9 @@ _loaded: dict[str, object] = {}
 class _Plan(ctypes.Structure):
     _fields_ = [("n_layers", ctypes.c_int), ("sizes", ctypes.c_void_p), ("w", ctypes.c_void_p), ("b", ctypes.c_void_p),
                 ("mean", ctypes.c_void_p), ("low", ctypes.c_void_p), ("high", ctypes.c_void_p), ("x", ctypes.c_void_p),
-                ("y", ctypes.c_void_p), ("buf_a", ctypes.c_void_p), ("buf_b", ctypes.c_void_p), ("nz", ctypes.c_void_p)]
+                ("y", ctypes.c_void_p), ("buf_a", ctypes.c_void_p), ("buf_b", ctypes.c_void_p), ("nz", ctypes.c_void_p),
+                ("n_ext", ctypes.c_int), ("ext_sizes", ctypes.c_void_p), ("ext_w", ctypes.c_void_p),
+                ("ext_b", ctypes.c_void_p), ("ext_x", ctypes.c_void_p), ("ext_buf", ctypes.c_void_p)]
 
 
 def _cache_dir() -> Path:
@@ -159,32 +184,46 @@ def load_kernel():
 
 class KernelPlan:
     """Buffers and a ``kd_plan`` struct prepared once for one policy: a call copies the observation into the
-    plan's input buffer and passes the struct's address, nothing else."""
+    plan's input buffer and passes the struct's address, nothing else.
+
+    ``extero`` (``[(weight (in, out), bias)]``, ReLU after every layer) is an encoder on a second raw input whose
+    output follows the normalised observation in the first layer's input (``layers[0]`` then has rows for both)."""
 
     def __init__(self, fn, layers: list[np.ndarray], biases: list[np.ndarray], mean: np.ndarray, low: np.ndarray,
-                 high: np.ndarray):
+                 high: np.ndarray, extero: list[tuple[np.ndarray, np.ndarray]] = ()):
         self.fn = fn
         self._keep = [np.ascontiguousarray(a, np.float32) for a in (*layers, *biases, mean, low, high)]
         n = len(layers)
         ws, bs = self._keep[:n], self._keep[n:2 * n]
         mean, low, high = self._keep[2 * n:]
         sizes = np.array([ws[0].shape[0]] + [w.shape[1] for w in ws], np.int32)
-        widest = int(sizes.max())
+        ext_ws = [np.ascontiguousarray(w, np.float32) for w, _ in extero]
+        ext_bs = [np.ascontiguousarray(b, np.float32) for _, b in extero]
+        ext_sizes = np.array([ext_ws[0].shape[0]] + [w.shape[1] for w in ext_ws] if ext_ws else [0], np.int32)
+        widest = int(max(sizes.max(), ext_sizes.max()))
         self._arrays = {"sizes": sizes, "buf_a": np.empty(widest, np.float32), "buf_b": np.empty(widest, np.float32),
-                        "nz": np.empty(widest, np.int32)}
-        self.x = np.empty(int(sizes[0]), np.float32)
+                        "nz": np.empty(widest, np.int32), "ext_sizes": ext_sizes,
+                        "ext_buf": np.empty(widest, np.float32), "ext_ws": ext_ws, "ext_bs": ext_bs}
+        self.x = np.empty(int(sizes[0]) - (int(ext_sizes[-1]) if ext_ws else 0), np.float32)
+        self.extero = np.empty(int(ext_sizes[0]), np.float32)
         self.out = np.empty(int(sizes[-1]), np.float32)
         ptr = ctypes.c_void_p
         self._w = (ptr * n)(*[w.ctypes.data for w in ws])
         self._b = (ptr * n)(*[b.ctypes.data for b in bs])
+        self._ext_w = (ptr * max(len(ext_ws), 1))(*[w.ctypes.data for w in ext_ws])
+        self._ext_b = (ptr * max(len(ext_bs), 1))(*[b.ctypes.data for b in ext_bs])
         a = self._arrays
         self._plan = _Plan(n, a["sizes"].ctypes.data, ctypes.addressof(self._w), ctypes.addressof(self._b),
                            mean.ctypes.data, low.ctypes.data, high.ctypes.data, self.x.ctypes.data,
-                           self.out.ctypes.data, a["buf_a"].ctypes.data, a["buf_b"].ctypes.data, a["nz"].ctypes.data)
+                           self.out.ctypes.data, a["buf_a"].ctypes.data, a["buf_b"].ctypes.data, a["nz"].ctypes.data,
+                           len(ext_ws), a["ext_sizes"].ctypes.data, ctypes.addressof(self._ext_w),
+                           ctypes.addressof(self._ext_b), self.extero.ctypes.data, a["ext_buf"].ctypes.data)
         self._address = ctypes.addressof(self._plan)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Mean actions of one raw flat observation into ``self.out``."""
+    def __call__(self, x: np.ndarray, extero: np.ndarray | None = None) -> np.ndarray:
+        """Mean actions of one raw flat observation (and, with an encoder, one raw ``extero``) into ``self.out``."""
         self.x[...] = x
+        if extero is not None:
+            self.extero[...] = extero
         self.fn(self._address)
         return self.out

@@ -308,7 +308,8 @@ class ExportedPolicy:
         return result.copy()
 
     def _act_extero(self, x: np.ndarray, extero: np.ndarray | None, out: np.ndarray | None) -> np.ndarray:
-        """The two-input step (numpy, no preallocated plans): encoder on ``extero``, its output joins layer 0."""
+        """The two-input step: encoder on ``extero``, its output joins layer 0. One observation takes the compiled
+        kernel when there is one; otherwise numpy, without preallocated plans."""
         if not self.extero:
             raise DataError(f"exported policy for {self.task!r} reads no exteroception; call act(flat_obs) alone.")
         e = None if extero is None else np.asarray(extero, np.float32)
@@ -316,6 +317,14 @@ class ExportedPolicy:
             raise DataError(f"exported policy for {self.task!r} reads exteroception: pass extero of shape "
                             f"{('(N, ' if x.ndim == 2 else '(') + str(self.extero_size)}) with the observations, got "
                             f"{None if extero is None else np.shape(extero)}.")
+        if self.use_kernel and (x.ndim == 1 or len(x) == 1):
+            kernel = self._kernel if self._kernel is not None else self._prepare_kernel()
+            if kernel:
+                result = kernel(x.reshape(-1), e.reshape(-1))
+                if out is not None:
+                    out[...] = result.reshape(out.shape)
+                    return out
+                return result.reshape(1, -1).copy() if x.ndim == 2 else result.copy()
         for w, b in self.extero:
             e = np.maximum(e @ w + b, 0.0)
         z = np.clip(x.astype(np.float32) - self._mean32, self._low, self._high)
@@ -329,13 +338,17 @@ class ExportedPolicy:
         return h
 
     def _prepare_kernel(self):
-        """The compiled path for one observation, or False when no compiler is available (numpy then) or the policy
-        reads exteroception (the kernel runs one dense chain)."""
-        if self.extero:
-            self._kernel = False
-            return False
+        """The compiled path for one observation, or False when no compiler is available (numpy then). With an
+        exteroception encoder the kernel's first layer reads both parts, the encoded rows after the scaled ones."""
         fn = load_kernel()
-        self._kernel = KernelPlan(fn, self._layers, self.biases, self._mean32, self._low, self._high) if fn else False
+        if not fn:
+            self._kernel = False
+        elif self.extero:
+            first = np.vstack([self._layers[0], self._joined])
+            self._kernel = KernelPlan(fn, [first, *self._layers[1:]], self.biases, self._mean32, self._low, self._high,
+                                      self.extero)
+        else:
+            self._kernel = KernelPlan(fn, self._layers, self.biases, self._mean32, self._low, self._high)
         return self._kernel
 
     def flat_observation(self, obs: dict) -> np.ndarray:

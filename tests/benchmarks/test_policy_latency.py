@@ -15,7 +15,9 @@ One benchmark group per batch size (1, 32, 1024), so the teacher and the student
                        the numpy path, so they are not timed twice);
 * ``onnxruntime``      the ONNX export in onnxruntime (one intra-op thread);
 
-plus the one-off cost of writing one robot's weights (group ``one-off``). Threads: torch runs on one
+plus the one-off cost of writing one robot's weights (group ``one-off``), and the same models at batch 1 on
+variable terrain (group ``vt batch    1``), where the student also runs its height-map encoder (two inputs; the
+compiled kernel runs the encoder, then the chain). Threads: torch runs on one
 (``torch.set_num_threads(1)``) and numpy's BLAS on one through ``threadpoolctl`` when installed; without it,
 ``OPENBLAS_NUM_THREADS=1`` in the command above does it (it must be set before numpy is imported, hence on the
 command line). ``extra_info`` holds per-sample FLOPs (FlopCounterMode) and parameters of each model.
@@ -49,6 +51,14 @@ def subjects(unimal_dir, single_thread):
 @pytest.fixture(scope="module")
 def costs(subjects):
     return B.count_costs(subjects)
+
+
+@pytest.fixture(scope="module")
+def terrain_subjects(unimal_dir, single_thread):
+    from kdistill.plugins import get_domain
+
+    domain = get_domain("unimal:vt", data_dir=str(unimal_dir))
+    return B.build_subjects(domain, task="floor-1409-11-11-01-08-26-42", seed=0)
 
 
 class CallerCache:
@@ -86,6 +96,23 @@ def test_policy_step(benchmark, callers, costs, single_thread, batch, model):
             benchmark.pedantic(fn, rounds=5, iterations=1, warmup_rounds=1)
         else:
             benchmark(fn)
+
+
+@pytest.fixture(scope="module")
+def terrain_callers(terrain_subjects):
+    return B.make_callers(terrain_subjects, 1)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_terrain_policy_step(benchmark, terrain_callers, terrain_subjects, single_thread, model):
+    fn = terrain_callers.get(model)
+    if fn is None:
+        pytest.fail(f"no {model} caller on vt (no C compiler here? KDISTILL_NO_KERNEL set?)")
+    benchmark.group = "vt batch    1"
+    benchmark.extra_info.update(batch=1, domain="unimal:vt", blas_threads=single_thread,
+                                torch_threads=torch.get_num_threads())
+    with torch.inference_mode():
+        benchmark(fn)
 
 
 def test_generate_one_robots_weights(benchmark, subjects, single_thread):
