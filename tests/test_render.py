@@ -1,4 +1,5 @@
-"""Videos of policies (``kdistill render``, ``kdistill.render``): offscreen frames, side by side, GIF and MP4.
+"""Videos of policies (``kdistill render``, ``kdistill.render``): offscreen frames, side by side, GIF and MP4; on
+variable terrain, frames that show each episode's own ground.
 
 Rendering needs a headless OpenGL backend (EGL or OSMesa); ``.ci/run`` installs one, so in CI these tests run and
 never skip."""
@@ -85,3 +86,45 @@ def test_render_command_mp4_and_refusals(domain, unimal_dir, tmp_path):
     assert isinstance(res.exception, KdistillError) and ".gif or .mp4" in str(res.exception)
     with pytest.raises(KdistillError, match="no frames"):
         write_video([], tmp_path / "x.gif")
+
+
+def _frame_ahead(env, seed: int) -> np.ndarray:
+    """A frame after ``reset(seed)`` with the robot lifted 8 m along the corridor, so that the random terrain past the
+    flat start fills the tracking camera's view (the pose is the same for every seed, up to the reset noise)."""
+    import mujoco
+
+    env.reset(seed=seed)
+    sim = env.unwrapped.sim
+    sim.data.qpos[0] += 8.0
+    sim.data.qpos[2] += 1.5
+    mujoco.mj_forward(sim.model, sim.data)
+    return env.render()
+
+
+def _ground_differs(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of the pixels, away from the robot (orange) in either frame, whose colour differs clearly."""
+    robot = [(f[..., 0].astype(int) > f[..., 2].astype(int) + 40) for f in (a, b)]
+    ground = ~(robot[0] | robot[1])
+    changed = np.abs(a.astype(int) - b.astype(int)).max(-1) > 30
+    return float(changed[ground].mean())
+
+
+def test_terrain_is_drawn_and_redrawn_every_episode(domain, unimal_dir):
+    """On vt each reset draws a new corridor into the height field; the frame must show the current one (the renderer
+    keeps its own copy of the height field, so a stale copy would show the previous episode's ground)."""
+    vt = UnimalDomain(data_dir=unimal_dir, task_kind="vt")
+    env, fresh, flat = (vt.make_env(SMALL, render_mode="rgb_array"), vt.make_env(SMALL, render_mode="rgb_array"),
+                        domain.make_env(SMALL, render_mode="rgb_array"))
+    try:
+        first = _frame_ahead(env, 0)
+        second = _frame_ahead(env, 1)  # the same renderer, after a reset drew another corridor
+        again = _frame_ahead(env, 0)
+        new = _frame_ahead(fresh, 1)  # a renderer made after the seed-1 corridor was drawn
+        on_flat = _frame_ahead(flat, 0)
+    finally:
+        for e in (env, fresh, flat):
+            e.close()
+    assert _ground_differs(first, second) > 0.02  # another episode, other terrain in view
+    assert _ground_differs(second, new) < 0.002  # the reused renderer shows this episode's terrain, not the last one's
+    assert _ground_differs(first, again) < 0.002  # the same seed draws the same terrain
+    assert _ground_differs(first, on_flat) > 0.05  # the flat task's floor in the same pose looks otherwise

@@ -281,7 +281,7 @@ class UnimalEnv(gym.Env):
             self._camera.trackbodyid = 1
             self._camera.distance, self._camera.elevation, self._camera.azimuth = 4.0, -20.0, 90.0
         if self._terrain and self._hfield_stale:
-            # the renderer copies the height field when it is made; a reset redrew it since (untested here: no OpenGL)
+            # the renderer copies the height field when it is made; a reset redrew it since (tests/test_render.py)
             mujoco.mjr_uploadHField(self.sim.model, self._renderer._mjr_context, 0)
             self._hfield_stale = False
         self._renderer.update_scene(self.sim.data, self._camera)
