@@ -11,6 +11,11 @@ by reference, a ``DomainRef`` (domain name, build options, task folders) and a `
 checkpoint's tensors and meta), and each worker process builds those once and keeps them (``worker_cached``). Every
 job's result depends only on its item and its own seeds, never on which worker ran it or in what order, so every
 executor gives the same results for the same seeds.
+
+Work that must continue where it stopped (PPO rollout workers keep their envs' episodes running from one update to
+the next) uses *pinned workers*: ``executor.pinned(n)`` holds ``n`` workers, and its ``map(job, items)`` runs
+``job(items[k], state_k)`` on worker ``k`` at every call, where ``state_k`` is a dict that worker keeps between calls.
+A worker that died and was replaced starts again with an empty dict, so a job must rebuild what it finds missing.
 """
 
 from __future__ import annotations
@@ -41,6 +46,13 @@ class Executor:
             results[index] = result
         return results
 
+    def pinned(self, count: int) -> "PinnedWorkers":
+        """``count`` workers that each keep a state between calls (see the module docstring); close them after use."""
+        if not self.in_process:
+            raise KdistillError(f"the {self.name} executor has no pinned workers, which PPO rollout workers need; "
+                                f"use --executor local or ray.")
+        return LocalPinnedWorkers(count)
+
     def close(self) -> None:
         pass
 
@@ -69,6 +81,58 @@ class LocalExecutor(Executor):
     def imap_unordered(self, job, items):
         for index, item in enumerate(items):
             yield index, job(item)
+
+
+class PinnedWorkers:
+    """``count`` workers, each with a state kept between calls: ``map(job, items)`` runs ``job(items[k], state_k)``
+    on worker ``k`` (``len(items) == count``) and returns the results in the items' order."""
+
+    count: int = 0
+
+    def map(self, job: Callable[[Any, dict], Any], items: Sequence[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def _check(self, items: Sequence[Any]) -> None:
+        if len(items) != self.count:
+            raise KdistillError(f"{len(items)} items for {self.count} pinned workers; pass one item per worker.")
+
+    def __enter__(self) -> "PinnedWorkers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class LocalPinnedWorkers(PinnedWorkers):
+    """Pinned workers in this process: one state dict each, the items run one after the other."""
+
+    def __init__(self, count: int):
+        self.count = int(count)
+        self.states: list[dict] = [{} for _ in range(self.count)]
+
+    def map(self, job, items):
+        self._check(items)
+        return [job(item, state) for item, state in zip(items, self.states)]
+
+    def close(self) -> None:
+        for state in self.states:
+            close_state(state)
+        self.states = [{} for _ in range(self.count)]
+
+
+def close_state(state: dict) -> None:
+    """Close what a pinned worker's state holds (its envs) and empty it."""
+    for value in state.values():
+        close = getattr(value, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:
+                pass  # closing is best effort: the worker is going away
+    state.clear()
 
 
 def get_executor(name: str = DEFAULT_EXECUTOR, workers: int = 1, address: str | None = None) -> Executor:

@@ -1,5 +1,6 @@
-"""The Ray executor (kdistill_ray) on a local Ray cluster of 2 CPUs: the same evaluation and the same expert data as
-the local executor for the same seeds, and a worker killed mid-task is retried with nothing lost or duplicated."""
+"""The Ray executor (kdistill_ray) on a local Ray cluster of 2 CPUs: the same evaluation, the same expert data and the
+same PPO rollouts as the local executor for the same seeds, and a worker killed mid-task or mid-rollout is retried
+with nothing lost or duplicated."""
 
 from __future__ import annotations
 
@@ -174,3 +175,80 @@ def test_experts_sharded_over_two_ray_workers_equal_one_process(cluster, tmp_pat
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
     with pytest.raises(Exception, match="already holds a sharded expert run"):
         train_sharded(domain, settings, tmp_path / "two", LocalExecutor())
+
+
+# PPO rollout workers ------------------------------------------------------------------------------------------
+
+def _ppo_rollouts(domain_name, executor, iterations=3):
+    """The toy run of tests/test_rollout_workers.py on 2 rollout workers of ``executor``: every rollout's batch and
+    the final weights. A checkpoint boundary at iteration 2 restarts every episode."""
+    from kdistill.rl.trainer import PPOTrainer
+    from test_rollout_workers import CONFIG, recorded_rollouts
+
+    base = make_trainer(get_domain(domain_name), iterations=iterations, config=CONFIG, every=2)
+    base.close()
+    trainer = PPOTrainer(base.domain, base.settings, base.teacher_spec, base.teacher_config, CONFIG,
+                         executor=executor, rollout_workers=2)
+    return recorded_rollouts(trainer), trainer.model.state_dict()
+
+
+def _same_rollouts(a, b) -> None:
+    import torch
+
+    assert len(a[0]) == len(b[0])
+    for batch_a, batch_b in zip(a[0], b[0]):
+        assert sorted(batch_a) == sorted(batch_b)
+        for key in batch_a:
+            assert torch.equal(batch_a[key], batch_b[key]), key
+    for key in a[1]:
+        assert torch.equal(a[1][key], b[1][key]), key
+
+
+def test_ppo_rollouts_on_two_ray_workers_equal_the_local_executor(cluster, toy_plugins):
+    import torch
+
+    from kdistill.executors import LocalExecutor
+
+    torch.set_num_threads(1)
+    local = _ppo_rollouts("toy", LocalExecutor())
+    with RayExecutor(workers=2) as executor:
+        remote = _ppo_rollouts("toy", executor)
+    _same_rollouts(local, remote)
+
+
+def test_a_rollout_worker_killed_mid_rollout_is_retried_and_no_sample_is_lost_or_repeated(cluster, toy_plugins,
+                                                                                          tmp_path, monkeypatch):
+    import torch
+
+    from kdistill.executors import LocalExecutor
+
+    torch.set_num_threads(1)
+    local = _ppo_rollouts("fragile", LocalExecutor(), iterations=2)
+    marker = tmp_path / "killed"
+    monkeypatch.setenv("KDISTILL_TEST_KILL_MARKER", str(marker))  # the first worker to step 10 times kills itself
+    with RayExecutor(workers=2) as executor:
+        remote = _ppo_rollouts("fragile", executor, iterations=2)
+    assert marker.exists() and int(marker.read_text()) != os.getpid()  # a worker died, not this process
+    # it died in the first rollout, whose episodes start from their seeds anyway: its replacement's trajectories are
+    # the ones it would have returned, each slot's steps once
+    _same_rollouts(local, remote)
+
+
+def test_teacher_train_command_takes_executor_options(cluster, toy_plugins, tmp_path, monkeypatch, capsys):
+    from kdistill.io import read_jsonl
+    from test_teacher import _cli
+
+    run = tmp_path / "run"
+    args = ["teacher", "train", "toy", "--out", str(run), "--threads", "1", "--json"]
+    code, out, err = _cli([*args, "--steps", "4096", "--executor", "ray", "--workers", "2"], monkeypatch, capsys)
+    assert code == 0, err
+    first = json.loads(out)
+    assert first["iterations"] == 1 and first["executor"]["executor"] == "ray" and first["executor"]["workers"] == 2
+    assert [r["rollout_workers"] for r in read_jsonl(run / "metrics.jsonl")] == [2]
+    # the rollout options are not run settings: a resume may take the learner's own rollout
+    code, out, err = _cli([*args, "--resume", "--steps", "8192"], monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads(out)["env_steps"] == 8192 and "executor" not in json.loads(out)
+    for bad, words in ((["--workers", "0"], "needs --workers N"), (["--workers", "17"], "exceeds the 16 envs")):
+        code, _, err = _cli([*args, "--resume", "--steps", "12288", "--executor", "ray", *bad], monkeypatch, capsys)
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err

@@ -33,7 +33,12 @@ def teacher_group() -> None:
 @click.option("--seed", type=int, default=None, help="Random seed. [default: 0]")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for the model: cpu or cuda.")
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
-              help="Env worker processes (0 = step envs in this process; use several on many-core machines).")
+              help="Local executor: env worker processes (0 = step envs in this process; use several on many-core "
+                   "machines). --executor ray: rollout workers, each stepping its share of the envs with a CPU copy "
+                   "of the policy.")
+@click.option("--executor", "executor_name", default="local", show_default=True,
+              help="Where the rollouts run: local (this process and its env workers) or ray (kdistill[ray]).")
+@click.option("--address", default=None, help="With --executor ray: the Ray cluster to join (host:port, or auto).")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="Torch CPU threads. [default: 1 on machines of up to 4 cores, else cores minus workers, at most 8]")
 @click.option("--checkpoint-every", type=click.IntRange(1), default=None, help="Iterations between checkpoints. [default: 10]")
@@ -41,19 +46,21 @@ def teacher_group() -> None:
 @data_dir_option
 def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: str | None, teacher: str | None, task_names: str | None,
               split: str | None, num_tasks: int | None, steps: int | None, resume: bool, seed: int | None,
-              device: str, workers: int, threads: int | None, checkpoint_every: int | None, as_json: bool,
-              data_dir: str | None) -> None:
+              device: str, workers: int, executor_name: str, address: str | None, threads: int | None,
+              checkpoint_every: int | None, as_json: bool, data_dir: str | None) -> None:
     """Train a teacher for DOMAIN with PPO.
 
     \b
     Example:
       kdistill teacher train unimal --preset cpu --split train --num-tasks 10 --steps 5000000 --out runs/t1
       kdistill teacher train unimal --out runs/t1 --resume          # continue after an interruption
+      kdistill teacher train unimal --split train --steps 5000000 --out runs/t2 --executor ray --workers 8
 
     A checkpoint is written every --checkpoint-every iterations and at the end; an interruption loses at
     most the work since the last one. --steps on --resume may raise the total (the learning-rate
-    schedule then stretches to the new end).
+    schedule then stretches to the new end). --executor, --workers and --address may change on --resume.
     """
+    from kdistill.cli.options import open_executor
     from kdistill.devices import check_device, set_torch_threads
     from kdistill.io import claim_folder, looks_like_run
     from kdistill.plugins import get_domain
@@ -84,14 +91,21 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
                            seed=seed if seed is not None else saved.get("seed", 0), total_steps=steps,
                            checkpoint_every=checkpoint_every or saved.get("checkpoint_every", 10))
     check_device(device)
-    claim_folder(run_dir, "teacher-run", legacy=looks_like_run("teacher"))
-    n_threads = set_torch_threads(threads, workers)
-    trainer = start_or_resume(domain, settings, spec, presets[teacher_preset], ppo_presets[preset], run_dir, resume,
-                              device=device, workers=workers)
-    try:
-        summary = _train_with_progress(trainer, run_dir, as_json)
-    finally:
-        trainer.close()
+    remote = executor_name != "local"
+    if remote and workers < 1:
+        raise KdistillError(f"--executor {executor_name} needs --workers N (rollout workers), got {workers}.")
+    # the local executor's --workers are env processes of the learner's own rollout, not executor workers
+    with open_executor(executor_name, workers if remote else 1, address) as executor:
+        claim_folder(run_dir, "teacher-run", legacy=looks_like_run("teacher"))
+        n_threads = set_torch_threads(threads, workers)
+        trainer = start_or_resume(domain, settings, spec, presets[teacher_preset], ppo_presets[preset], run_dir, resume,
+                                  device=device, workers=0 if remote else workers, executor=executor if remote else None)
+        try:
+            summary = _train_with_progress(trainer, run_dir, as_json)
+        finally:
+            trainer.close()
+        if remote:
+            summary["executor"] = executor.describe()
     summary.update(threads=n_threads, workers=workers, device=device, preset=preset, teacher=teacher_name, tasks=len(tasks))
     if as_json:
         print_json(summary)

@@ -11,6 +11,9 @@ the start of a run) all envs are reset with a seed derived from (run seed, itera
 therefore needs no env state: it resets the same way an uninterrupted run does at that point. The
 price is that episodes running at a checkpoint are cut short; their samples are still used, with the
 value bootstrap of an ordinary rollout end.
+
+Given an executor, the rollouts run on its pinned workers instead, each stepping a slice of the envs with a CPU copy
+of the policy (``kdistill.rl.rollout_workers``); the update is the same. Resuming is exact there too.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import collections
 import json
 import math
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,10 +32,12 @@ import torch
 
 from kdistill.domain import check_task_kind, task_kind_meta
 from kdistill.errors import CheckpointError, KdistillError
+from kdistill.executors import DomainRef
 from kdistill.io import NonFiniteError, append_jsonl, latest_checkpoint, load_run_checkpoint, save_run_checkpoint, truncate_jsonl
 from kdistill.rl.distributions import gaussian_log_prob
 from kdistill.rl.normalise import ObsNormalizer, RewardNormalizer
 from kdistill.rl.ppo import PPOConfig, compute_gae, learning_rate, ppo_update
+from kdistill.rl.rollout_workers import OBS_KEYS, RolloutJob, merge_slices, plan_slices, policy_weights
 from kdistill.rl.sampling import BalancedSampler, UniformSampler
 from kdistill.rl.vec import make_vec_env
 from kdistill.state import load_model_state, load_optimizer, model_tensors, optimizer_tensors
@@ -67,11 +73,14 @@ def _reset_seed(seed: int, iteration: int) -> int:
 class PPOTrainer:
     """Trains a teacher with PPO on ``domain``'s tasks; checkpoints into ``run_dir`` when given.
 
-    Build it, optionally ``restore()`` a checkpoint, then ``train()``.
+    Build it, optionally ``restore()`` a checkpoint, then ``train()``. ``workers``: env worker processes of the
+    learner's own rollout. ``executor``: roll out on its pinned workers instead, ``rollout_workers`` of them (default:
+    the executor's ``workers``), each stepping a slice of the envs (``kdistill.rl.rollout_workers``).
     """
 
     def __init__(self, domain, settings: RunSettings, teacher_spec, teacher_config, config: PPOConfig,
-                 device: str = "cpu", workers: int = 0, run_dir: str | Path | None = None):
+                 device: str = "cpu", workers: int = 0, run_dir: str | Path | None = None, executor=None,
+                 rollout_workers: int | None = None):
 
         self.domain, self.settings, self.config = domain, settings, config
         self.teacher_spec, self.teacher_config = teacher_spec, teacher_config
@@ -86,8 +95,15 @@ class PPOTrainer:
                                            warmup_iterations=config.sampling_warmup_iterations)
         else:
             self.sampler = UniformSampler(tasks)
-        # envs before the model: worker processes are forked before torch starts its thread pools
-        self.envs = make_vec_env(domain, tasks, config.num_envs, seed=settings.seed, sampler=self.sampler, workers=workers)
+        self.executor, self.envs, self.pool = executor, None, None
+        if executor is None:
+            # envs before the model: worker processes are forked before torch starts its thread pools
+            self.envs = make_vec_env(domain, tasks, config.num_envs, seed=settings.seed, sampler=self.sampler, workers=workers)
+        else:
+            self.slices = plan_slices(config.num_envs, rollout_workers or executor.workers)
+            self.pool = executor.pinned(len(self.slices))
+            self._run_key = uuid.uuid4().hex  # names this trainer's envs in the workers
+            self._fresh = True  # the next rollout restarts every episode
 
         torch.manual_seed(settings.seed)
         self.model = teacher_spec.build(self.layout, teacher_config).to(self.device)
@@ -150,6 +166,7 @@ class PPOTrainer:
         self.recent_returns.extend(meta["recent"]["returns"])
         self.recent_lengths.extend(meta["recent"]["lengths"])
         self._obs = None
+        self._fresh = True
 
     # training -------------------------------------------------------------------------------------
     def _sync_sampler(self) -> None:
@@ -184,6 +201,8 @@ class PPOTrainer:
                                     f"says {shape}; fix the domain's env or layout.")
 
     def rollout(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        if self.executor is not None:
+            return self._rollout_on_workers()
         cfg, n, s = self.config, self.config.num_envs, self.config.num_steps
         if self._obs is None:
             self._reset_envs()
@@ -222,11 +241,56 @@ class PPOTrainer:
             self._obs = self._normalise(raw)
         with torch.inference_mode():
             last_value = self.model.value(self._to_torch({k: self._obs[k] for k in keys})).float().cpu()
+        return self._batch(buf, last_value), {"episode_returns": returns, "episode_lengths": lengths, "keys": keys}
+
+    def _batch(self, buf: dict[str, torch.Tensor], last_value: torch.Tensor) -> dict[str, torch.Tensor]:
+        """GAE returns added, then ``(steps, envs, ...)`` flattened onto the model's device."""
+        cfg, n, s = self.config, self.config.num_envs, self.config.num_steps
         ret, adv = compute_gae(buf["rewards"], buf["values"], buf["dones"], buf["timeouts"], last_value,
                                cfg.gamma, cfg.gae_lambda)
         buf["returns"] = ret
-        flat = {k: v.reshape(s * n, *v.shape[2:]).to(self.device) for k, v in buf.items()}
-        return flat, {"episode_returns": returns, "episode_lengths": lengths, "keys": keys}
+        return {k: v.reshape(s * n, *v.shape[2:]).to(self.device) for k, v in buf.items()}
+
+    def _rollout_on_workers(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The rollout on the executor's workers; rewards, statistics and the sampler are updated here, in the order
+        the learner's own rollout updates them (step, then slot)."""
+        cfg, s = self.config, self.config.num_steps
+        in_process = self.executor.in_process
+        job = RolloutJob(self.domain if in_process else DomainRef.of(self.domain), tuple(self.settings.tasks),
+                         {"arch": self.settings.teacher, "config": self.teacher_config.to_dict(),
+                          "layout": self.layout.to_dict(), "domain": self.settings.domain},
+                         policy_weights(self.model), self.obs_norm.state(), tuple(self.sampler.probs().tolist()),
+                         self._run_key, self.settings.seed, self.iteration, s, self._fresh,
+                         threads=None if in_process else 1)
+        got = merge_slices(self.pool.map(job, self.slices), self.slices)
+        self._fresh = False
+        obs, arrays = got.obs, got.arrays
+        self._check_obs({k: v[0] for k, v in obs.items()})
+        keys = [k for k in obs if k in OBS_KEYS]
+        policy_norm = ObsNormalizer.from_state(job.obs_norm)  # what the workers' policy saw
+        buf = {k: torch.from_numpy(policy_norm.normalize(v[:s]) if k == "obs" else v[:s].copy())
+               for k, v in obs.items() if k in keys}
+        if job.reset:
+            self.obs_norm.rms.update(obs["obs"][0])
+            self.reward_norm.ret[:] = 0.0
+        else:
+            self.reward_norm.ret[got.fresh] = 0.0  # slices whose worker was replaced restarted their episodes
+        dones = arrays["terminated"] | arrays["truncated"]
+        rewards = np.empty_like(arrays["rewards"])
+        for t in range(s):
+            rewards[t] = self.reward_norm(arrays["rewards"][t], dones[t]) if cfg.normalize_reward else arrays["rewards"][t]
+            self.obs_norm.rms.update(obs["obs"][t + 1])
+        for _t, _slot, task in got.unstable:
+            self.unstable[task] += 1
+        for _t, _slot, task, _return, length in got.episodes:
+            self.sampler.update(task, length)
+        buf.update(rewards=torch.from_numpy(rewards), dones=torch.from_numpy(dones.astype(np.float32)),
+                   timeouts=torch.from_numpy((arrays["truncated"] & ~arrays["terminated"]).astype(np.float32)),
+                   values=torch.from_numpy(arrays["values"]), logp=torch.from_numpy(arrays["logp"]),
+                   actions=torch.from_numpy(arrays["actions"]))
+        info = {"episode_returns": [e[3] for e in got.episodes], "episode_lengths": [e[4] for e in got.episodes],
+                "keys": keys}
+        return self._batch(buf, torch.from_numpy(got.last_value)), info
 
     def train(self, on_iteration: Callable[[dict[str, Any]], None] | None = None,
               stop_at_iteration: int | None = None) -> dict[str, Any]:
@@ -264,11 +328,14 @@ class PPOTrainer:
                 "sampler_max_prob": float(probs.max()), "sampler_min_prob": float(probs.min()),
                 **stats,
             }
+            if self.executor is not None:
+                last["rollout_workers"] = len(self.slices)
             if metrics_path is not None:
                 append_jsonl(metrics_path, last)
             if self.iteration % self.settings.checkpoint_every == 0 or self.iteration == self.max_iterations:
                 self.save()
                 self._obs = None  # episodes restart after a checkpoint, in a resumed run too
+                self._fresh = True
                 last["checkpoint"] = True
             if on_iteration is not None:
                 on_iteration(last)
@@ -288,7 +355,10 @@ class PPOTrainer:
                              f"(resume from it with --resume, or start a new run with another --seed).")
 
     def close(self) -> None:
-        self.envs.close()
+        if self.envs is not None:
+            self.envs.close()
+        if self.pool is not None:
+            self.pool.close()
 
 
 # helpers shared with resume and policy loading -----------------------------------------------------------
@@ -324,15 +394,18 @@ def _jsonable(x):
 
 
 def start_or_resume(domain, settings: RunSettings, teacher_spec, teacher_config, config: PPOConfig, run_dir,
-                    resume: bool, device: str = "cpu", workers: int = 0) -> PPOTrainer:
-    """A trainer for ``run_dir``: fresh, or continued from its newest complete checkpoint."""
+                    resume: bool, device: str = "cpu", workers: int = 0, executor=None,
+                    rollout_workers: int | None = None) -> PPOTrainer:
+    """A trainer for ``run_dir``: fresh, or continued from its newest complete checkpoint. The rollout options
+    (``workers``, ``executor``, ``rollout_workers``) may differ from the run's earlier parts: they are not run
+    settings."""
     run_dir = Path(run_dir)
     existing = latest_checkpoint(run_dir) if run_dir.exists() else None
     if existing is not None and not resume:
         raise KdistillError(f"{run_dir} already holds a run (checkpoint {existing.name}); pass --resume to continue it "
                             f"or choose a new --out folder.")
     trainer = PPOTrainer(domain, settings, teacher_spec, teacher_config, config, device=device, workers=workers,
-                         run_dir=run_dir)
+                         run_dir=run_dir, executor=executor, rollout_workers=rollout_workers)
     try:
         if existing is not None:
             tensors, meta = load_run_checkpoint(run_dir)

@@ -4,6 +4,11 @@ A task whose worker process dies (killed, out of memory, a lost node) is run aga
 times; the driver takes each task's result exactly once, from the attempt that finished, so nothing is lost or
 duplicated (the jobs write nothing themselves: shards are written by the driver as results come back). An exception
 raised by a job is not retried: it is re-raised here as it was raised there.
+
+Pinned workers (``executor.pinned(n)``) are Ray actors of one CPU each, so a worker's state stays in its process from
+one call to the next. An actor whose process dies is restarted, and the call it was running runs again there, up to
+``MAX_RETRIES`` times per call; the restarted actor starts with an empty state, and the driver takes each call's
+result once, from the attempt that finished.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import socket
 from typing import Any, Callable, Iterator, Sequence
 
 from kdistill.errors import KdistillError
-from kdistill.executors import Executor
+from kdistill.executors import Executor, PinnedWorkers
 
 MAX_RETRIES = 3  # attempts after a worker died, per task
 CONNECT_TIMEOUT_S = 5.0
@@ -22,6 +27,16 @@ CONNECT_TIMEOUT_S = 5.0
 
 def _run(job: Callable[[Any], Any], item: Any) -> Any:
     return job(item)
+
+
+class _PinnedWorker:
+    """A Ray actor: runs jobs with the state it keeps between calls (empty again after a restart)."""
+
+    def __init__(self):
+        self.state: dict = {}
+
+    def run(self, job: Callable[[Any, dict], Any], item: Any) -> Any:
+        return job(item, self.state)
 
 
 def _env_vars() -> dict[str, str]:
@@ -59,6 +74,7 @@ class RayExecutor(Executor):
             raise KdistillError("--executor ray needs Ray, which is not installed; install it with "
                                 "pip install 'kdistill[ray]'.") from None
         self.workers, self.address, self._started = workers, address, False
+        self._pools: list[RayPinnedWorkers] = []
         if address:
             _check_reachable(address)
         if ray.is_initialized():
@@ -103,10 +119,19 @@ class RayExecutor(Executor):
             if isinstance(cause, BaseException):
                 raise cause from None
             raise
-        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError) as exc:
+        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError,
+                ray.exceptions.RayActorError) as exc:
             raise KdistillError(f"the Ray task for {item!r} lost its worker {MAX_RETRIES + 1} times "
                                 f"({type(exc).__name__}); nothing was written for it. Check the workers' memory and "
                                 f"logs, then run the command again (finished work is kept).") from None
+
+    def pinned(self, count: int) -> "RayPinnedWorkers":
+        if count > self.workers:
+            raise KdistillError(f"{count} pinned workers asked of a Ray executor of --workers {self.workers}; "
+                                f"pass --workers {count} or more.")
+        pool = RayPinnedWorkers(count, self)
+        self._pools.append(pool)
+        return pool
 
     def describe(self) -> dict[str, Any]:
         import ray
@@ -115,8 +140,43 @@ class RayExecutor(Executor):
                 "cluster_cpus": ray.cluster_resources().get("CPU")}
 
     def close(self) -> None:
+        for pool in self._pools:
+            pool.close()
+        self._pools = []
         if self._started:
             import ray
 
             ray.shutdown()
             self._started = False
+
+
+class RayPinnedWorkers(PinnedWorkers):
+    """``count`` Ray actors of one CPU each; call ``k`` of every ``map`` runs on actor ``k``."""
+
+    def __init__(self, count: int, executor: RayExecutor):
+        import ray
+
+        self.count, self._executor = int(count), executor
+        # a restart is per actor and unlimited (a long run may lose several nodes); each call is retried at most
+        # MAX_RETRIES times, so a job that always kills its worker still ends the run
+        actor = ray.remote(_PinnedWorker).options(num_cpus=1, max_restarts=-1, max_task_retries=MAX_RETRIES,
+                                                  runtime_env={"env_vars": _env_vars()})
+        self._actors = [actor.remote() for _ in range(self.count)]
+
+    def map(self, job, items):
+        import ray
+
+        self._check(items)
+        job_ref = ray.put(job)  # one copy of the job (it carries the policy's weights) for all workers
+        refs = [a.run.remote(job_ref, item) for a, item in zip(self._actors, items)]
+        return [RayExecutor._result(ray, ref, item) for ref, item in zip(refs, items)]
+
+    def close(self) -> None:
+        if not self._actors:
+            return
+        import ray
+
+        if ray.is_initialized():
+            for a in self._actors:
+                ray.kill(a, no_restart=True)
+        self._actors = []
