@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from kdistill.bench import bench as B
+from kdistill.deploy import kernel
 from kdistill.deploy.export import fold_policy
 from kdistill.errors import KdistillError
 from kdistill.plugins import get_domain, get_plugins
@@ -97,10 +98,18 @@ def test_bench_result_on_cartpole_hangs_together(cartpole, tmp_path):
     assert ratios["flops"] == pytest.approx(teacher["measured"]["flops"] / mlp_flops)
     assert ratios["params_analytic"] == pytest.approx(teacher["analytic"]["params"] / mlp_params)
     lat = result["latency"]
-    compiled = {"compiled-runtime"} if 1 in QUICK.batches and shutil.which("cc") else set()
+    path = result["environment"]["compiled_runtime"]
+    assert path == ("numpy" if not shutil.which("cc") else "extension" if kernel._include_dirs() else "ctypes")
+    compiled = {"extension": {"compiled-runtime", "compiled-ctypes"}, "ctypes": {"compiled-runtime"}}.get(path, set())
     assert set(lat) == {"teacher", "hnmlp-per-token", "student-batched", "dense-torch", "numpy-runtime",
                         "onnxruntime"} | compiled
-    assert all(set(lat["compiled-runtime"]) == {"1"} for _ in compiled)  # the compiled path is for one row only
+    assert all(set(lat[name]) == {"1"} for name in compiled)  # the compiled path is for one row only
+    if compiled:  # the kernel reads biases and the weight rows of non-zero inputs, at most every padded row
+        padded = sum(4 * -(-w.shape[1] // kernel.ALIGN) * kernel.ALIGN * (w.shape[0] + 1) for w, _ in s.layers)
+        env = result["environment"]
+        assert 0 < env["kernel_read_bytes"] <= padded and env["read_bytes_per_s"] > 1e8
+        assert ratios["vs_read_limit_b1"] == pytest.approx(
+            lat[ratios["fastest_student"]["1"]]["1"]["min_s"] * env["read_bytes_per_s"] / env["kernel_read_bytes"])
     peak = result["environment"]["gemm_flops_per_s"]
     assert peak > 1e8 and ratios["student_flop_limit_s"] == pytest.approx(mlp_flops / peak)
     for b in QUICK.batches:

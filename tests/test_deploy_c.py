@@ -238,6 +238,102 @@ def test_runtime_fast_path_matches_numpy(tmp_path, monkeypatch):
     np.testing.assert_allclose(fast.act(x64), slow.act(x64.astype(np.float32)), atol=1e-6, rtol=0)
     out = np.empty(6, np.float32)
     assert fast.act(x64, out=out) is out
+    if kernel._include_dirs() is not None:
+        assert fast.kernel_path == "extension" and slow.kernel_path == "numpy"
+        assert list((tmp_path / "cache" / "kernels").glob("kd_ext-*.so"))
+
+
+def random_plan_layers(rng, sizes):
+    """Float32 layers (weight (in, out), bias) of ``sizes``, about half of each hidden layer ReLU'd to 0."""
+    return [(rng.normal(0, 1 / np.sqrt(a), (a, b)).astype(np.float32), rng.normal(0, 0.3, b).astype(np.float32))
+            for a, b in zip(sizes[:-1], sizes[1:])]
+
+
+def reference_act(layers, extero, mean, low, high, x, e=None):
+    h = np.clip(x.astype(np.float64) - mean, low, high)
+    if extero:
+        for w, b in extero:
+            e = np.maximum(e.astype(np.float64) @ w + b, 0.0)
+        h = np.concatenate([h, e])
+    for i, (w, b) in enumerate(layers):
+        h = h @ w + b
+        h = np.maximum(h, 0.0) if i < len(layers) - 1 else h
+    return h
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler")
+@pytest.mark.parametrize("two_inputs", [False, True])
+def test_extension_and_ctypes_run_the_same_kernel(tmp_path, monkeypatch, two_inputs):
+    """Widths that leave every remainder of a 16-float row (3, 2, 1 vectors, a part-filled one): the extension's
+    Runner and the ctypes call give the same bits, both match float64 numpy; arguments the Runner does not take as
+    they are come back as NotImplemented, never misread."""
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
+    from kdistill.deploy import kernel
+
+    kernel._loaded.clear()
+    ext = kernel.load_extension()
+    if ext is None:
+        pytest.skip("no Python or numpy headers here")
+    rng = np.random.default_rng(3)
+    n_obs = 37
+    extero = random_plan_layers(rng, [50, 33, 20]) if two_inputs else []
+    layers = random_plan_layers(rng, [n_obs + (20 if two_inputs else 0), 48, 100, 176, 7])
+    mean = rng.normal(0, 1, n_obs).astype(np.float32)
+    high = rng.uniform(0.5, 3, n_obs).astype(np.float32)
+    plan = kernel.KernelPlan(kernel.load_kernel(), [w for w, _ in layers], [b for _, b in layers], mean, -high, high,
+                             extero)
+    runner = plan.runner(ext)
+    for _ in range(30):
+        x = rng.normal(0, 3, n_obs).astype(np.float32)
+        at_mean = rng.random(n_obs) < 0.3
+        x[at_mean] = mean[at_mean]  # normalised to exactly 0: skipped rows
+        e = np.maximum(rng.normal(0, 1, 50), 0).astype(np.float32) if two_inputs else None  # exact zeros too
+        got = runner(x, e, None)
+        assert isinstance(got, np.ndarray) and got.shape == (7,) and got.dtype == np.float32
+        np.testing.assert_array_equal(got, plan(x, e))
+        np.testing.assert_allclose(got, reference_act(layers, extero, mean, -high, high, x, e), atol=1e-5, rtol=0)
+    assert runner(x[None], None if e is None else e[None], None).shape == (1, 7)
+    out = np.empty((1, 7), np.float32)
+    assert runner(x, e, out) is out and np.array_equal(out[0], plan(x, e))
+    refused = [(x.astype(np.float64), e, None), (np.repeat(x, 2)[::2], e, None), (list(x), e, None), (x[:-1], e, None),
+               (x, e, np.empty(7)), (x, e, np.empty(8, np.float32)), (x.astype(">f4"), e, None)]
+    if two_inputs:
+        refused += [(x, None, None), (x, e[:-1], None), (x, e.astype(np.float64), None), (x, e[None], None)]
+    else:
+        refused += [(x, x, None)]
+    for args in refused:
+        assert runner(*args) is NotImplemented
+    ro = x.copy()
+    ro.flags.writeable = False  # read-only input is fine, read-only output is not
+    assert np.array_equal(runner(ro, e, None), plan(x, e)) and runner(x, e, ro[:7]) is NotImplemented
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler")
+def test_without_headers_the_runtime_calls_the_kernel_through_ctypes(tmp_path, monkeypatch):
+    """No Python or numpy headers: the extension is not built and act() runs the same kernel through ctypes."""
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
+    from kdistill.deploy import kernel
+
+    domain = ToyTokenDomain()
+    norm = slice_normalizer_state(teacher_normalizer().state(), domain.layout.student_features)
+    torch.manual_seed(2)
+    policy = StudentPolicy(build_student("hnmlp", domain.layout, {"hidden": 32, "embed": 16}),
+                           ObsNormalizer.from_state(norm), {})
+    export_policy(policy, "toy-1", domain.context("toy-1"), tmp_path / "e")
+    xs = np.random.default_rng(0).normal(0, 3, (10, 9)).astype(np.float32)
+    kernel._loaded.clear()
+    compiled = runtime.load(tmp_path / "e.json")
+    with_ext = [compiled.act(x) for x in xs]
+    monkeypatch.setattr(kernel, "_include_dirs", lambda: None)
+    kernel._loaded.clear()
+    assert kernel.load_extension() is None and kernel.load_kernel() is not None
+    fallback = runtime.load(tmp_path / "e.json")
+    got = [fallback.act(x) for x in xs]
+    assert fallback.kernel_path == "ctypes" and fallback._fast is None
+    assert list((tmp_path / "cache" / "kernels").glob("kd_mlp-*.so"))
+    for a, b in zip(got, with_ext):
+        np.testing.assert_array_equal(a, b)
+    kernel._loaded.clear()
 
 
 def test_without_a_compiler_the_runtime_stays_on_numpy(tmp_path, monkeypatch):

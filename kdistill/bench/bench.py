@@ -13,7 +13,9 @@ size, every way of running them:
 * ``dense-torch``    the task's folded MLP as ``torch.nn.Linear`` layers;
 * ``numpy-runtime``  the exported MLP in ``kdistill.deploy.runtime`` on numpy (normalises raw observations itself);
 * ``compiled-runtime`` the same export through the runtime's compiled batch-1 kernel (``kdistill.deploy.kernel``;
-                     batch 1 only, and only where a C compiler is available);
+                     batch 1 only, and only where a C compiler is available), called the way ``act()`` calls it
+                     here: the extension module, or ctypes without Python headers (``environment.compiled_runtime``);
+* ``compiled-ctypes`` the same kernel forced through ctypes, the extension's fallback (only when the extension ran);
 * ``onnxruntime``    the ONNX export (``kdistill export --format onnx``) in onnxruntime, on the torch thread count
                      (only when onnx and onnxruntime are installed);
 
@@ -22,7 +24,10 @@ ways (``kdistill.bench.flops``). Ratios are teacher / fastest student, all measu
 machine compare ratios, not absolute times. Latency is the best per-call time over the rounds (``min_s``;
 the median is kept too), as ``timeit`` advises: noise only ever adds time. The machine's single-thread matmul
 peak (a 1024^3 float32 GEMM, same run) gives each student's FLOP limit: its FLOPs per step at that peak, and
-``vs_limit_b<batch>`` is the fastest student's latency as a multiple of it.
+``vs_limit_b<batch>`` is the fastest student's latency as a multiple of it. At batch 1 no weight is reused, so the
+weights must stream from cache once per call: where the compiled kernel runs, the bytes it reads per observation
+(``kernel_read_bytes``) at the core's measured read bandwidth for a buffer that size (``read_bytes_per_s``) give
+``student_read_limit_s``, and ``vs_read_limit_b1`` the fastest batch-1 student as a multiple of it.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from torch import nn
 from kdistill.bench import flops as F
 from kdistill.deploy import runtime
 from kdistill.deploy.export import export_policy, extero_layers, fold_policy, load_student_run, onnx_model_bytes, onnx_session
+from kdistill.deploy.kernel import read_bandwidth
 from kdistill.distill.students import StudentPolicy, build_student, per_row_forward
 from kdistill.domain import Domain, Layout, TaskContext
 from kdistill.errors import KdistillError
@@ -54,7 +60,8 @@ from kdistill.rl.normalise import ObsNormalizer
 from kdistill.teachers.lookup import find_teacher_spec, teacher_preset
 
 TEACHER = "teacher"
-STUDENT_ROWS = ("hnmlp-per-token", "student-batched", "dense-torch", "numpy-runtime", "compiled-runtime", "onnxruntime")
+STUDENT_ROWS = ("hnmlp-per-token", "student-batched", "dense-torch", "numpy-runtime", "compiled-runtime", "compiled-ctypes",
+                "onnxruntime")
 
 
 def _positive_ints(value) -> tuple[int, ...]:
@@ -311,13 +318,17 @@ def make_callers(s: Subjects, batch: int, seed: int = 0) -> dict[str, Callable[[
         callers["numpy-runtime"] = lambda: on_numpy.act(raw, ext_np, out=out)
     else:
         callers["numpy-runtime"] = lambda: on_numpy.act(raw, out=out)
-    if batch == 1 and s.runtime._prepare_kernel():
+    if batch == 1 and compiled_path(s.runtime) != "numpy":
         row, one = raw[0].copy(), np.empty(s.runtime.output_size, np.float32)
-        if ext_np is not None:
-            ext_row = ext_np[0].copy()
-            callers["compiled-runtime"] = lambda: s.runtime.act(row, ext_row, out=one)
-        else:
-            callers["compiled-runtime"] = lambda: s.runtime.act(row, out=one)
+        ways = {"compiled-runtime": s.runtime}
+        if s.runtime.kernel_path == "extension":
+            ways["compiled-ctypes"] = _ctypes_only(s.runtime)
+        ext_row = ext_np[0].copy() if ext_np is not None else None
+        for name, policy in ways.items():
+            if ext_row is not None:
+                callers[name] = lambda policy=policy: policy.act(row, ext_row, out=one)
+            else:
+                callers[name] = lambda policy=policy: policy.act(row, out=one)
     session = _onnx_session(s)
     if session is not None:
         feed = {"obs": raw, **({"extero": ext_np} if ext_np is not None else {})}
@@ -333,6 +344,32 @@ def _numpy_only(exported):
     clone._plans = {}
     clone.use_kernel = False
     return clone
+
+
+def _ctypes_only(exported):
+    """A copy of an exported policy whose single observations run the compiled kernel through ctypes."""
+    import copy
+
+    clone = copy.copy(exported)
+    clone._fast = None
+    return clone
+
+
+def compiled_path(exported) -> str:
+    """How ``exported`` runs one observation once its kernel is prepared: ``extension``, ``ctypes`` or ``numpy``."""
+    if exported.use_kernel and exported._kernel is None:
+        exported._prepare_kernel()
+    return exported.kernel_path
+
+
+def kernel_read_bytes(s: Subjects, rows: int = 64, seed: int = 0) -> float:
+    """Mean bytes of weights and biases the compiled kernel reads per observation, over ``rows`` raw observations
+    drawn as the timed ones are (which rows it skips depends on the input)."""
+    rt = s.runtime
+    rng = np.random.default_rng(seed)
+    raw = (rt.mean + rt.std * rng.standard_normal((rows, rt.input_size))).astype(np.float32)
+    ext = rng.standard_normal((rows, rt.extero_size)).astype(np.float32) if rt.extero else [None] * rows
+    return float(np.mean([rt._kernel.bytes_read(x, e) for x, e in zip(raw, ext)]))
 
 
 def gemm_peak_flops(size: int = 1024, rounds: int = 5) -> float:
@@ -463,6 +500,11 @@ def run_bench(s: Subjects, config: BenchConfig | None = None,
             "mha_fast_path": bool(torch.backends.mha.get_fastpath_enabled()), "statistic": "min_s (best round)",
         }
         result["environment"]["gemm_flops_per_s"] = gemm_peak_flops()
+        result["environment"]["compiled_runtime"] = compiled_path(s.runtime)
+        if s.runtime._kernel:
+            nbytes = kernel_read_bytes(s, seed=config.seed)
+            result["environment"]["kernel_read_bytes"] = nbytes
+            result["environment"]["read_bytes_per_s"] = read_bandwidth(int(nbytes))
         if progress:
             progress("counting FLOPs and parameters", 0, total)
         result["costs"] = count_costs(s)
@@ -515,6 +557,11 @@ def _ratios(result: dict[str, Any], batches) -> dict[str, Any]:
             key = str(batch)
             best = result["latency"][fastest[key]][key]["min_s"]
             ratios[f"vs_limit_b{batch}"] = best / (limit * batch)
+    bandwidth = result.get("environment", {}).get("read_bytes_per_s")
+    if bandwidth and "1" in fastest:
+        # batch 1 reuses no weight, so reading them from cache bounds it before the FLOPs do
+        ratios["student_read_limit_s"] = result["environment"]["kernel_read_bytes"] / bandwidth
+        ratios["vs_read_limit_b1"] = result["latency"][fastest["1"]]["1"]["min_s"] / ratios["student_read_limit_s"]
     ratios["definition"] = ("teacher / fastest student; flops, params: measured convention (generated MLP); "
                             "*_analytic: the reference's convention; latency: best per-call time, same run")
     return ratios
@@ -548,6 +595,10 @@ def plot_latency(result: dict[str, Any], path: str | Path) -> None:
         batches = sorted({int(b) for rows in result["latency"].values() for b in rows})
         ax.plot(batches, [limit * b * 1e3 for b in batches], ls="--", color="tab:red", lw=1.2,
                 label="student FLOP limit (GEMM peak, 1 thread)")
+    read = result.get("ratios", {}).get("student_read_limit_s")
+    if read:
+        ax.plot([1], [read * 1e3], marker="_", ms=14, mew=2, ls="none", color="tab:red",
+                label="batch-1 read limit (weights read once at cache bandwidth)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("batch size (observations per call)")

@@ -34,7 +34,7 @@ def _ms(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     ms = seconds * 1e3
-    return f"{ms:.3f}" if ms < 10 else f"{ms:.1f}" if ms < 1000 else f"{ms:.0f}"
+    return f"{ms:.4f}" if ms < 0.1 else f"{ms:.3f}" if ms < 10 else f"{ms:.1f}" if ms < 1000 else f"{ms:.0f}"
 
 
 def _ratio(r: float | None) -> str:
@@ -75,9 +75,10 @@ def bench_cmd(domain_name: str, teacher_run: str | None, student_run: str | None
     FLOPs (2 x multiply-adds, per sample) and parameters are counted two ways: measured (torch
     FlopCounterMode, MHA fast path off) and analytic (the reference's convention: Linear = 2*in*out FLOPs,
     (in+1)*out parameters; only the generated MLP counts for the student). Latency is timed single-thread
-    for the teacher (torch inference mode, fused fast path on) and four ways of running the student:
-    per-token einsum as in the reference, kdistill's batched path, the folded MLP in torch, and the numpy
-    runtime. Ratios are teacher / fastest student, measured in the same run.
+    for the teacher (torch inference mode, fused fast path on) and the ways of running the student:
+    per-token einsum as in the reference, kdistill's batched path, the folded MLP in torch, the numpy
+    runtime, its compiled batch-1 kernel (through the runtime's extension module, and through ctypes) and
+    onnxruntime. Ratios are teacher / fastest student, measured in the same run.
 
     \b
     Examples:
@@ -153,7 +154,7 @@ def bench_cmd(domain_name: str, teacher_run: str | None, student_run: str | None
             continue
         table.add_row(name, _si(mlp["measured"]["params"]), _si(mlp["analytic"]["params"]),
                       _si(path_flops.get(name, mlp["measured"]["flops"])), _si(mlp["analytic"]["flops"]),
-                      *[_ms(lat[name][str(b)]["min_s"]) for b in batches])
+                      *[_ms(lat[name][str(b)]["min_s"]) if str(b) in lat[name] else "-" for b in batches])
     table.add_row(Text("ratio", style="bold"), _ratio(ratios["params"]), _ratio(ratios["params_analytic"]),
                   _ratio(ratios["flops"]), _ratio(ratios["flops_analytic"]),
                   *[_ratio(ratios.get(f"latency_b{b}")) for b in batches])
@@ -168,4 +169,11 @@ def bench_cmd(domain_name: str, teacher_run: str | None, student_run: str | None
     gen = result["generate"]
     console.print(f"fastest student per batch: {', '.join(f'{b}: {n}' for b, n in ratios['fastest_student'].items())}; "
                   f"writing one task's weights (hypernetwork + fold) takes {gen['min_s'] * 1e3:.1f} ms once")
-    console.print(f"BLAS threads: {result['environment']['blas_threads']}; wrote {out / 'bench.json'} and {out / 'bench.png'}")
+    limits = [f"batch {b}: {ratios[f'vs_limit_b{b}']:.1f}x its FLOP limit" for b in batches if f"vs_limit_b{b}" in ratios]
+    if "vs_read_limit_b1" in ratios:
+        limits.append(f"batch 1: {ratios['vs_read_limit_b1']:.2f}x its cache-read limit "
+                      f"({ratios['student_read_limit_s'] * 1e6:.2f} us)")
+    if limits:
+        console.print(f"fastest student against its limits: {'; '.join(limits)}")
+    console.print(f"BLAS threads: {result['environment']['blas_threads']}; compiled-runtime called through: "
+                  f"{result['environment']['compiled_runtime']}; wrote {out / 'bench.json'} and {out / 'bench.png'}")

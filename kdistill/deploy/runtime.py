@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdistill.deploy.kernel import KernelPlan, load_kernel
+from kdistill.deploy.kernel import KernelPlan, load_extension, load_kernel
 from kdistill.errors import DataError
 
 FORMAT = "kdistill-export/1"
@@ -225,7 +225,26 @@ class ExportedPolicy:
         self._joined = self.weights[0][self.input_size:]  # the encoded extero's rows of the first layer
         self._plans: dict[int, tuple] = {}
         self._kernel = None  # the compiled batch-1 path (kdistill.deploy.kernel), prepared on first use
-        self.use_kernel = True  # False: numpy only
+        self._fast = None  # its extension Runner, tried first by act() once prepared
+        self.use_kernel = True
+
+    @property
+    def use_kernel(self) -> bool:
+        """False: numpy only."""
+        return self._use_kernel
+
+    @use_kernel.setter
+    def use_kernel(self, value: bool) -> None:
+        self._use_kernel = bool(value)
+        if not value:
+            self._fast = None
+
+    @property
+    def kernel_path(self) -> str:
+        """How one observation runs now: ``extension``, ``ctypes`` (the compiled kernel, once prepared) or ``numpy``."""
+        if self._fast is not None:
+            return "extension"
+        return "ctypes" if self.use_kernel and self._kernel else "numpy"
 
     # sizes -------------------------------------------------------------------------------------------
     @property
@@ -266,6 +285,10 @@ class ExportedPolicy:
     def act(self, flat_obs: np.ndarray, extero: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """Mean actions for raw flat student observations ``(N, T*S)`` (or one ``(T*S,)``), and for a policy that
         reads exteroception its raw ``extero`` ``(N, E)`` (or ``(E,)``)."""
+        if self._fast is not None:  # one float32 observation goes straight to the kernel; anything else falls through
+            result = self._fast(flat_obs, extero, out)
+            if result is not NotImplemented:
+                return result
         x = flat_obs if isinstance(flat_obs, np.ndarray) else np.asarray(flat_obs)
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise DataError(f"exported policy for {self.task!r} takes flat observations of {self.input_size} values "
@@ -275,16 +298,9 @@ class ExportedPolicy:
         batched = x.ndim == 2
         n = x.shape[0] if batched else 1
         if n == 1 and self.use_kernel:
-            kernel = self._kernel if self._kernel is not None else self._prepare_kernel()
-            if kernel:
-                row = x.reshape(-1)
-                if row.dtype != np.float32 or not row.flags.c_contiguous:
-                    row = np.ascontiguousarray(row, np.float32)
-                result = kernel(row)
-                if out is not None:
-                    out[...] = result.reshape(out.shape)
-                    return out
-                return result.reshape(1, -1).copy() if batched else result.copy()
+            result = self._act_compiled(x, None, out)
+            if result is not None:
+                return result
         plan = self._plans.get(n)
         if plan is None:
             plan = self._plan(n)
@@ -318,13 +334,9 @@ class ExportedPolicy:
                             f"{('(N, ' if x.ndim == 2 else '(') + str(self.extero_size)}) with the observations, got "
                             f"{None if extero is None else np.shape(extero)}.")
         if self.use_kernel and (x.ndim == 1 or len(x) == 1):
-            kernel = self._kernel if self._kernel is not None else self._prepare_kernel()
-            if kernel:
-                result = kernel(x.reshape(-1), e.reshape(-1))
-                if out is not None:
-                    out[...] = result.reshape(out.shape)
-                    return out
-                return result.reshape(1, -1).copy() if x.ndim == 2 else result.copy()
+            result = self._act_compiled(x, e, out)
+            if result is not None:
+                return result
         for w, b in self.extero:
             e = np.maximum(e @ w + b, 0.0)
         z = np.clip(x.astype(np.float32) - self._mean32, self._low, self._high)
@@ -337,18 +349,35 @@ class ExportedPolicy:
             return out
         return h
 
+    def _act_compiled(self, x: np.ndarray, e: np.ndarray | None, out: np.ndarray | None) -> np.ndarray | None:
+        """One checked observation (``(S,)`` or ``(1, S)``, any dtype) through the kernel by ctypes (the plan
+        converts while copying it in); None without a kernel."""
+        kernel = self._kernel if self._kernel is not None else self._prepare_kernel()
+        if not kernel:
+            return None
+        result = kernel(x.reshape(-1), None if e is None else e.reshape(-1))
+        if out is not None:
+            out[...] = result.reshape(out.shape)
+            return out
+        return result.reshape(1, -1).copy() if x.ndim == 2 else result.copy()
+
     def _prepare_kernel(self):
         """The compiled path for one observation, or False when no compiler is available (numpy then). With an
-        exteroception encoder the kernel's first layer reads both parts, the encoded rows after the scaled ones."""
+        exteroception encoder the kernel's first layer reads both parts, the encoded rows after the scaled ones.
+        Where the extension builds, act() calls its Runner first; otherwise the plan is called through ctypes."""
         fn = load_kernel()
         if not fn:
             self._kernel = False
-        elif self.extero:
+            return self._kernel
+        if self.extero:
             first = np.vstack([self._layers[0], self._joined])
             self._kernel = KernelPlan(fn, [first, *self._layers[1:]], self.biases, self._mean32, self._low, self._high,
                                       self.extero)
         else:
             self._kernel = KernelPlan(fn, self._layers, self.biases, self._mean32, self._low, self._high)
+        ext = load_extension()
+        if ext is not None and self.use_kernel:
+            self._fast = self._kernel.runner(ext)
         return self._kernel
 
     def flat_observation(self, obs: dict) -> np.ndarray:

@@ -11,8 +11,9 @@ One benchmark group per batch size (1, 32, 1024), so the teacher and the student
 * ``student-batched``  the student's ``forward_with`` (kdistill's grouped-bmm path);
 * ``dense-torch``      the robot's folded MLP as torch Linear layers;
 * ``numpy-runtime``    the exported MLP in ``kdistill.deploy.runtime``;
-* ``compiled-runtime`` the same export through the runtime's compiled kernel (batch 1 only: larger batches take
-                       the numpy path, so they are not timed twice);
+* ``compiled-runtime`` the same export through the runtime's compiled kernel, called by its extension module
+                       (batch 1 only: larger batches take the numpy path, so they are not timed twice);
+* ``compiled-ctypes``  the same kernel through ctypes, the extension's fallback (batch 1 only);
 * ``onnxruntime``      the ONNX export in onnxruntime (one intra-op thread);
 
 plus the one-off cost of writing one robot's weights (group ``one-off``), and the same models at batch 1 on
@@ -31,7 +32,9 @@ import torch
 from kdistill.bench import bench as B
 
 BATCHES = (1, 32, 1024)
-MODELS = ("teacher", "hnmlp-per-token", "student-batched", "dense-torch", "numpy-runtime", "compiled-runtime", "onnxruntime")
+MODELS = ("teacher", "hnmlp-per-token", "student-batched", "dense-torch", "numpy-runtime", "compiled-runtime",
+          "compiled-ctypes", "onnxruntime")
+COMPILED = ("compiled-runtime", "compiled-ctypes")
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +85,11 @@ def callers(subjects):
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("batch", BATCHES)  # listed last so tests run batch by batch
 def test_policy_step(benchmark, callers, costs, single_thread, batch, model):
-    if model == "compiled-runtime" and batch != 1:
+    if model in COMPILED and batch != 1:
         pytest.skip("the compiled kernel serves single observations; batches run the numpy path")
     fn = callers.get(batch).get(model)
     if fn is None:
-        pytest.fail(f"no {model} caller at batch {batch} (no C compiler here? KDISTILL_NO_KERNEL set?)")
+        pytest.fail(f"no {model} caller at batch {batch} (no C compiler or Python headers here? KDISTILL_NO_KERNEL set?)")
     benchmark.group = f"batch {batch:>4}"
     flops = costs["teacher"]["measured"] if model == "teacher" else costs["generated_mlp"]["measured"]
     benchmark.extra_info.update(batch=batch, flops_per_sample=flops["flops"], params=flops["params"],
@@ -107,7 +110,7 @@ def terrain_callers(terrain_subjects):
 def test_terrain_policy_step(benchmark, terrain_callers, terrain_subjects, single_thread, model):
     fn = terrain_callers.get(model)
     if fn is None:
-        pytest.fail(f"no {model} caller on vt (no C compiler here? KDISTILL_NO_KERNEL set?)")
+        pytest.fail(f"no {model} caller on vt (no C compiler or Python headers here? KDISTILL_NO_KERNEL set?)")
     benchmark.group = "vt batch    1"
     benchmark.extra_info.update(batch=1, domain="unimal:vt", blas_threads=single_thread,
                                 torch_threads=torch.get_num_threads())
