@@ -607,5 +607,5 @@ def plot_latency(result: dict[str, Any], path: str | Path) -> None:
     ax.set_title(f"{sub['domain']}: teacher vs generated student, {result['environment']['torch_threads']} thread(s)",
                  fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: inside it hides lines
     save_figure(fig, path)
