@@ -22,8 +22,9 @@ on the raw ``extero`` vector, and its output follows the normalised flat observa
 Buffers are allocated once per batch size and reused, so a control loop allocates nothing but the result
 (pass ``out=`` to avoid that too). The normaliser's division is folded into the first layer's weights, so a
 step is: subtract the mean, clip, then per layer one ``matmul`` into its buffer, bias add and ReLU in place.
-A single observation runs on 1-D buffers with the bias folded into the matmul. docs/benchmarks.md has the
-profile behind these choices.
+A single observation runs on 1-D buffers with the bias folded into the matmul, or, where a C compiler is
+available, through the compiled kernel of ``kdistill.deploy.kernel`` (``ExportedPolicy.kernel_path`` says which).
+docs/benchmarks.md has the profile behind these choices.
 """
 
 from __future__ import annotations
