@@ -241,6 +241,8 @@ def test_runtime_fast_path_matches_numpy(tmp_path, monkeypatch):
     if kernel._include_dirs() is not None:
         assert fast.kernel_path == "extension" and slow.kernel_path == "numpy"
         assert list((tmp_path / "cache" / "kernels").glob("kd_ext-*.so"))
+    batch = rng.normal(0, 3, (5, 9)).astype(np.float32)  # batches pass the Runner by, to numpy
+    np.testing.assert_array_equal(fast.act(batch), slow.act(batch))
 
 
 def random_plan_layers(rng, sizes):
@@ -296,7 +298,8 @@ def test_extension_and_ctypes_run_the_same_kernel(tmp_path, monkeypatch, two_inp
     out = np.empty((1, 7), np.float32)
     assert runner(x, e, out) is out and np.array_equal(out[0], plan(x, e))
     refused = [(x.astype(np.float64), e, None), (np.repeat(x, 2)[::2], e, None), (list(x), e, None), (x[:-1], e, None),
-               (x, e, np.empty(7)), (x, e, np.empty(8, np.float32)), (x.astype(">f4"), e, None)]
+               (x, e, np.empty(7)), (x, e, np.empty(8, np.float32)), (x.astype(">f4"), e, None),
+               (np.stack([x, x]), None if e is None else np.stack([e, e]), None)]
     if two_inputs:
         refused += [(x, None, None), (x, e[:-1], None), (x, e.astype(np.float64), None), (x, e[None], None)]
     else:
