@@ -79,11 +79,40 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write strict JSON; a NaN or infinity is refused (Python would write a token no JSON reader accepts)."""
+    atomic_write_text(path, _encode_json(obj, path) + "\n")
+
+
+def _encode_json(obj: Any, path: str | os.PathLike) -> str:
     try:
-        text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default, allow_nan=False)
+        return json.dumps(obj, indent=2, sort_keys=True, default=_json_default, allow_nan=False)
     except ValueError:
         raise DataError(f"refusing to write {path}: it would hold a NaN or infinite number.") from None
-    atomic_write_text(path, text + "\n")
+
+
+class GrowingJsonFile:
+    """A JSON object file rewritten after each new entry of one of its members, a dict that grows (the ``tasks`` of
+    expert data's meta.json). ``write(obj)`` writes exactly what ``atomic_write_json(path, obj)`` writes, but encodes
+    an entry of ``obj[key]`` only when it is new or replaced by another object: encoding every entry again at each
+    write would cost time growing with the square of their number. Replace entries; never change one in place."""
+
+    def __init__(self, path: str | os.PathLike, key: str):
+        self.path, self.key = Path(path), key
+        self._entries: dict[str, tuple[Any, str]] = {}  # name -> (the value encoded, its text in the file)
+        self._placeholder = f"\0{key}\0"  # no file name, task name or number encodes to this
+
+    def write(self, obj: dict) -> None:
+        entries = {}
+        for name, value in obj[self.key].items():
+            entry = self._entries.get(name)
+            if entry is None or entry[0] is not value:
+                # an entry sits two levels deep: its lines are indented 4 spaces more than when it is encoded alone
+                text = _encode_json(value, self.path).replace("\n", "\n    ")
+                entry = (value, f"    {json.dumps(name)}: {text}")
+            entries[name] = entry
+        self._entries = entries
+        block = "{\n" + ",\n".join(entries[name][1] for name in sorted(entries)) + "\n  }" if entries else "{}"
+        text = _encode_json({**obj, self.key: self._placeholder}, self.path)
+        atomic_write_text(self.path, text.replace(json.dumps(self._placeholder), block, 1) + "\n")
 
 
 def strict_jsonable(obj: Any) -> Any:

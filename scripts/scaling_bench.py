@@ -4,6 +4,7 @@ during the run weighs on both worker counts alike); checks that every run's resu
 document with the wall times, env steps per second and speed-ups.
 
     .venv/bin/python scripts/scaling_bench.py --out /tmp/kdistill-scaling [--episodes 4] [--samples 4000 --envs 16]
+    [--only eval|collect]
 """
 
 from __future__ import annotations
@@ -49,14 +50,16 @@ def main() -> None:
     ap.add_argument("--envs", type=int, default=16)
     ap.add_argument("--split", default="train")
     ap.add_argument("--num-tasks", type=int, default=None, help="only the first N tasks (a quick check of the script)")
+    ap.add_argument("--only", choices=("eval", "collect"), default=None, help="run one of the two stages")
     args = ap.parse_args()
     first = ["--num-tasks", str(args.num_tasks)] if args.num_tasks else []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {"cpus": os.cpu_count(), "load_before": os.getloadavg(), "eval": [], "collect": []}
 
+    stages = [args.only] if args.only else ["eval", "collect"]
     reference = None
-    for k, (name, workers) in enumerate(ORDER):
+    for k, (name, workers) in enumerate(ORDER if "eval" in stages else []):
         cmd = [*KDISTILL, "eval", "unimal", "--policy", str(TEACHER), "--split", args.split, "--episodes",
                str(args.episodes), "--json", *first, *executor_args(name, workers)]
         seconds, stdout = run(cmd)
@@ -70,7 +73,7 @@ def main() -> None:
         print(json.dumps(report["eval"][-1]), file=sys.stderr)
 
     reference = None
-    for k, (name, workers) in enumerate(ORDER):
+    for k, (name, workers) in enumerate(ORDER if "collect" in stages else []):
         folder = out / f"data-{k}-{name}{workers}"
         cmd = [*KDISTILL, "expert", "collect", "unimal", "--teacher", str(TEACHER), "--split", args.split,
                "--samples-per-task", str(args.samples), "--envs", str(args.envs), "--out", str(folder), "--json",
@@ -86,7 +89,7 @@ def main() -> None:
                                   "identical": shards == reference, "load": os.getloadavg()[0]})
         print(json.dumps(report["collect"][-1]), file=sys.stderr)
 
-    for what in ("eval", "collect"):
+    for what in stages:
         rows = report[what]
         one = [r["seconds"] for r in rows if r["executor"] == "ray" and r["workers"] == 1]
         two = [r["seconds"] for r in rows if r["executor"] == "ray" and r["workers"] == 2]

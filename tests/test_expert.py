@@ -6,8 +6,19 @@ import numpy as np
 import pytest
 
 from distill_toy import S_IDX, ToyTeacher, ToyTokenDomain, teacher_normalizer
-from kdistill.distill.expert_data import CollectSettings, collect_expert_data, load_expert_data, read_expert_meta, shard_name, task_seed
+from kdistill.distill.expert_data import (
+    CollectSettings,
+    collect_expert_data,
+    fit_normalizer,
+    load_expert_data,
+    read_expert_meta,
+    shard_name,
+    task_seed,
+)
 from kdistill.errors import DataError
+from kdistill.executors import LocalExecutor
+from kdistill.rl.distributions import action_std_of, sample_actions
+from kdistill.rl.normalise import ObsNormalizer
 
 SETTINGS = CollectSettings(samples_per_task=203, num_envs=4, seed=3)  # 51 steps, last row of step 50 dropped
 
@@ -95,6 +106,57 @@ def test_rerun_skips_finished_tasks_and_rebuilds_missing_ones(collected):
     assert third["collected"] == [tasks[1]] and teacher.prepared == [tasks[1]]
     # same seed, same data
     assert (data / "shards" / shard_name(tasks[1])).read_bytes() == before[tasks[1]]
+
+
+def test_meta_json_grows_exactly_as_written_whole(collected, tmp_path):
+    # meta.json is rewritten after every shard, encoding only the new task's entry: the text must not differ
+    from kdistill.io import GrowingJsonFile, atomic_write_json
+
+    data = collected[3]
+    meta = read_expert_meta(data)
+    atomic_write_json(tmp_path / "whole.json", meta)
+    assert (data / "meta.json").read_bytes() == (tmp_path / "whole.json").read_bytes()
+    grown, file = {**meta, "tasks": {}}, GrowingJsonFile(tmp_path / "grown.json", "tasks")
+    file.write(grown)
+    first = next(iter(meta["tasks"]))
+    # entries added, one oddly named, and one replaced (a task collected again)
+    for name, info in [*meta["tasks"].items(), ('é "odd"\n', {"x": [1.5, None]}), (first, {"samples": 1})]:
+        grown["tasks"][name] = info
+        file.write(grown)
+        atomic_write_json(tmp_path / "whole.json", grown)
+        assert (tmp_path / "grown.json").read_bytes() == (tmp_path / "whole.json").read_bytes(), name
+    grown["tasks"]["bad"] = {"x": float("nan")}
+    with pytest.raises(DataError, match="NaN"):
+        file.write(grown)
+
+
+class _LastFirst(LocalExecutor):
+    """Finishes the tasks in reverse order, as workers may."""
+
+    def imap_unordered(self, job, items):
+        for index in reversed(range(len(items))):
+            yield index, job(items[index])
+
+
+def test_the_fitted_normaliser_is_one_generator_acting_through_the_tasks_on_any_executor():
+    domain, teacher = ToyTokenDomain(num_train=3, num_test=1), ToyTeacher()
+    tasks, layout = domain.tasks("train"), domain.layout
+    # the plain algorithm: one generator draws each step's action noise, task after task
+    plain, rng = ObsNormalizer((layout.max_tokens, layout.obs_features)), np.random.default_rng(5)
+    for task in tasks:
+        teacher.prepare(task, domain.context(task))
+        std = np.asarray(action_std_of(teacher), np.float32)
+        venv = domain.make_vec_env([task], 2, seed=task_seed(5, task))
+        obs = venv.reset(seed=task_seed(5, task))
+        for _ in range(30):
+            plain.rms.update(np.asarray(obs["obs"], np.float32))
+            obs = venv.step(sample_actions(np.asarray(teacher.act(obs), np.float32), std, rng))[0]
+        venv.close()
+    for executor in (None, _LastFirst()):
+        fitted = fit_normalizer(domain, teacher, tasks, steps=30, seed=5, executor=executor).rms
+        assert fitted.count == plain.rms.count
+        np.testing.assert_array_equal(fitted.mean, plain.rms.mean)
+        np.testing.assert_array_equal(fitted.var, plain.rms.var)
 
 
 def test_rerun_with_other_settings_is_refused(collected):

@@ -8,6 +8,9 @@ import importlib
 import json
 import logging
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -139,6 +142,55 @@ def test_a_worker_killed_mid_task_is_retried_and_nothing_is_lost_or_duplicated(c
     tasks = get_domain("fragile").tasks("all")
     assert summary["collected"] == tasks  # each task once
     _same_folders(local_data[0], tmp_path / "data")
+
+
+def test_expert_data_of_per_task_experts_on_two_ray_workers_equals_the_local_executor(cluster, tmp_path):
+    # experts have no normaliser of their own: the data's is fitted on their rollouts, which run on the workers too
+    import torch
+
+    from kdistill.rl.experts import ExpertConfig, ExpertRunSettings, ExpertTrainer, export_experts
+
+    torch.set_num_threads(1)
+    domain, tiny = get_domain("cartpole"), ExpertConfig.presets()["tiny"]
+    tasks = domain.tasks("train")[:3]
+    settings = ExpertRunSettings(domain="cartpole", tasks=tasks, preset="tiny", seed=0, steps_per_task=tiny.batch_size)
+    ExpertTrainer(domain, settings, tiny, run_dir=tmp_path / "run").train()
+    export_experts(tmp_path / "run", tmp_path / "experts")
+    teacher = load_policy(tmp_path / "experts", domain="cartpole")
+    collect = dict(settings=CollectSettings(samples_per_task=60, num_envs=3, seed=2), teacher_ref="experts")
+    local = collect_expert_data(domain, teacher, None, tasks, tmp_path / "local", **collect)
+    with RayExecutor(workers=2) as executor:
+        remote = collect_expert_data(domain, teacher, None, tasks, tmp_path / "ray", executor=executor, **collect)
+    _same_folders(tmp_path / "local", tmp_path / "ray")
+    assert remote == {**local, "out": str(tmp_path / "ray")}
+
+
+def test_expert_collect_command_on_a_ray_cluster_it_starts_itself_equals_the_local_executor(teacher_run, tmp_path):
+    # the command starts its own local cluster, whose workers inherit its environment (the toy plugins) instead of
+    # being given a runtime env
+    domain = get_domain("toy")
+    local = collect_expert_data(domain, load_policy(teacher_run), load_policy(teacher_run).meta["normalizer"],
+                                domain.tasks("all"), tmp_path / "local", SETTINGS, teacher_ref=str(teacher_run))
+    cmd = [sys.executable, "-m", "kdistill", "expert", "collect", "toy", "--teacher", str(teacher_run), "--split", "all",
+           "--samples-per-task", str(SETTINGS.samples_per_task), "--envs", str(SETTINGS.num_envs), "--seed",
+           str(SETTINGS.seed), "--out", str(tmp_path / "ray"), "--executor", "ray", "--workers", "2", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "KDISTILL_PLUGINS": PLUGINS})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["collected"] == local["collected"]
+    _same_folders(tmp_path / "local", tmp_path / "ray")
+
+
+def test_a_freed_worker_gets_its_next_task_before_the_driver_handles_the_result(cluster, tmp_path):
+    started = [tmp_path / "first", tmp_path / "second"]
+    with RayExecutor(workers=1) as executor:
+        results = executor.imap_unordered(Path.touch, started)
+        assert next(results)[0] == 0
+        # the driver holds the first result (collection writes its shard now): the one worker runs the second task
+        deadline = time.monotonic() + 60
+        while not started[1].exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started[1].exists()
+        assert [index for index, _ in results] == [1]
 
 
 def test_experts_sharded_over_two_ray_workers_equal_one_process(cluster, tmp_path):

@@ -39,9 +39,9 @@ import numpy as np
 from kdistill.domain import Layout, TaskContext, check_task_kind, task_kind_meta
 from kdistill.errors import DataError
 from kdistill.executors import DomainRef, Executor, LocalExecutor, PolicyRef
-from kdistill.io import atomic_write_bytes, atomic_write_json, claim_folder, read_json_object
+from kdistill.io import GrowingJsonFile, atomic_write_bytes, claim_folder, read_json_object
 from kdistill.progress import Progress
-from kdistill.rl.distributions import action_std_of, sample_actions
+from kdistill.rl.distributions import action_std_of, add_noise, sample_actions
 from kdistill.rl.normalise import ObsNormalizer
 
 FORMAT = "kdistill-expert/1"
@@ -188,26 +188,71 @@ class CollectJob:
 
 
 def fit_normalizer(domain, teacher, tasks: Sequence[str], steps: int = 500, num_envs: int = 2, seed: int = 0,
-                   clip: float = 10.0) -> ObsNormalizer:
+                   clip: float = 10.0, executor: Executor | None = None, threads: int = 1) -> ObsNormalizer:
     """An observation normaliser fitted on the teacher's own rollouts (sampled actions) over all ``tasks``:
-    the data's normaliser when the teacher has none of its own (a set of per-task experts)."""
+    the data's normaliser when the teacher has none of its own (a set of per-task experts).
+
+    The tasks' rollouts run on ``executor`` (default: this process, in order); ``threads``: torch threads of its
+    workers. The statistics are the same on any executor (see ``_fit_rollout``)."""
     layout: Layout = domain.layout
     norm = ObsNormalizer((layout.max_tokens, layout.obs_features), clip=clip)
     rng = np.random.default_rng(seed)
-    for task in tasks:
-        teacher.prepare(task, domain.context(task))
-        std = np.asarray(action_std_of(teacher), np.float32)
-        venv = domain.make_vec_env([task], num_envs, seed=task_seed(seed, task))
-        try:
-            obs = venv.reset(seed=task_seed(seed, task))
-            for _ in range(steps):
-                norm.rms.update(np.asarray(obs["obs"], np.float32))
-                mu = np.asarray(teacher.act(obs, deterministic=True), np.float32)
-                obs = venv.step(sample_actions(mu, std, rng))[0]
-        finally:
-            venv.close()
+    # every task's action noise is drawn here, in task order, as one generator acting through the tasks one after
+    # the other draws it, so each task's rollout can run anywhere
+    items = [(task, rng.standard_normal((steps, num_envs, layout.num_actions))) for task in tasks]
+    executor = executor or LocalExecutor()
+    if executor.in_process:
+        def job(item: tuple[str, np.ndarray]) -> np.ndarray:
+            return _fit_rollout(domain, teacher, *item, seed)
+    else:
+        job = FitJob(DomainRef.of(domain), PolicyRef.of(teacher), seed, threads)
+    # the statistics take the tasks' observations in task order, whatever order the tasks finish in
+    arrived: dict[int, np.ndarray] = {}
+    next_index = 0
+    for index, seen in executor.imap_unordered(job, items):
+        arrived[index] = seen
+        while next_index in arrived:
+            for obs in arrived.pop(next_index):
+                norm.rms.update(obs)
+            next_index += 1
     norm.training = False
     return norm
+
+
+def _fit_rollout(domain, teacher, task: str, noise: np.ndarray, seed: int) -> np.ndarray:
+    """One task's share of ``fit_normalizer``: the observations ``(steps, num_envs, T, F)`` the statistics take, of
+    the teacher's rollout whose action noise ``noise`` ``(steps, num_envs, A)`` was drawn beforehand."""
+    layout: Layout = domain.layout
+    steps, num_envs = noise.shape[:2]
+    teacher.prepare(task, domain.context(task))
+    std = np.asarray(action_std_of(teacher), np.float32)
+    seen = np.empty((steps, num_envs, layout.max_tokens, layout.obs_features), np.float32)
+    venv = domain.make_vec_env([task], num_envs, seed=task_seed(seed, task))
+    try:
+        obs = venv.reset(seed=task_seed(seed, task))
+        for t in range(steps):
+            seen[t] = obs["obs"]
+            mu = np.asarray(teacher.act(obs, deterministic=True), np.float32)
+            obs = venv.step(add_noise(mu, std, noise[t]))[0]
+    finally:
+        venv.close()
+    return seen
+
+
+@attrs.frozen
+class FitJob:
+    """``_fit_rollout`` for an executor whose workers are other processes: domain and teacher by reference."""
+
+    domain: DomainRef
+    teacher: PolicyRef
+    seed: int
+    threads: int = 1
+
+    def __call__(self, item: tuple[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        torch.set_num_threads(self.threads)
+        return _fit_rollout(self.domain.build(), self.teacher.build(), *item, self.seed)
 
 
 _OPTION_OF = {"seed": "--seed", "num_envs": "--envs", "samples_per_task": "--samples-per-task", "teacher": "--teacher"}
@@ -250,8 +295,8 @@ def collect_expert_data(domain, teacher, normalizer_state: dict | None, tasks: S
                         threads: int = 1) -> dict[str, Any]:
     """Collect one shard per task into ``out`` (skipping tasks already there); returns a summary.
 
-    ``executor``: where the tasks' rollouts run (default: this process, in order); shards are written here as they
-    come back. ``threads``: torch threads of an executor's workers.
+    ``executor``: where the tasks' rollouts run, those that fit a normaliser too (default: this process, in order);
+    shards are written here as they come back. ``threads``: torch threads of an executor's workers.
 
     ``normalizer_state`` None: a new folder fits one on the teacher's rollouts over ``fit_tasks`` (default
     ``tasks``); a resumed folder keeps its own. ``actor``/``beta``: DAgger rollouts (module docstring).
@@ -287,7 +332,8 @@ def collect_expert_data(domain, teacher, normalizer_state: dict | None, tasks: S
     else:
         claim_folder(out, "expert-data")
         if normalizer is None:
-            normalizer = fit_normalizer(domain, teacher, list(fit_tasks or tasks), seed=settings.seed)
+            normalizer = fit_normalizer(domain, teacher, list(fit_tasks or tasks), seed=settings.seed,
+                                        executor=executor, threads=threads)
         meta = {**expected, "normalizer": normalizer.state(),
                 "student_normalizer": slice_normalizer_state(normalizer.state(), layout.student_features),
                 "tasks": {}}
@@ -316,6 +362,7 @@ def collect_expert_data(domain, teacher, normalizer_state: dict | None, tasks: S
                          normalizer.state(), settings, beta, threads)
     # meta.json lists the tasks in the order asked for, whatever order their shards finish in
     order = list(dict.fromkeys([*meta["tasks"], *todo]))
+    meta_file = GrowingJsonFile(meta_path, "tasks")  # rewritten after every shard
     for index, (arrays, returns) in executor.imap_unordered(job, todo):
         task = todo[index]
         problem = _shard_problem(arrays, layout)
@@ -330,12 +377,12 @@ def collect_expert_data(domain, teacher, normalizer_state: dict | None, tasks: S
             "context": context_to_json(domain.context(task)), "static": "static" in arrays,
         }
         meta["tasks"] = {t: meta["tasks"][t] for t in order if t in meta["tasks"]}
-        atomic_write_json(meta_path, meta)
+        meta_file.write(meta)
         if not executor.in_process:
             rows_done += settings.samples_per_task
             report(f"expert {task}", rows_done, total)
     if not meta_path.exists():
-        atomic_write_json(meta_path, meta)
+        meta_file.write(meta)
     return {
         "out": str(out), "collected": todo, "skipped": skipped,
         "samples": sum(meta["tasks"][t]["samples"] for t in tasks if t in meta["tasks"]),

@@ -30,4 +30,9 @@ def action_std_of(model) -> float:
 
 def sample_actions(mu: np.ndarray, std: float | np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``mu`` plus Gaussian noise of ``std`` (numpy; expert data and stochastic acting)."""
-    return (mu + std * rng.standard_normal(mu.shape)).astype(np.float32)
+    return add_noise(mu, std, rng.standard_normal(mu.shape))
+
+
+def add_noise(mu: np.ndarray, std: float | np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """``sample_actions`` with its standard normal draws (``noise``, of ``mu``'s shape) made beforehand."""
+    return (mu + std * noise).astype(np.float32)

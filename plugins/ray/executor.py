@@ -5,6 +5,9 @@ times; the driver takes each task's result exactly once, from the attempt that f
 duplicated (the jobs write nothing themselves: shards are written by the driver as results come back). An exception
 raised by a job is not retried: it is re-raised here as it was raised there.
 
+A worker whose task finished gets its next one before the driver handles the result (the caller writes it while the
+generator is suspended), so the driver's writing never leaves a worker waiting.
+
 Pinned workers (``executor.pinned(n)``) are Ray actors of one CPU each, so a worker's state stays in its process from
 one call to the next. An actor whose process dies is restarted, and the call it was running runs again there, up to
 ``MAX_RETRIES`` times per call; the restarted actor starts with an empty state, and the driver takes each call's
@@ -45,6 +48,15 @@ def _env_vars() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("KDISTILL_") or k == "MUJOCO_GL"}
 
 
+def _runtime_env(inherited: dict[str, str] | None) -> dict[str, Any]:
+    """Ray options that give workers the driver's settings. ``inherited``: the settings the cluster's processes were
+    started with (a local cluster started by this process), or None. When they still hold, no runtime env is asked
+    for: with one, Ray would start and set up worker processes of its own for it instead of using those it
+    started with the cluster, which costs seconds before the first task runs."""
+    env = _env_vars()
+    return {} if env == inherited else {"runtime_env": {"env_vars": env}}
+
+
 def _check_reachable(address: str) -> None:
     """Fail fast on a cluster address nothing answers at: ray.init would retry for minutes."""
     if address in ("auto", "local"):
@@ -74,6 +86,7 @@ class RayExecutor(Executor):
             raise KdistillError("--executor ray needs Ray, which is not installed; install it with "
                                 "pip install 'kdistill[ray]'.") from None
         self.workers, self.address, self._started = workers, address, False
+        self._inherited: dict[str, str] | None = None  # the settings a local cluster started here inherited
         self._pools: list[RayPinnedWorkers] = []
         if address:
             _check_reachable(address)
@@ -89,22 +102,32 @@ class RayExecutor(Executor):
             where = f"join the Ray cluster at --address {address}" if address else "start a local Ray cluster"
             raise KdistillError(f"could not {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}.") from None
         self._started = True
+        if not address:
+            self._inherited = _env_vars()
+
+    def _options(self) -> dict[str, Any]:
+        return {"num_cpus": 1, **_runtime_env(self._inherited)}
 
     def imap_unordered(self, job: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
         import ray
 
-        remote = ray.remote(_run).options(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False,
-                                          runtime_env={"env_vars": _env_vars()})
+        remote = ray.remote(_run).options(max_retries=MAX_RETRIES, retry_exceptions=False, **self._options())
         job_ref = ray.put(job)  # one copy of the job (it carries the policy's weights) for all tasks
         pending: dict[Any, int] = {}
         submitted = 0
+
+        def fill() -> None:
+            nonlocal submitted
+            while submitted < len(items) and len(pending) < self.workers:
+                pending[remote.remote(job_ref, items[submitted])] = submitted
+                submitted += 1
+
         try:
-            while submitted < len(items) or pending:
-                while submitted < len(items) and len(pending) < self.workers:
-                    pending[remote.remote(job_ref, items[submitted])] = submitted
-                    submitted += 1
+            fill()
+            while pending:
                 (ref,), _ = ray.wait(list(pending), num_returns=1)
                 index = pending.pop(ref)
+                fill()  # before the caller handles this result: see the module docstring
                 yield index, self._result(ray, ref, items[index])
         finally:
             for ref in pending:
@@ -147,7 +170,7 @@ class RayExecutor(Executor):
             import ray
 
             ray.shutdown()
-            self._started = False
+            self._started, self._inherited = False, None
 
 
 class RayPinnedWorkers(PinnedWorkers):
@@ -159,8 +182,7 @@ class RayPinnedWorkers(PinnedWorkers):
         self.count, self._executor = int(count), executor
         # a restart is per actor and unlimited (a long run may lose several nodes); each call is retried at most
         # MAX_RETRIES times, so a job that always kills its worker still ends the run
-        actor = ray.remote(_PinnedWorker).options(num_cpus=1, max_restarts=-1, max_task_retries=MAX_RETRIES,
-                                                  runtime_env={"env_vars": _env_vars()})
+        actor = ray.remote(_PinnedWorker).options(max_restarts=-1, max_task_retries=MAX_RETRIES, **executor._options())
         self._actors = [actor.remote() for _ in range(self.count)]
 
     def map(self, job, items):
