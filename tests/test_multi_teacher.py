@@ -205,3 +205,9 @@ def test_cli_collect_from_experts_and_distill_a_transformer_on_robots(tmp_path, 
     report = ok("eval", "unimal", "--policy", str(tmp_path / "tf"), "--num-tasks", "1", "--episodes", "1", "--json",
                 "--no-random")
     assert report["summary"]["tasks"] == 1
+    # DAgger with a transformer student: each round starts from the previous round's transformer
+    dagger = ok("distill", "unimal", "--data", str(tmp_path / "data"), "--student", "metamorph", "--student-preset",
+                "cpu", "--epochs", "1", "--batch", "64", "--out", str(tmp_path / "tf-dagger"), "--dagger", "1",
+                "--dagger-samples", "32", "--dagger-epochs", "1", "--teacher", str(tmp_path / "experts"), "--json")
+    assert [r["train_rows"] for r in dagger["rounds"]] == [128, 128 + 2 * 32]
+    assert load_policy(tmp_path / "tf-dagger", domain="unimal").kind == "teacher"

@@ -12,6 +12,7 @@ continues exactly as an uninterrupted one would.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -258,6 +259,8 @@ def train_student(data_path: str | Path, student: str = "hnmlp", student_config:
     else:
         model = build_student(student, layout, student_config).to(device)
         cfg_dict, kind, mu_fn = model.config_dict(), "student", student_mu
+    # the form a checkpoint's JSON gives back (tuples become lists), so saved and new configs compare equal
+    cfg_dict = json.loads(json.dumps(cfg_dict))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps)
     data_ref = str(data_path.resolve())
     extra_refs = [str(Path(p).resolve()) for p in extra_data]
