@@ -195,3 +195,33 @@ def test_shard_names_stay_unique_for_odd_task_names():
     assert shard_name("floor-1409-11") == "floor-1409-11.safetensors"
     a, b = shard_name("a/b"), shard_name("a_b")
     assert a != b and "/" not in a
+
+
+def test_a_collection_worker_steps_its_envs_within_its_thread_budget(unimal_dir, monkeypatch):
+    """Workers sharing the cores must not each step their envs on extra threads; the rows do not depend on it."""
+    from kdistill.distill.expert_data import CollectJob, rollout_task
+    from kdistill.executors import DomainRef, PolicyRef
+    from kdistill.loading import load_policy
+    from kdistill.plugins import get_domain
+
+    monkeypatch.setenv("KDISTILL_UNIMAL_DIR", str(unimal_dir))
+    domain = get_domain("unimal")
+    teacher = load_policy("domains/unimal/pretrained/teacher-cpu10", domain=domain)
+    task = domain.tasks("train")[0]
+    settings = CollectSettings(samples_per_task=64, num_envs=16, seed=2)
+    asked = []
+    make = type(domain).make_vec_env
+
+    def spy(self, *args, **kwargs):
+        asked.append(kwargs.get("threads"))
+        return make(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(domain), "make_vec_env", spy)
+    norm = teacher.normalizer.state()
+    job = CollectJob(DomainRef.of(domain), PolicyRef.of(teacher), None, norm, settings, threads=1)
+    on_worker, _ = job(task)
+    in_process, _ = rollout_task(domain, teacher, ObsNormalizer.from_state(norm), task, domain.context(task), settings)
+    assert asked == [1, None]
+    assert on_worker.keys() == in_process.keys()
+    for key in in_process:
+        np.testing.assert_array_equal(on_worker[key], in_process[key])

@@ -99,11 +99,12 @@ def task_seed(seed: int, task: str) -> int:
 
 
 def rollout_task(domain, teacher, normalizer: ObsNormalizer, task: str, context: TaskContext, settings: CollectSettings,
-                 on_step: Callable[[int], None] | None = None, actor=None,
-                 beta: float = 1.0) -> tuple[dict[str, np.ndarray], list[float]]:
+                 on_step: Callable[[int], None] | None = None, actor=None, beta: float = 1.0,
+                 env_threads: int | None = None) -> tuple[dict[str, np.ndarray], list[float]]:
     """Play the teacher (stochastic actions) on ``num_envs`` envs of ``task``; return the shard arrays and
     the returns of the episodes that finished. With ``actor``, each env plays the teacher's action with
-    probability ``beta`` at each step and the actor's mean action otherwise (labels stay the teacher's)."""
+    probability ``beta`` at each step and the actor's mean action otherwise (labels stay the teacher's).
+    ``env_threads``: the vector env's threads hint (None: the domain's choice; rows are the same either way)."""
     layout: Layout = domain.layout
     features = list(layout.student_features)
     n_envs = settings.num_envs
@@ -129,7 +130,7 @@ def rollout_task(domain, teacher, normalizer: ObsNormalizer, task: str, context:
     std = np.asarray(action_std_of(teacher), np.float32)
     others = np.setdiff1d(np.arange(layout.obs_features), features)
     static = None
-    venv = domain.make_vec_env([task], n_envs, seed=seed)
+    venv = domain.make_vec_env([task], n_envs, seed=seed, threads=env_threads)
     try:
         obs = venv.reset(seed=seed)
         for t in range(steps):
@@ -183,8 +184,10 @@ class CollectJob:
         torch.set_num_threads(self.threads)
         domain = self.domain.build()
         actor = self.actor.build() if self.actor is not None else None
+        # a worker's thread budget covers its envs too: workers that each stepped envs on extra threads would
+        # oversubscribe the cores they share
         return rollout_task(domain, self.teacher.build(), ObsNormalizer.from_state(self.normalizer), task,
-                            domain.context(task), self.settings, actor=actor, beta=self.beta)
+                            domain.context(task), self.settings, actor=actor, beta=self.beta, env_threads=self.threads)
 
 
 def fit_normalizer(domain, teacher, tasks: Sequence[str], steps: int = 500, num_envs: int = 2, seed: int = 0,
