@@ -111,6 +111,16 @@ def compile_and_run(tmp: Path, exports: list, observations: list[np.ndarray],
     return results
 
 
+def visited_observations(domain, task: str, seed: int, steps: int, rng) -> list[dict]:
+    """The reset observation of ``task`` and those of ``steps`` random actions after it."""
+    env = domain.make_env(task)
+    seen = [env.reset(seed=seed)[0]]
+    for _ in range(steps):
+        seen.append(env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))[0])
+    env.close()
+    return seen
+
+
 @pytest.mark.skipif(CC is None, reason="no C compiler")
 def test_c_matches_the_student_on_every_training_robot(tmp_path, unimal_dir):
     from kdistill_unimal.domain import UnimalDomain
@@ -124,13 +134,7 @@ def test_c_matches_the_student_on_every_training_robot(tmp_path, unimal_dir):
         ctx = domain.context(task)
         export_policy(policy, task, ctx, tmp_path / "exports" / task)
         exports.append(runtime.load(tmp_path / "exports" / f"{task}.json"))
-        env = domain.make_env(task)
-        obs, _ = env.reset(seed=k)
-        seen = [obs["obs"]]
-        for _ in range(3):
-            obs = env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))[0]
-            seen.append(obs["obs"])
-        env.close()
+        seen = [o["obs"] for o in visited_observations(domain, task, k, 3, rng)]
         raw = {"obs": np.stack(seen), "obs_mask": np.repeat(ctx.mask[None], len(seen), 0)}
         raw["obs"][0] *= 50.0  # far outside the normaliser's range: the clipping must agree too
         policy.prepare(task, ctx)
@@ -160,12 +164,7 @@ def test_terrain_student_in_c_and_in_the_kernel(tmp_path, unimal_dir, monkeypatc
         ctx = domain.context(task)
         export_policy(policy, task, ctx, tmp_path / "exports" / task)
         exports.append(runtime.load(tmp_path / "exports" / f"{task}.json"))
-        env = domain.make_env(task)
-        obs, _ = env.reset(seed=k)
-        seen = [obs]
-        for _ in range(4):
-            seen.append(env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))[0])
-        env.close()
+        seen = visited_observations(domain, task, k, 4, rng)
         raw = {"obs": np.stack([o["obs"] for o in seen]), "obs_mask": np.repeat(ctx.mask[None], len(seen), 0),
                "extero": np.stack([o["extero"] for o in seen])}
         assert (raw["extero"] == 0).mean() > 0.5  # the flat start: mostly exact zeros, which the kernels skip
