@@ -211,18 +211,23 @@ def test_generated_source_is_self_contained(tmp_path):
                    check=True, capture_output=True)
 
 
+def export_toy_student(path, seed: int) -> None:
+    """A small HN-MLP of the toy domain, exported for task ``toy-1`` at ``path``."""
+    domain = ToyTokenDomain()
+    norm = slice_normalizer_state(teacher_normalizer().state(), domain.layout.student_features)
+    torch.manual_seed(seed)
+    policy = StudentPolicy(build_student("hnmlp", domain.layout, {"hidden": 32, "embed": 16}),
+                           ObsNormalizer.from_state(norm), {})
+    export_policy(policy, "toy-1", domain.context("toy-1"), path)
+
+
 @pytest.mark.skipif(CC is None, reason="no C compiler")
 def test_runtime_fast_path_matches_numpy(tmp_path, monkeypatch):
     monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
     from kdistill.deploy import kernel
 
     kernel._loaded.clear()
-    domain = ToyTokenDomain()
-    norm = slice_normalizer_state(teacher_normalizer().state(), domain.layout.student_features)
-    torch.manual_seed(1)
-    policy = StudentPolicy(build_student("hnmlp", domain.layout, {"hidden": 32, "embed": 16}),
-                           ObsNormalizer.from_state(norm), {})
-    export_policy(policy, "toy-1", domain.context("toy-1"), tmp_path / "e")
+    export_toy_student(tmp_path / "e", seed=1)
     fast = runtime.load(tmp_path / "e.json")
     slow = runtime.load(tmp_path / "e.json")
     slow.use_kernel = False
@@ -316,12 +321,7 @@ def test_without_headers_the_runtime_calls_the_kernel_through_ctypes(tmp_path, m
     monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
     from kdistill.deploy import kernel
 
-    domain = ToyTokenDomain()
-    norm = slice_normalizer_state(teacher_normalizer().state(), domain.layout.student_features)
-    torch.manual_seed(2)
-    policy = StudentPolicy(build_student("hnmlp", domain.layout, {"hidden": 32, "embed": 16}),
-                           ObsNormalizer.from_state(norm), {})
-    export_policy(policy, "toy-1", domain.context("toy-1"), tmp_path / "e")
+    export_toy_student(tmp_path / "e", seed=2)
     xs = np.random.default_rng(0).normal(0, 3, (10, 9)).astype(np.float32)
     kernel._loaded.clear()
     compiled = runtime.load(tmp_path / "e.json")
