@@ -316,6 +316,41 @@ def test_extension_and_ctypes_run_the_same_kernel(tmp_path, monkeypatch, two_inp
 
 
 @pytest.mark.skipif(CC is None, reason="no C compiler")
+def test_the_kernel_leaves_out_rows_of_zero_weights(tmp_path, monkeypatch):
+    """Rows of only zero weights (a padded token's slots) are not read for a finite input, whatever its value: the
+    result still matches float64 numpy and the bytes read drop by exactly those rows; a NaN there still reaches
+    the sums, as in the dense ones."""
+    monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
+    from kdistill.deploy import kernel
+
+    kernel._loaded.clear()
+    rng = np.random.default_rng(5)
+    n_obs, dead = 53, np.r_[3, 17:34, 50]  # a whole 16-input word, parts of others, and one in the scalar tail
+    layers = random_plan_layers(rng, [n_obs, 40, 5])
+    layers[0][0][dead] = 0.0
+    mean, high = np.zeros(n_obs, np.float32), np.full(n_obs, 5.0, np.float32)
+    plan = kernel.KernelPlan(kernel.load_kernel(), [w for w, _ in layers], [b for _, b in layers], mean, -high, high)
+    dense = kernel.KernelPlan(kernel.load_kernel(), [layers[0][0] + 0.0, layers[1][0]], [b for _, b in layers],
+                              mean, -high, high)
+    dense._live[0] = None  # the same weights with every row read
+    for _ in range(10):
+        x = rng.normal(0, 2, n_obs).astype(np.float32)
+        x[rng.random(n_obs) < 0.2] = 0.0
+        got = plan(x).copy()
+        np.testing.assert_allclose(got, reference_act(layers, [], mean, -high, high, x), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(got, dense(x), atol=1e-6, rtol=0)
+        h = np.clip(x, -5, 5)
+        hidden = np.maximum(h.astype(np.float64) @ layers[0][0] + layers[0][1], 0)
+        live = np.ones(n_obs, bool)
+        live[dead] = False
+        expected = 4 * 48 * (np.count_nonzero((h != 0) & live) + 1) + 4 * 16 * (np.count_nonzero(hidden) + 1)
+        assert plan.bytes_read(x) == expected
+    x[dead[0]] = np.nan
+    with_nan, without = plan(x).copy(), plan(np.nan_to_num(x)).copy()  # plan() returns its own output buffer
+    assert np.array_equal(with_nan, dense(x), equal_nan=True) and not np.array_equal(with_nan, without)
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler")
 def test_without_headers_the_runtime_calls_the_kernel_through_ctypes(tmp_path, monkeypatch):
     """No Python or numpy headers: the extension is not built and act() runs the same kernel through ctypes."""
     monkeypatch.setenv("KDISTILL_CACHE", str(tmp_path / "cache"))
