@@ -19,6 +19,7 @@ from kdistill.deploy.c_source import c_identifier, write_c
 from kdistill.deploy.export import export_policy
 from kdistill.distill.expert_data import slice_normalizer_state
 from kdistill.distill.students import StudentPolicy, build_student
+from kdistill.errors import DataError
 from kdistill.rl.normalise import ObsNormalizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -247,6 +248,21 @@ def test_runtime_fast_path_matches_numpy(tmp_path, monkeypatch):
         assert list((tmp_path / "cache" / "kernels").glob("kd_ext-*.so"))
     batch = rng.normal(0, 3, (5, 9)).astype(np.float32)  # batches pass the Runner by, to numpy
     np.testing.assert_array_equal(fast.act(batch), slow.act(batch))
+    if fast.kernel_path == "extension":  # the Runner stands in for act(), keywords and all
+        assert type(fast.act).__name__ == "Runner"
+        x = rng.normal(0, 3, 9).astype(np.float32)
+        out = np.empty(6, np.float32)
+        assert fast.act(x, out=out) is out
+        np.testing.assert_allclose(out, slow.act(x), atol=1e-6, rtol=0)
+        np.testing.assert_allclose(fast.act(flat_obs=x), slow.act(x), atol=1e-6, rtol=0)
+        np.testing.assert_allclose(fast.act(x, None, out=out), slow.act(x), atol=1e-6, rtol=0)
+        with pytest.raises(TypeError):
+            fast.act(x, bogus=1)
+        with pytest.raises(DataError):
+            fast.act(x[:-1])
+        fast.use_kernel = False
+        assert fast.kernel_path == "numpy" and "act" not in vars(fast)
+        np.testing.assert_array_equal(fast.act(x), slow.act(x))
 
 
 def random_plan_layers(rng, sizes):

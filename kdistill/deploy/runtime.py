@@ -226,8 +226,22 @@ class ExportedPolicy:
         self._joined = self.weights[0][self.input_size:]  # the encoded extero's rows of the first layer
         self._plans: dict[int, tuple] = {}
         self._kernel = None  # the compiled batch-1 path (kdistill.deploy.kernel), prepared on first use
-        self._fast = None  # its extension Runner, tried first by act() once prepared
+        self._fast = None  # its extension Runner, once prepared
         self.use_kernel = True
+
+    @property
+    def _fast(self):
+        return self._runner
+
+    @_fast.setter
+    def _fast(self, runner) -> None:
+        # The Runner stands in for act() on the instance: one float32 observation goes straight to the kernel,
+        # anything else on to the general path, with the same arguments.
+        self._runner = runner
+        if runner is None:
+            self.__dict__.pop("act", None)
+        else:
+            self.act = runner
 
     @property
     def use_kernel(self) -> bool:
@@ -286,10 +300,10 @@ class ExportedPolicy:
     def act(self, flat_obs: np.ndarray, extero: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """Mean actions for raw flat student observations ``(N, T*S)`` (or one ``(T*S,)``), and for a policy that
         reads exteroception its raw ``extero`` ``(N, E)`` (or ``(E,)``)."""
-        if self._fast is not None:  # one float32 observation goes straight to the kernel; anything else falls through
-            result = self._fast(flat_obs, extero, out)
-            if result is not NotImplemented:
-                return result
+        return self._act(flat_obs, extero, out)
+
+    def _act(self, flat_obs: np.ndarray, extero: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        """act() itself, or what the extension's Runner hands on when it stands in for it."""
         x = flat_obs if isinstance(flat_obs, np.ndarray) else np.asarray(flat_obs)
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise DataError(f"exported policy for {self.task!r} takes flat observations of {self.input_size} values "
@@ -378,7 +392,7 @@ class ExportedPolicy:
             self._kernel = KernelPlan(fn, self._layers, self.biases, self._mean32, self._low, self._high)
         ext = load_extension()
         if ext is not None and self.use_kernel:
-            self._fast = self._kernel.runner(ext)
+            self._fast = self._kernel.runner(ext, fallback=self._act)
         return self._kernel
 
     def flat_observation(self, obs: dict) -> np.ndarray:
