@@ -71,9 +71,9 @@ done
 $K distill $DOMAIN --data $OUT/data-experts --student hnmlp --device $DEVICE --out $OUT/hnmlp-from-experts \
   $(resume $OUT/hnmlp-from-experts)
 
-# 6. the comparison
-STUDENTS=transformer=$OUT/transformer,hnmlp=$OUT/hnmlp,mlp=$OUT/mlp,hnmlp-experts=$OUT/hnmlp-from-experts
-[ -f $OUT/compare-train.json ] || $K compare $DOMAIN --policies experts=$EXPERTS,$STUDENTS --split train \
+# 6. the comparison; the transformer is named teacher, the reference of the fraction column
+STUDENTS=teacher=$OUT/transformer,hnmlp=$OUT/hnmlp,mlp=$OUT/mlp,hnmlp-experts=$OUT/hnmlp-from-experts
+[ -f $OUT/compare-train.json ] || $K compare $DOMAIN --policies $STUDENTS,experts=$EXPERTS --split train \
   "${SUBSET[@]}" --episodes 16 --out $OUT/compare-train --json > $OUT/compare-train.json
 # the experts have no expert for an unseen robot
 [ -f $OUT/compare-test.json ] || $K compare $DOMAIN --policies $STUDENTS --split test --episodes $TEST_EPISODES \
