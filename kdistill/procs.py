@@ -72,3 +72,44 @@ def kill_children_with_parent() -> None:
     if not _hook_installed and hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_after_fork_in_child)
         _hook_installed = True
+
+
+class StopRequest:
+    """A context in which SIGTERM and the first SIGINT ask a long run to stop at its next safe point instead of
+    killing it: ``requested`` turns true and names the signal. A second SIGINT interrupts at once
+    (KeyboardInterrupt). Outside the main thread, where handlers cannot be installed, nothing is caught.
+
+    Batch schedulers send SIGTERM some time before they kill a job; Ctrl-C sends SIGINT.
+    """
+
+    SIGNALS = ("SIGTERM", "SIGINT")
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's code for a process ended by the signal (128 + its number), so scripts stop too."""
+        return 128 + int(getattr(signal, self.signal)) if self.signal else 0
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signal == "SIGINT" and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = self.signal or signal.Signals(signum).name
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                sig = getattr(signal, name)
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()

@@ -87,6 +87,77 @@ def test_resume_is_exact(unimal, tmp_path, one_torch_thread):
     assert [r["update"] for r in recs] == [1, 2, 3, 4]
 
 
+def test_a_stop_request_checkpoints_the_update_it_stops_at(cartpole, tmp_path, one_torch_thread):
+    """A requested stop (SIGTERM in the CLI) writes a checkpoint between the periodic ones; the resumed run then
+    matches one that checkpointed at that update."""
+    from kdistill.io import latest_checkpoint
+
+    tasks = cartpole.tasks("train")[:2]
+    stopped = make(cartpole, tasks, run_dir=tmp_path / "a", every=5)
+    last = stopped.train(should_stop=lambda: stopped.updates >= 2)
+    stopped.close()
+    assert last["stopped_on_request"] and last["update"] == 2 and stopped.updates == 2
+    assert latest_checkpoint(tmp_path / "a").name.endswith("2")
+    resumed = start_or_resume(cartpole, stopped.settings, TINY, tmp_path / "a", resume=True)
+    assert resumed.updates == 2
+    resumed.train(stop_after_updates=2)
+    straight = make(cartpole, tasks, run_dir=tmp_path / "b", every=2)
+    straight.train(stop_after_updates=4)
+    for name, p in straight.model.named_parameters():
+        assert torch.equal(p, dict(resumed.model.named_parameters())[name]), name
+    assert straight.evals == resumed.evals
+
+
+def test_stop_request_catches_sigterm_and_a_first_ctrl_c():
+    import os
+    import signal
+
+    from kdistill.procs import StopRequest
+
+    before = signal.getsignal(signal.SIGTERM)
+    with StopRequest() as stop:
+        assert not stop.requested and stop.exit_code == 0
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested and stop.signal == "SIGTERM" and stop.exit_code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signal == "SIGINT" and stop.exit_code == 130
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_cli_sigterm_stops_after_an_update_with_a_checkpoint(tmp_path):
+    """The real signal to the real command: exit code 143, a checkpoint at the last update, and --resume goes on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from kdistill.io import latest_checkpoint
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "kdistill", "experts", "train", "cartpole", "--num-tasks", "2", "--preset", "tiny",
+           "--steps-per-task", "1000000", "--checkpoint-every", "1000", "--threads", "1", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    deadline = time.monotonic() + 120
+    while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().strip()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    updates = len((out / "metrics.jsonl").read_text().splitlines())
+    assert f"stopped by SIGTERM after update {updates}" in err and "--resume" in err
+    assert int(latest_checkpoint(out).name.split("-")[-1]) == updates
+    resumed = subprocess.run([*cmd[:3], "experts", "train", "cartpole", "--out", str(out), "--resume",
+                              "--max-updates", "1", "--json"], capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["updates"] == updates + 1
+
+
 def test_resume_refuses_other_settings(unimal, tmp_path, one_torch_thread):
     from kdistill.errors import CheckpointError, KdistillError
 

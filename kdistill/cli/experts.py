@@ -58,6 +58,10 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
     Each task has its own normalisers, learned std and evaluation record; a task whose evaluation
     return stops improving stops early. The summary reports the trainer's env steps/s next to the
     raw stepping rate of the same envs with random actions, measured in the same call.
+
+    SIGTERM (a batch scheduler's warning) or Ctrl-C stops a one-process run after its current update
+    with a checkpoint, exit code 143 or 130; --resume continues from there. A second Ctrl-C stops at
+    once.
     """
     import os
 
@@ -65,6 +69,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
 
     from kdistill.errors import unknown_name
     from kdistill.plugins import get_domain
+    from kdistill.procs import StopRequest
     from kdistill.resume import agreeing, run_tasks, saved_run_settings
     from kdistill.rl.experts import ExpertConfig, ExpertRunSettings, random_step_rate, start_or_resume
 
@@ -101,19 +106,28 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
     raw_rate = random_step_rate(domain, tasks, config.envs_per_task, steps=max(20, 20_000 // max(1, len(tasks))),
                                 workers=workers)
     trainer = start_or_resume(domain, settings, config, run_dir, resume, workers=workers, resume_from=resume_from)
-    try:
-        summary = _train_with_progress(trainer, run_dir, as_json, max_updates)
-    finally:
-        trainer.close()
+    with StopRequest() as stop:
+        try:
+            summary = _train_with_progress(trainer, run_dir, as_json, max_updates, lambda: stop.requested)
+        finally:
+            trainer.close()
     summary.update(raw_random_steps_per_s=raw_rate, threads=n_threads, workers=workers, preset=preset,
                    ratio_to_raw=(summary["steps_per_s"] / raw_rate) if raw_rate else None)
+    if stop.requested:
+        summary["stopped_by"] = stop.signal
     if as_json:
         print_json(summary)
+    elif stop.requested:
+        err_console.print(f"stopped by {stop.signal} after update {summary['updates']}, checkpoint "
+                          f"{summary['checkpoint']} written; continue with: kdistill experts train {domain_name} "
+                          f"--out {run_dir} --resume", markup=False)
     else:
         err_console.print(f"[green]done[/green]: {summary['env_steps']:,} env steps over {len(tasks)} tasks "
                           f"({summary['active_tasks']} still training); {summary['steps_per_s']:.0f} env steps/s "
                           f"against {raw_rate:.0f} stepping randomly ({summary['ratio_to_raw']:.2f}); "
                           f"mean best evaluation {summary['mean_best_return']}")
+    if stop.requested:
+        raise click.exceptions.Exit(stop.exit_code)
 
 
 def _train_sharded(domain_name, run_dir: Path, preset, task_names, split, num_tasks, steps_per_task, resume, resume_from,
@@ -172,7 +186,8 @@ def write_curves(trainer, run_dir: Path) -> None:
                      title=f"{len(trainer.tasks)} experts on {trainer.settings.domain}")
 
 
-def _train_with_progress(trainer, run_dir: Path, quiet: bool, max_updates: int | None) -> dict[str, Any]:
+def _train_with_progress(trainer, run_dir: Path, quiet: bool, max_updates: int | None,
+                         should_stop=None) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from kdistill.io import latest_checkpoint
@@ -191,7 +206,7 @@ def _train_with_progress(trainer, run_dir: Path, quiet: bool, max_updates: int |
             if m.get("checkpoint"):
                 write_curves(trainer, run_dir)
 
-        last = trainer.train(on_update=on_update, stop_after_updates=max_updates)
+        last = trainer.train(on_update=on_update, stop_after_updates=max_updates, should_stop=should_stop)
     wall = time.perf_counter() - t_start
     done = int(trainer.env_steps.sum()) - start_steps
     ckpt = latest_checkpoint(run_dir)

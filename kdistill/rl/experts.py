@@ -554,8 +554,12 @@ class ExpertTrainer:
         return not self.active.any()
 
     def train(self, on_update: Callable[[dict[str, Any]], None] | None = None,
-              stop_after_updates: int | None = None) -> dict[str, Any]:
-        """Update until every task has stopped (or ``stop_after_updates`` more updates); returns the last metrics."""
+              stop_after_updates: int | None = None, should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """Update until every task has stopped (or ``stop_after_updates`` more updates); returns the last metrics.
+
+        ``should_stop`` is asked after every update; when it says yes the run writes a checkpoint (if that update
+        did not) and returns, with ``last["stopped_on_request"]``. Like every checkpoint, that one starts fresh
+        episodes, so the resumed run matches a run that checkpointed at the same update."""
         cfg = self.config
         last: dict[str, Any] = {}
         done_here = 0
@@ -598,12 +602,16 @@ class ExpertTrainer:
                 self._narrow_to(keep)
                 self._rows = rows[keep]
                 self.close()
-            if stopping or self.updates % self.settings.checkpoint_every == 0 or self.done:
+            requested = should_stop is not None and should_stop()
+            if stopping or self.updates % self.settings.checkpoint_every == 0 or self.done or requested:
                 self.save()
                 self._obs = None  # episodes restart after a checkpoint, in a resumed run too
                 last["checkpoint"] = True
             if on_update is not None:
                 on_update(last)
+            if requested:
+                last["stopped_on_request"] = True
+                break
         return last
 
     def _check_finite(self, stats: dict[str, np.ndarray]) -> None:
