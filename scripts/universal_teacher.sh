@@ -57,9 +57,9 @@ $K expert collect $DOMAIN --teacher $EXPERTS --split train "${SUBSET[@]}" --samp
   --out $OUT/data-experts
 
 # 4. the universal transformer (cpu preset), with DAgger: on 10 robots plain distillation reached 0.56x the experts
-#    and two DAgger rounds 0.90x (docs/experts.md)
+#    and two DAgger rounds 0.90x (docs/experts.md). An epoch here takes minutes on 2 cores: checkpoint every one
 $K distill $DOMAIN --data $OUT/data-experts --student metamorph --student-preset cpu --epochs 10 --device $DEVICE \
-  --dagger 3 --dagger-samples 4000 --dagger-epochs 4 --teacher $EXPERTS --out $OUT/transformer \
+  --dagger 3 --dagger-samples 4000 --dagger-epochs 4 --teacher $EXPERTS --checkpoint-every 1 --out $OUT/transformer \
   $(resume $OUT/transformer)
 
 # 5. students: from the transformer's own data, and straight from the experts
