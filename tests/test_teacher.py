@@ -201,6 +201,36 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(toy, tmp_path, tea
     np.testing.assert_array_equal(resumed.obs_norm.rms.mean, full.obs_norm.rms.mean)
 
 
+def test_a_stop_request_checkpoints_the_iteration_it_stops_at(toy, tmp_path):
+    """A requested stop (SIGTERM in the CLI) writes a checkpoint between the periodic ones; resumed, the run ends
+    where a run that checkpointed at that iteration ends."""
+    from kdistill.plugins import get_plugins
+
+    torch.set_num_threads(1)
+    config = small_config(num_steps=40)
+    straight = make_trainer(toy, iterations=4, config=config, run_dir=tmp_path / "a", every=3)
+    try:
+        straight.train()
+    finally:
+        straight.close()
+    part = make_trainer(toy, iterations=4, config=config, run_dir=tmp_path / "b", every=10)
+    try:
+        last = part.train(should_stop=lambda: part.iteration >= 3)
+    finally:
+        part.close()
+    assert last["stopped_on_request"] and part.iteration == 3
+    assert latest_checkpoint(tmp_path / "b").name == f"ckpt-{3 * config.batch_size:012d}"
+    spec = get_plugins().teachers.get("toy_tf")
+    resumed = start_or_resume(toy, part.settings, spec, part.teacher_config, config, tmp_path / "b", resume=True)
+    try:
+        assert resumed.iteration == 3
+        resumed.train()
+    finally:
+        resumed.close()
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[k], v), k
+
+
 def test_resume_refuses_another_config_or_domain(toy, tmp_path):
     from kdistill.loading import load_policy
     from kdistill.plugins import get_plugins
@@ -299,6 +329,31 @@ def test_teacher_train_command_writes_a_run_and_resumes(tmp_path, monkeypatch, c
     code, _, err = _cli(["teacher", "train", "toy", "--out", str(tmp_path / "x"), "--steps", "10", "--preset", "papper", "--teacher-preset", "cpu"],
                         monkeypatch, capsys)
     assert code == 2 and "unknown PPO preset 'papper'" in err
+
+
+def test_teacher_train_command_stops_on_request_with_a_checkpoint(tmp_path, monkeypatch, capsys):
+    """A stop requested (SIGTERM) before the first iteration ends: one iteration, its checkpoint, exit code 143 and
+    the --resume command; --resume then goes on from there."""
+    from kdistill.procs import StopRequest
+
+    enter = StopRequest.__enter__
+
+    def signalled(self):
+        enter(self)
+        self.signal = "SIGTERM"  # as if the signal came during the first iteration
+        return self
+
+    monkeypatch.setattr(StopRequest, "__enter__", signalled)
+    run = tmp_path / "run"
+    code, _, err = _cli(["teacher", "train", "toy", "--out", str(run), "--steps", "40960", "--threads", "1"],
+                        monkeypatch, capsys)
+    assert code == 143 and "stopped by SIGTERM after iteration 1" in err and "--resume" in err, err
+    assert latest_checkpoint(run).name == f"ckpt-{4096:012d}"
+    monkeypatch.setattr(StopRequest, "__enter__", enter)
+    code, out, err = _cli(["teacher", "train", "toy", "--out", str(run), "--resume", "--steps", "8192", "--threads", "1",
+                           "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads(out)["iterations"] == 2 and [r["iteration"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2]
 
 
 def test_unimal_paper_teacher_trains_an_iteration(unimal_dir, tmp_path):

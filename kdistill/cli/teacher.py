@@ -57,13 +57,15 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
       kdistill teacher train unimal --split train --steps 5000000 --out runs/t2 --executor ray --workers 8
 
     A checkpoint is written every --checkpoint-every iterations and at the end; an interruption loses at
-    most the work since the last one. --steps on --resume may raise the total (the learning-rate
+    most the work since the last one; SIGTERM or a first Ctrl-C instead stops after the current
+    iteration with a checkpoint (exit code 143 or 130). --steps on --resume may raise the total (the learning-rate
     schedule then stretches to the new end). --executor, --workers and --address may change on --resume.
     """
     from kdistill.cli.options import open_executor
     from kdistill.devices import check_device, set_torch_threads
     from kdistill.io import claim_folder, looks_like_run
     from kdistill.plugins import get_domain
+    from kdistill.procs import StopRequest
     from kdistill.resume import run_tasks, saved_run_settings
     from kdistill.rl.ppo import PPOConfig
     from kdistill.rl.trainer import RunSettings, start_or_resume
@@ -100,15 +102,22 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
         n_threads = set_torch_threads(threads, workers)
         trainer = start_or_resume(domain, settings, spec, presets[teacher_preset], ppo_presets[preset], run_dir, resume,
                                   device=device, workers=0 if remote else workers, executor=executor if remote else None)
-        try:
-            summary = _train_with_progress(trainer, run_dir, as_json)
-        finally:
-            trainer.close()
+        with StopRequest() as stop:
+            try:
+                summary = _train_with_progress(trainer, run_dir, as_json, lambda: stop.requested)
+            finally:
+                trainer.close()
         if remote:
             summary["executor"] = executor.describe()
     summary.update(threads=n_threads, workers=workers, device=device, preset=preset, teacher=teacher_name, tasks=len(tasks))
+    if stop.requested:
+        summary["stopped_by"] = stop.signal
     if as_json:
         print_json(summary)
+    elif stop.requested:
+        err_console.print(f"stopped by {stop.signal} after iteration {summary['iterations']}, checkpoint "
+                          f"{summary['checkpoint']} written; continue with: kdistill teacher train {domain_name} "
+                          f"--out {run_dir} --resume", markup=False)
     else:
         unstable = summary["unstable_episodes"]
         if unstable:
@@ -117,9 +126,11 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
                               f"check these tasks with `kdistill env check {domain.name} --tasks NAMES`.")
         err_console.print(f"done: {summary['env_steps']:,} env steps, mean return {summary['mean_return']}, "
                           f"{summary['steps_per_s']:.0f} env steps/s; checkpoint {summary['checkpoint']}")
+    if stop.requested:
+        raise click.exceptions.Exit(stop.exit_code)
 
 
-def _train_with_progress(trainer, run_dir: Path, quiet: bool) -> dict[str, Any]:
+def _train_with_progress(trainer, run_dir: Path, quiet: bool, should_stop=None) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from kdistill.io import latest_checkpoint, read_jsonl
@@ -146,7 +157,7 @@ def _train_with_progress(trainer, run_dir: Path, quiet: bool) -> dict[str, Any]:
             if m.get("checkpoint"):
                 plot()
 
-        last = trainer.train(on_iteration=on_iteration)
+        last = trainer.train(on_iteration=on_iteration, should_stop=should_stop)
     if (run_dir / "metrics.jsonl").exists():
         plot()
     wall = time.perf_counter() - t_start

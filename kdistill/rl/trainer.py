@@ -293,8 +293,12 @@ class PPOTrainer:
         return self._batch(buf, torch.from_numpy(got.last_value)), info
 
     def train(self, on_iteration: Callable[[dict[str, Any]], None] | None = None,
-              stop_at_iteration: int | None = None) -> dict[str, Any]:
-        """Run iterations until ``total_steps`` (or ``stop_at_iteration``); returns the last metrics."""
+              stop_at_iteration: int | None = None, should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """Run iterations until ``total_steps`` (or ``stop_at_iteration``); returns the last metrics.
+
+        ``should_stop`` is asked after every iteration; when it says yes the run writes a checkpoint (if that
+        iteration did not) and returns, with ``last["stopped_on_request"]``. Like every checkpoint, that one starts
+        fresh episodes, so the resumed run matches a run that checkpointed at the same iteration."""
         cfg = self.config
         last: dict[str, Any] = {}
         metrics_path = self.run_dir / "metrics.jsonl" if self.run_dir is not None else None
@@ -332,13 +336,17 @@ class PPOTrainer:
                 last["rollout_workers"] = len(self.slices)
             if metrics_path is not None:
                 append_jsonl(metrics_path, last)
-            if self.iteration % self.settings.checkpoint_every == 0 or self.iteration == self.max_iterations:
+            requested = should_stop is not None and should_stop()
+            if self.iteration % self.settings.checkpoint_every == 0 or self.iteration == self.max_iterations or requested:
                 self.save()
                 self._obs = None  # episodes restart after a checkpoint, in a resumed run too
                 self._fresh = True
                 last["checkpoint"] = True
             if on_iteration is not None:
                 on_iteration(last)
+            if requested:
+                last["stopped_on_request"] = True
+                break
         return last
 
     def _check_finite(self, stats: dict[str, Any]) -> None:
