@@ -142,3 +142,33 @@ def compare_policies(domain, policies: dict[str, Any], splits: dict[str, list[st
                 for n, r in row.items() if n not in ("teacher", "random")}
             for s, row in returns.items()}
     return out
+
+
+def comparison_markdown(result: dict[str, Any]) -> str:
+    """``compare_policies``'s result as markdown: the mean per split (with the fraction of the teacher's), then one
+    table per split with every task's mean return per policy, ready to paste into a report."""
+    seen = list(dict.fromkeys(n for means in result["returns"].values() for n in means))
+    names = [n for n in seen if n != "random"] + [n for n in seen if n == "random"]
+    fractions = result.get("fraction_of_teacher", {})
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.0f}"
+
+    kind = "mean action" if result.get("deterministic", True) else "stochastic"
+    lines = [f"Mean return over tasks, {result['episodes']} episodes per task ({kind}), domain `{result['domain']}`.", "",
+             "| policy | " + " | ".join(f"{s} ({len(result['tasks'][s])})" + (f" | {s} / teacher" if fractions else "")
+                                      for s in result["returns"]) + " |",
+             "|---|" + "---|" * (len(result["returns"]) * (2 if fractions else 1))]
+    for name in names:
+        cells = []
+        for split, means in result["returns"].items():
+            cells.append(cell(means.get(name)))
+            if fractions:
+                frac = fractions.get(split, {}).get(name)
+                cells.append("-" if frac is None else f"{frac:.2f}x")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for split, rows in result["per_task"].items():
+        lines += ["", f"Per task, {split} ({len(rows)}):", "", "| task | " + " | ".join(names) + " |",
+                  "|---|" + "---|" * len(names)]
+        lines += [f"| {task} | " + " | ".join(cell(row.get(n)) for n in names) + " |" for task, row in rows.items()]
+    return "\n".join(lines) + "\n"

@@ -183,6 +183,8 @@ def test_demo_runs_the_pipeline_writes_a_report_and_continues(tiny):
     report = (out / "report.md").read_text()
     assert "| train |" in report and "| test |" in report
     assert (out / "compare-test" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    table = (out / "compare-test" / "compare.md").read_text()
+    assert f"| hnmlp | {first['returns']['test']['hnmlp']:,.0f} |" in table and "Per task, test (2):" in table
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "steps").iterdir()}
     again = kd(*args)
     assert again["returns"] == first["returns"]

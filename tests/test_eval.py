@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kdistill.domain import Layout
-from kdistill.evaluate import evaluate_policy, play_episodes
+from kdistill.evaluate import comparison_markdown, evaluate_policy, play_episodes
 from kdistill.policy import Policy
 from test_ppo import make_trainer, toy  # noqa: F401  (toy is a fixture)
 from test_teacher import _cli
@@ -138,3 +138,19 @@ def test_eval_command_json_table_and_chart(tmp_path, monkeypatch, capsys, toy):
     assert code == 0 and "mean over tasks" in out and "two" in out
     code, out, err = _cli(["eval", "toy", "--policy", str(tmp_path / "nothing"), "--episodes", "1"], monkeypatch, capsys)
     assert code == 2 and "does not exist" in err
+
+
+def test_comparison_markdown_lists_means_fractions_and_every_task():
+    result = {"domain": "toy", "episodes": 4, "deterministic": True, "tasks": {"train": ["a", "b"], "test": ["c"]},
+              "returns": {"train": {"teacher": 100.0, "random": 1.0, "hnmlp": 95.0},
+                          "test": {"teacher": 50.0, "random": -2.0, "hnmlp": None}},
+              "per_task": {"train": {"a": {"teacher": 150.0, "random": 0.0, "hnmlp": 140.0},
+                                     "b": {"teacher": 50.0, "random": 2.0, "hnmlp": 50.0}},
+                           "test": {"c": {"teacher": 50.0, "random": -2.0}}},
+              "fraction_of_teacher": {"train": {"hnmlp": 0.95}, "test": {"hnmlp": None}}}
+    lines = comparison_markdown(result).splitlines()
+    assert "| policy | train (2) | train / teacher | test (1) | test / teacher |" in lines
+    assert "| hnmlp | 95 | 0.95x | - | - |" in lines
+    assert "| teacher | 100 | - | 50 | - |" in lines
+    assert lines.index("| hnmlp | 95 | 0.95x | - | - |") < lines.index("| random | 1 | - | -2 | - |")
+    assert "| a | 150 | 140 | 0 |" in lines and "| b | 50 | 50 | 2 |" in lines and "| c | 50 | - | -2 |" in lines

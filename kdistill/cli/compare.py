@@ -30,7 +30,7 @@ from kdistill.cli.options import (
 @click.option("--num-tasks", type=click.IntRange(1), default=None, help="Only the first N tasks of each split.")
 @evaluation_options
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
-              help="Also write compare.json and compare.png into this folder.")
+              help="Also write compare.json, compare.md (markdown tables, per task too) and compare.png into this folder.")
 @executor_options
 @json_option
 @data_dir_option
@@ -54,8 +54,8 @@ def compare_cmd(domain_name: str, policies_spec: str, split_spec: str, num_tasks
 
     from kdistill.devices import check_device, set_torch_threads
     from kdistill.errors import KdistillError
-    from kdistill.evaluate import compare_policies
-    from kdistill.io import atomic_write_json, prepare_output_dir
+    from kdistill.evaluate import compare_policies, comparison_markdown
+    from kdistill.io import atomic_write_json, atomic_write_text, prepare_output_dir
     from kdistill.loading import load_policy
     from kdistill.plots import plot_comparison
     from kdistill.plugins import get_domain
@@ -97,6 +97,7 @@ def compare_cmd(domain_name: str, policies_spec: str, split_spec: str, num_tasks
     if out_dir is not None:
         out = Path(out_dir)
         atomic_write_json(out / "compare.json", result)
+        atomic_write_text(out / "compare.md", comparison_markdown(result))
         plot_comparison(result, out / "compare.png")
     if as_json:
         print_json(result)
@@ -120,4 +121,4 @@ def compare_cmd(domain_name: str, policies_spec: str, split_spec: str, num_tasks
         table.add_row(name, *cells)
     console.print(table)
     if out_dir is not None:
-        console.print(f"wrote {Path(out_dir) / 'compare.json'} and {Path(out_dir) / 'compare.png'}")
+        console.print(f"wrote compare.json, compare.md (per-task tables) and compare.png into {out_dir}")
