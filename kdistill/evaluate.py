@@ -154,9 +154,12 @@ def comparison_markdown(result: dict[str, Any]) -> str:
     def cell(value: float | None) -> str:
         return "-" if value is None else f"{value:,.0f}"
 
+    def text(name: str) -> str:  # task, split and policy names may hold a table's separator
+        return str(name).replace("|", "\\|")
+
     kind = "mean action" if result.get("deterministic", True) else "stochastic"
     lines = [f"Mean return over tasks, {result['episodes']} episodes per task ({kind}), domain `{result['domain']}`.", "",
-             "| policy | " + " | ".join(f"{s} ({len(result['tasks'][s])})" + (f" | {s} / teacher" if fractions else "")
+             "| policy | " + " | ".join(f"{text(s)} ({len(result['tasks'][s])})" + (f" | {text(s)} / teacher" if fractions else "")
                                       for s in result["returns"]) + " |",
              "|---|" + "---|" * (len(result["returns"]) * (2 if fractions else 1))]
     for name in names:
@@ -166,9 +169,9 @@ def comparison_markdown(result: dict[str, Any]) -> str:
             if fractions:
                 frac = fractions.get(split, {}).get(name)
                 cells.append("-" if frac is None else f"{frac:.2f}x")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {text(name)} | " + " | ".join(cells) + " |")
     for split, rows in result["per_task"].items():
-        lines += ["", f"Per task, {split} ({len(rows)}):", "", "| task | " + " | ".join(names) + " |",
+        lines += ["", f"Per task, {text(split)} ({len(rows)}):", "", "| task | " + " | ".join(map(text, names)) + " |",
                   "|---|" + "---|" * len(names)]
-        lines += [f"| {task} | " + " | ".join(cell(row.get(n)) for n in names) + " |" for task, row in rows.items()]
+        lines += [f"| {text(task)} | " + " | ".join(cell(row.get(n)) for n in names) + " |" for task, row in rows.items()]
     return "\n".join(lines) + "\n"

@@ -75,9 +75,10 @@ def kill_children_with_parent() -> None:
 
 
 class StopRequest:
-    """A context in which SIGTERM and the first SIGINT ask a long run to stop at its next safe point instead of
-    killing it: ``requested`` turns true and names the signal. A second SIGINT interrupts at once
-    (KeyboardInterrupt). Outside the main thread, where handlers cannot be installed, nothing is caught.
+    """A context in which SIGTERM and a first SIGINT ask a long run to stop at its next safe point instead of
+    killing it: ``requested`` turns true and names the signal. A SIGINT after that interrupts at once
+    (KeyboardInterrupt). A SIGINT the process was started ignoring (a job run with ``&`` from a script) stays
+    ignored. Outside the main thread, where handlers cannot be installed, nothing is caught.
 
     Batch schedulers send SIGTERM some time before they kill a job; Ctrl-C sends SIGINT.
     """
@@ -98,7 +99,7 @@ class StopRequest:
         return 128 + int(getattr(signal, self.signal)) if self.signal else 0
 
     def _handle(self, signum: int, frame) -> None:
-        if self.signal == "SIGINT" and signum == signal.SIGINT:
+        if self.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal = self.signal or signal.Signals(signum).name
 
@@ -106,6 +107,8 @@ class StopRequest:
         if threading.current_thread() is threading.main_thread():
             for name in self.SIGNALS:
                 sig = getattr(signal, name)
+                if sig == signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN:
+                    continue
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

@@ -4,6 +4,8 @@ the raw height map through its encoder) does too, in C and through the compiled 
 
 from __future__ import annotations
 
+import copy
+import ctypes
 import shutil
 import subprocess
 import sys
@@ -260,6 +262,10 @@ def test_runtime_fast_path_matches_numpy(tmp_path, monkeypatch):
             fast.act(x, bogus=1)
         with pytest.raises(DataError):
             fast.act(x[:-1])
+        clone = copy.copy(fast)  # its Runner hands on to the clone
+        clone._plans = {}
+        np.testing.assert_array_equal(clone.act(batch), slow.act(batch))
+        assert set(clone._plans) == {5} and clone.act is not fast.act and clone.kernel_path == "extension"
         fast.use_kernel = False
         assert fast.kernel_path == "numpy" and "act" not in vars(fast)
         np.testing.assert_array_equal(fast.act(x), slow.act(x))
@@ -348,7 +354,7 @@ def test_the_kernel_leaves_out_rows_of_zero_weights(tmp_path, monkeypatch):
     plan = kernel.KernelPlan(kernel.load_kernel(), [w for w, _ in layers], [b for _, b in layers], mean, -high, high)
     dense = kernel.KernelPlan(kernel.load_kernel(), [layers[0][0] + 0.0, layers[1][0]], [b for _, b in layers],
                               mean, -high, high)
-    dense._live[0] = None  # the same weights with every row read
+    dense._live[0], dense._live_bits[0] = None, None  # the same weights with every row read
     for _ in range(10):
         x = rng.normal(0, 2, n_obs).astype(np.float32)
         x[rng.random(n_obs) < 0.2] = 0.0
@@ -364,6 +370,17 @@ def test_the_kernel_leaves_out_rows_of_zero_weights(tmp_path, monkeypatch):
     x[dead[0]] = np.nan
     with_nan, without = plan(x).copy(), plan(np.nan_to_num(x)).copy()  # plan() returns its own output buffer
     assert np.array_equal(with_nan, dense(x), equal_nan=True) and not np.array_equal(with_nan, without)
+    # a core without AVX-512 takes the scalar list: same source, same results
+    so = tmp_path / "avx2.so"
+    src = tmp_path / "avx2.c"
+    src.write_text(kernel._source())
+    subprocess.run([CC, "-O3", "-mavx2", "-mfma", "-mno-avx512f", "-fPIC", "-shared", "-std=gnu99", str(src), "-o",
+                    str(so)], check=True, capture_output=True)
+    fn = ctypes.CDLL(str(so)).kd_run
+    fn.argtypes, fn.restype = [ctypes.c_void_p], None
+    portable = kernel.KernelPlan(fn, [w for w, _ in layers], [b for _, b in layers], mean, -high, high)
+    for x in [x, np.nan_to_num(x), rng.normal(0, 2, n_obs).astype(np.float32)]:
+        np.testing.assert_allclose(portable(x), plan(x), atol=1e-6, rtol=0)
 
 
 @pytest.mark.skipif(CC is None, reason="no C compiler")

@@ -154,3 +154,5 @@ def test_comparison_markdown_lists_means_fractions_and_every_task():
     assert "| teacher | 100 | - | 50 | - |" in lines
     assert lines.index("| hnmlp | 95 | 0.95x | - | - |") < lines.index("| random | 1 | - | -2 | - |")
     assert "| a | 150 | 140 | 0 |" in lines and "| b | 50 | 50 | 2 |" in lines and "| c | 50 | - | -2 |" in lines
+    result["per_task"]["test"] = {"dir|c": {"teacher": 50.0}}
+    assert "| dir\\|c | 50 | - | - |" in comparison_markdown(result).splitlines()

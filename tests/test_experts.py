@@ -125,6 +125,42 @@ def test_stop_request_catches_sigterm_and_a_first_ctrl_c():
         assert stop.signal == "SIGINT" and stop.exit_code == 130
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
+    with StopRequest() as stop:  # after a SIGTERM, Ctrl-C still interrupts at once
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signal == "SIGTERM"
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # started ignoring Ctrl-C (a background job)
+    try:
+        with StopRequest() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert not stop.requested
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_env_workers_started_during_a_stop_request_still_die_on_sigterm(cartpole):
+    """Env workers keep SIGTERM's default (so close() can terminate them) and sit in their own process group (so
+    a scheduler's SIGTERM to the job's group reaches only the trainer, which stops cleanly)."""
+    import os
+    import signal
+    import time
+
+    from kdistill.procs import StopRequest
+
+    with StopRequest() as stop:
+        envs = pinned_vec_env(cartpole, cartpole.tasks("train")[:2], 1, workers=2)
+        try:
+            procs = envs._procs
+            assert all(os.getpgid(p.pid) == p.pid != os.getpgid(0) for p in procs)
+            os.kill(procs[0].pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while procs[0].is_alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not procs[0].is_alive() and not stop.requested
+        finally:
+            envs.close()
 
 
 def test_cli_sigterm_stops_after_an_update_with_a_checkpoint(tmp_path):

@@ -113,11 +113,13 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
             trainer.close()
     summary.update(raw_random_steps_per_s=raw_rate, threads=n_threads, workers=workers, preset=preset,
                    ratio_to_raw=(summary["steps_per_s"] / raw_rate) if raw_rate else None)
-    if stop.requested:
+    # a signal that came after the last update (while plotting or closing) does not make a finished run a stop
+    stopped = bool(summary["last_update"].get("stopped_on_request"))
+    if stopped:
         summary["stopped_by"] = stop.signal
     if as_json:
         print_json(summary)
-    elif stop.requested:
+    elif stopped:
         err_console.print(f"stopped by {stop.signal} after update {summary['updates']}, checkpoint "
                           f"{summary['checkpoint']} written; continue with: kdistill experts train {domain_name} "
                           f"--out {run_dir} --resume", markup=False)
@@ -126,7 +128,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
                           f"({summary['active_tasks']} still training); {summary['steps_per_s']:.0f} env steps/s "
                           f"against {raw_rate:.0f} stepping randomly ({summary['ratio_to_raw']:.2f}); "
                           f"mean best evaluation {summary['mean_best_return']}")
-    if stop.requested:
+    if stopped:
         raise click.exceptions.Exit(stop.exit_code)
 
 

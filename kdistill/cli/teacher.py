@@ -110,11 +110,13 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
         if remote:
             summary["executor"] = executor.describe()
     summary.update(threads=n_threads, workers=workers, device=device, preset=preset, teacher=teacher_name, tasks=len(tasks))
-    if stop.requested:
+    # a signal that came after the last iteration (while plotting or closing) does not make a finished run a stop
+    stopped = summary.pop("stopped_on_request")
+    if stopped:
         summary["stopped_by"] = stop.signal
     if as_json:
         print_json(summary)
-    elif stop.requested:
+    elif stopped:
         err_console.print(f"stopped by {stop.signal} after iteration {summary['iterations']}, checkpoint "
                           f"{summary['checkpoint']} written; continue with: kdistill teacher train {domain_name} "
                           f"--out {run_dir} --resume", markup=False)
@@ -126,7 +128,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
                               f"check these tasks with `kdistill env check {domain.name} --tasks NAMES`.")
         err_console.print(f"done: {summary['env_steps']:,} env steps, mean return {summary['mean_return']}, "
                           f"{summary['steps_per_s']:.0f} env steps/s; checkpoint {summary['checkpoint']}")
-    if stop.requested:
+    if stopped:
         raise click.exceptions.Exit(stop.exit_code)
 
 
@@ -171,4 +173,5 @@ def _train_with_progress(trainer, run_dir: Path, quiet: bool, should_stop=None) 
         "update_s_mean": sum(t[1] for t in timings) / len(timings) if timings else None,
         "learning_curve": str(run_dir / "learning_curve.png"),
         "unstable_episodes": dict(getattr(trainer, "unstable", {})),
+        "stopped_on_request": bool(last.get("stopped_on_request")),
     }

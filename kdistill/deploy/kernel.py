@@ -49,6 +49,7 @@ ALIGN = 16
 #   3, 2 or 1 vectors left;
 # - everything a call needs sits in one plan struct, so a call passes a single pointer.
 _FAST = r"""
+#include <stddef.h>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #define KD_W 16
@@ -203,6 +204,10 @@ static int kd_takes(PyObject *o, npy_intp n, int ndim, int writeable) {
 
 static PyObject *kd_runner_call(PyObject *self_, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     kd_runner *self = (kd_runner *)self_;
+    if (self->owner == NULL) { /* cleared by the garbage collector: the plan may be gone */
+        PyErr_SetString(PyExc_RuntimeError, "this Runner's policy is gone");
+        return NULL;
+    }
     const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     const Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
     PyObject *x = nargs > 0 ? args[0] : NULL, *e = nargs > 1 ? args[1] : Py_None, *out = nargs > 2 ? args[2] : Py_None;

@@ -236,12 +236,24 @@ class ExportedPolicy:
     @_fast.setter
     def _fast(self, runner) -> None:
         # The Runner stands in for act() on the instance: one float32 observation goes straight to the kernel,
-        # anything else on to the general path, with the same arguments.
+        # anything else on to the general path, with the same arguments. Its fallback is this policy's bound
+        # method, so the policy is freed by the cyclic garbage collector, not when its last reference goes.
         self._runner = runner
         if runner is None:
             self.__dict__.pop("act", None)
         else:
             self.act = runner
+
+    def __copy__(self) -> "ExportedPolicy":
+        """A shallow copy whose Runner (if any) hands on to the copy, not to the original; the compiled plan and
+        its buffers are shared, as every other attribute is."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        if self._runner is not None:
+            from kdistill.deploy.kernel import load_extension
+
+            clone._fast = self._kernel.runner(load_extension(), fallback=clone._act)
+        return clone
 
     @property
     def use_kernel(self) -> bool:
@@ -300,10 +312,6 @@ class ExportedPolicy:
     def act(self, flat_obs: np.ndarray, extero: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """Mean actions for raw flat student observations ``(N, T*S)`` (or one ``(T*S,)``), and for a policy that
         reads exteroception its raw ``extero`` ``(N, E)`` (or ``(E,)``)."""
-        return self._act(flat_obs, extero, out)
-
-    def _act(self, flat_obs: np.ndarray, extero: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
-        """act() itself, or what the extension's Runner hands on when it stands in for it."""
         x = flat_obs if isinstance(flat_obs, np.ndarray) else np.asarray(flat_obs)
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise DataError(f"exported policy for {self.task!r} takes flat observations of {self.input_size} values "
@@ -337,6 +345,8 @@ class ExportedPolicy:
         if n == 1 and batched:
             return result.reshape(1, -1).copy()
         return result.copy()
+
+    _act = act  # the general path, which the Runner hands on to when it stands in for act()
 
     def _act_extero(self, x: np.ndarray, extero: np.ndarray | None, out: np.ndarray | None) -> np.ndarray:
         """The two-input step: encoder on ``extero``, its output joins layer 0. One observation takes the compiled

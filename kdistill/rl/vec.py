@@ -16,6 +16,7 @@ pushed to the workers by ``sync_sampler()`` (the trainer calls it once per itera
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
 import traceback
 from typing import Any, Callable, Sequence
@@ -162,7 +163,12 @@ class SyncVecEnv(VecEnv):
 
 def _worker(conn, make_chunk: Callable[[int, int, TaskSampler], VecEnv], index: int, num_envs: int, tasks: list[str]) -> None:
     die_with_parent()  # also when the parent is not the CLI (a script using SubprocVecEnv)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and closes us
+    # The parent handles Ctrl-C and SIGTERM (a stop request, kdistill.procs.StopRequest) and closes us; in a
+    # process group of our own, a signal sent to the parent's group (a batch scheduler's SIGTERM) does not reach
+    # us, and close() can still terminate us.
+    os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sampler = FixedProbsSampler(tasks)
     env = None
     try:
