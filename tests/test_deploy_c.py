@@ -379,8 +379,8 @@ def test_the_kernel_leaves_out_rows_of_zero_weights(tmp_path, monkeypatch):
     fn = ctypes.CDLL(str(so)).kd_run
     fn.argtypes, fn.restype = [ctypes.c_void_p], None
     portable = kernel.KernelPlan(fn, [w for w, _ in layers], [b for _, b in layers], mean, -high, high)
-    for x in [x, np.nan_to_num(x), rng.normal(0, 2, n_obs).astype(np.float32)]:
-        np.testing.assert_allclose(portable(x), plan(x), atol=1e-6, rtol=0)
+    for row in [x, np.nan_to_num(x), rng.normal(0, 2, n_obs).astype(np.float32)]:
+        np.testing.assert_allclose(portable(row), plan(row), atol=1e-6, rtol=0)
 
 
 @pytest.mark.skipif(CC is None, reason="no C compiler")
