@@ -250,6 +250,9 @@ def test_runtime_fast_path_matches_numpy(tmp_path, monkeypatch):
         assert list((tmp_path / "cache" / "kernels").glob("kd_ext-*.so"))
     batch = rng.normal(0, 3, (5, 9)).astype(np.float32)  # batches pass the Runner by, to numpy
     np.testing.assert_array_equal(fast.act(batch), slow.act(batch))
+    nan = rng.normal(0, 3, 9).astype(np.float32)
+    nan[4] = np.nan  # a NaN observation gives NaN actions on both paths (ReLU keeps NaN)
+    assert np.isnan(slow.act(nan)).all() and np.isnan(fast.act(nan)).all()
     if fast.kernel_path == "extension":  # the Runner stands in for act(), keywords and all
         assert type(fast.act).__name__ == "Runner"
         x = rng.normal(0, 3, 9).astype(np.float32)

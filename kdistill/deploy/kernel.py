@@ -63,7 +63,8 @@ typedef float kd_vu __attribute__((vector_size(4 * KD_W), aligned(4)));
 typedef int kd_vi __attribute__((vector_size(4 * KD_W)));
 #define KD_LD(p) (*(const kd_vu *)(p))
 #define KD_ST(p, a) (*(kd_vu *)(p) = (a))
-#define KD_RELU(a) ((a) = (kd_v)((kd_vi)((a) > zero) & (kd_vi)(a)))
+/* negatives to 0; NaN stays NaN, as in numpy, torch and the exported C */
+#define KD_RELU(a) ((a) = (kd_v)(~(kd_vi)((a) < zero) & (kd_vi)(a)))
 
 /* the indices of the inputs whose rows can change the sums, into nz: h's non-zero entries (NaN included, as
    h[i] != 0 has it) and, with live given, only those whose row is live or whose value is NaN; nz has 16 spare
