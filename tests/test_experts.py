@@ -120,24 +120,26 @@ def test_stop_request_catches_sigterm_and_a_first_ctrl_c():
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested and stop.signal == "SIGTERM" and stop.exit_code == 128 + signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is before
-    with StopRequest() as stop:
-        os.kill(os.getpid(), signal.SIGINT)
-        assert stop.signal == "SIGINT" and stop.exit_code == 130
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-    with StopRequest() as stop:  # after a SIGTERM, Ctrl-C still interrupts at once
-        os.kill(os.getpid(), signal.SIGTERM)
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-        assert stop.signal == "SIGTERM"
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # started ignoring Ctrl-C (a background job)
+    # Ctrl-C as in a terminal (a test run started in the background inherits SIGINT ignored)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        with StopRequest() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.signal == "SIGINT" and stop.exit_code == 130
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+        with StopRequest() as stop:  # after a SIGTERM, Ctrl-C still interrupts at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+            assert stop.signal == "SIGTERM"
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # started ignoring Ctrl-C (a background job)
         with StopRequest() as stop:
             os.kill(os.getpid(), signal.SIGINT)
             assert not stop.requested
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, inherited)
 
 
 def test_env_workers_started_during_a_stop_request_still_die_on_sigterm(cartpole):
