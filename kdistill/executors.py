@@ -3,8 +3,9 @@
 An executor maps a *job* over items: ``imap_unordered(job, items)`` yields ``(index, job(item))`` once per item, in
 completion order; ``map`` returns the results in the items' order. Executors are registered by name through the
 ``register_executors`` hook (``register(name, factory)``, ``factory(workers=N, address=ADDR)``): the core registers
-``local`` (this process, one item after the other, the default that needs nothing extra); the Ray plugin
-(``kdistill_ray``, extra ``kdistill[ray]``) registers ``ray``.
+``local`` (this process, one item after the other, the default that needs nothing extra) and ``processes`` (a pool of
+worker processes on this machine, nothing extra either); the Ray plugin (``kdistill_ray``, extra ``kdistill[ray]``)
+registers ``ray``.
 
 A job for an executor that runs it elsewhere (``in_process`` False) must be picklable and small: it names what it needs
 by reference, a ``DomainRef`` (domain name, build options, task folders) and a ``PolicyRef`` (the
@@ -21,6 +22,9 @@ A worker that died and was replaced starts again with an empty dict, so a job mu
 from __future__ import annotations
 
 import hashlib
+import pickle
+import tempfile
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import attrs
@@ -74,13 +78,92 @@ class LocalExecutor(Executor):
     def __init__(self, workers: int = 1, address: str | None = None):
         if workers != 1:
             raise KdistillError(f"--workers {workers}: the local executor runs in this process, one task at a time; "
-                                f"use --executor ray for more workers.")
+                                f"use --executor processes (this machine) or ray for more workers.")
         if address is not None:
             raise KdistillError("--address joins a cluster; the local executor has none. Pass --executor ray.")
 
     def imap_unordered(self, job, items):
         for index, item in enumerate(items):
             yield index, job(item)
+
+
+class ProcessExecutor(Executor):
+    """A pool of ``workers`` processes on this machine (started with spawn, so a worker holds no copy of the
+    parent's torch or CUDA state). The pool starts at the first call and is kept until ``close()``, so workers keep
+    their domain and policies (``worker_cached``) from one call to the next. Each call's job is pickled once into a
+    file the workers read, not once per item: a job carries policy weights."""
+
+    name = "processes"
+    in_process = False
+
+    def __init__(self, workers: int = 1, address: str | None = None):
+        if address is not None:
+            raise KdistillError("--address joins a cluster; the processes executor runs on this machine. Pass --executor ray.")
+        self.workers = int(workers)
+        self._pool = None
+        self._folder: tempfile.TemporaryDirectory | None = None
+        self._calls = 0
+
+    def imap_unordered(self, job, items):
+        from concurrent.futures import FIRST_COMPLETED, wait
+        from concurrent.futures.process import BrokenProcessPool
+
+        if not items:
+            return
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._folder = tempfile.TemporaryDirectory(prefix="kdistill-jobs-")
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_start_worker)
+        self._calls += 1
+        data = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+        path = Path(self._folder.name) / f"job-{self._calls}.pickle"  # read by this pool's workers only
+        path.write_bytes(data)
+        key = (str(path), hashlib.sha256(data).hexdigest())
+        pending = {self._pool.submit(_run_job_file, key, item): index for index, item in enumerate(items)}
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    index = pending.pop(future)
+                    try:
+                        result = future.result()
+                    except BrokenProcessPool:
+                        raise KdistillError(f"a worker process of the processes executor died (killed, or out of "
+                                            f"memory) while it ran item {index}; run the command again: finished "
+                                            f"work was kept.") from None
+                    yield index, result
+        finally:
+            for future in pending:
+                future.cancel()
+            path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        if self._folder is not None:
+            self._folder.cleanup()
+            self._folder = None
+
+
+_JOB: dict[str, Any] = {}  # a ProcessExecutor worker's current job: {"key": ..., "job": ...}
+
+
+def _start_worker() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
+
+
+def _run_job_file(key: tuple[str, str], item: Any) -> Any:
+    """A ProcessExecutor worker: the call's job, read from its file once per process, run on ``item``. Only the
+    current call's job is kept; the domain and policies it builds stay in ``worker_cached``."""
+    if _JOB.get("key") != key:
+        _JOB.update(key=key, job=pickle.loads(Path(key[0]).read_bytes()))
+    return _JOB["job"](item)
 
 
 class PinnedWorkers:

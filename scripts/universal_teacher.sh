@@ -13,7 +13,11 @@
 #   STEPS      env steps per robot for the experts (default 1,500,000)
 #   TEST_EPISODES  episodes per test robot (default 16)
 #   DEVICE     cuda for the distillations on a GPU machine (default cpu)
+#   WORKERS    worker processes for the rollouts of eval, collect, DAgger and compare (default 1: this process)
+#   EXPERT_ROWS  rows per robot of the experts' data (default 8,000); STUDENT_ROWS, of the transformer's (16,000)
+#   TF_EPOCHS  epochs of the transformer's first distillation (default 10); DAGGER_ROUNDS (3), DAGGER_ROWS (4,000)
 #   OUT        the run folder (default runs/universal on ft, runs/universal-TASK otherwise)
+#   EXPERTS    the exported experts (default domains/unimal/pretrained/experts-TASK); KDISTILL, the command
 # The terrain tasks, on 20 robots and 1M steps each (issue 14's subset):
 #   TASK=vt NUM_TASKS=20 STEPS=1000000 TEST_EPISODES=8 bash scripts/universal_teacher.sh
 set -euo pipefail
@@ -22,7 +26,14 @@ TASK=${TASK:-ft}
 DEVICE=${DEVICE:-cpu}
 STEPS=${STEPS:-1500000}
 TEST_EPISODES=${TEST_EPISODES:-16}
-K=.venv/bin/kdistill
+EXPERT_ROWS=${EXPERT_ROWS:-8000}
+STUDENT_ROWS=${STUDENT_ROWS:-16000}
+TF_EPOCHS=${TF_EPOCHS:-10}
+DAGGER_ROUNDS=${DAGGER_ROUNDS:-3}
+DAGGER_ROWS=${DAGGER_ROWS:-4000}
+K=${KDISTILL:-.venv/bin/kdistill}
+POOL=()
+[ "${WORKERS:-1}" -gt 1 ] && POOL=(--executor processes --workers "$WORKERS")
 if [ "$TASK" = ft ]; then
   DOMAIN=unimal NAME=flat OUT=${OUT:-runs/universal}
 else
@@ -31,7 +42,7 @@ fi
 SUBSET=()
 [ -n "${NUM_TASKS:-}" ] && SUBSET=(--num-tasks "$NUM_TASKS")
 RUN=runs/experts-$NAME
-EXPERTS=domains/unimal/pretrained/experts-$NAME
+EXPERTS=${EXPERTS:-domains/unimal/pretrained/experts-$NAME}
 SNAPSHOT=domains/unimal/pretrained/experts-$NAME-run
 resume() { [ -f "$1/latest.json" ] && echo --resume || true; }
 
@@ -48,23 +59,25 @@ if [ ! -f "$EXPERTS/meta.json" ]; then
   $K experts export $RUN --out $EXPERTS
 fi
 mkdir -p $OUT
-[ -f $OUT/experts-eval-train.json ] || $K eval $DOMAIN --policy $EXPERTS --split train "${SUBSET[@]}" --episodes 16 \
-  --out $OUT/experts-eval-train --json > $OUT/experts-eval-train.json
+if [ ! -f $OUT/experts-eval-train.json ]; then
+  $K eval $DOMAIN --policy $EXPERTS --split train "${SUBSET[@]}" --episodes 16 "${POOL[@]}" --out $OUT/experts-eval-train \
+    --json > $OUT/experts-eval-train.json.tmp && mv $OUT/experts-eval-train.json.tmp $OUT/experts-eval-train.json
+fi
 
 # 3. data labelled by each robot's expert. Half the reference's 16k rows per robot: on 2 cores the transformer
 #    trains at a few thousand rows/s, and DAgger's rows (below) are worth more than the experts' own states
-$K expert collect $DOMAIN --teacher $EXPERTS --split train "${SUBSET[@]}" --samples-per-task 8000 --envs 16 \
-  --out $OUT/data-experts
+$K expert collect $DOMAIN --teacher $EXPERTS --split train "${SUBSET[@]}" --samples-per-task $EXPERT_ROWS --envs 16 \
+  "${POOL[@]}" --out $OUT/data-experts
 
 # 4. the universal transformer (cpu preset), with DAgger: on 10 robots plain distillation reached 0.56x the experts
 #    and two DAgger rounds 0.90x (docs/experts.md). An epoch here takes minutes on 2 cores: checkpoint every one
-$K distill $DOMAIN --data $OUT/data-experts --student metamorph --student-preset cpu --epochs 10 --device $DEVICE \
-  --dagger 3 --dagger-samples 4000 --dagger-epochs 4 --teacher $EXPERTS --checkpoint-every 1 --out $OUT/transformer \
-  $(resume $OUT/transformer)
+$K distill $DOMAIN --data $OUT/data-experts --student metamorph --student-preset cpu --epochs $TF_EPOCHS \
+  --device $DEVICE --dagger $DAGGER_ROUNDS --dagger-samples $DAGGER_ROWS --dagger-epochs 4 --teacher $EXPERTS \
+  --checkpoint-every 1 "${POOL[@]}" --out $OUT/transformer $(resume $OUT/transformer)
 
 # 5. students: from the transformer's own data, and straight from the experts
-$K expert collect $DOMAIN --teacher $OUT/transformer --split train "${SUBSET[@]}" --samples-per-task 16000 --envs 16 \
-  --out $OUT/data-transformer
+$K expert collect $DOMAIN --teacher $OUT/transformer --split train "${SUBSET[@]}" --samples-per-task $STUDENT_ROWS \
+  --envs 16 "${POOL[@]}" --out $OUT/data-transformer
 for s in hnmlp mlp; do
   $K distill $DOMAIN --data $OUT/data-transformer --student $s --device $DEVICE --out $OUT/$s $(resume $OUT/$s)
 done
@@ -73,8 +86,12 @@ $K distill $DOMAIN --data $OUT/data-experts --student hnmlp --device $DEVICE --o
 
 # 6. the comparison; the transformer is named teacher, the reference of the fraction column
 STUDENTS=teacher=$OUT/transformer,hnmlp=$OUT/hnmlp,mlp=$OUT/mlp,hnmlp-experts=$OUT/hnmlp-from-experts
-[ -f $OUT/compare-train.json ] || $K compare $DOMAIN --policies $STUDENTS,experts=$EXPERTS --split train \
-  "${SUBSET[@]}" --episodes 16 --out $OUT/compare-train --json > $OUT/compare-train.json
+if [ ! -f $OUT/compare-train.json ]; then
+  $K compare $DOMAIN --policies $STUDENTS,experts=$EXPERTS --split train "${SUBSET[@]}" --episodes 16 "${POOL[@]}" \
+    --out $OUT/compare-train --json > $OUT/compare-train.json.tmp && mv $OUT/compare-train.json.tmp $OUT/compare-train.json
+fi
 # the experts have no expert for an unseen robot
-[ -f $OUT/compare-test.json ] || $K compare $DOMAIN --policies $STUDENTS --split test --episodes $TEST_EPISODES \
-  --out $OUT/compare-test --json > $OUT/compare-test.json
+if [ ! -f $OUT/compare-test.json ]; then
+  $K compare $DOMAIN --policies $STUDENTS --split test --episodes $TEST_EPISODES "${POOL[@]}" --out $OUT/compare-test \
+    --json > $OUT/compare-test.json.tmp && mv $OUT/compare-test.json.tmp $OUT/compare-test.json
+fi

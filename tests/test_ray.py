@@ -20,15 +20,12 @@ from test_ppo import make_trainer
 # in CI the Ray tests must run (ray is in the dev extra), never skip
 ray = importlib.import_module("ray") if os.environ.get("CI") else pytest.importorskip("ray")
 
+from executor_checks import PLUGINS, SETTINGS, same_folders  # noqa: E402
 from kdistill.distill.expert_data import CollectSettings, collect_expert_data  # noqa: E402
 from kdistill.evaluate import evaluate_policy  # noqa: E402
 from kdistill.loading import load_policy  # noqa: E402
 from kdistill.plugins import get_domain, get_plugins, reset_plugins  # noqa: E402
 from kdistill_ray.executor import RayExecutor  # noqa: E402
-
-HERE = Path(__file__).parent
-PLUGINS = f"{HERE / 'ppo_toy.py'},{HERE / 'fragile_toy.py'}"
-SETTINGS = CollectSettings(samples_per_task=90, num_envs=3, seed=4)  # 30 steps per task
 
 
 @pytest.fixture(scope="module")
@@ -79,15 +76,6 @@ def _collect_on_ray(teacher_run, out):
                                    teacher_ref="toy", executor=executor)
 
 
-def _same_folders(a: Path, b: Path) -> None:
-    meta_a, meta_b = json.loads((a / "meta.json").read_text()), json.loads((b / "meta.json").read_text())
-    assert meta_a == meta_b and list(meta_a["tasks"]) == list(meta_b["tasks"])  # the same tasks, in the same order
-    shards = sorted(p.name for p in (a / "shards").iterdir())
-    assert shards == sorted(p.name for p in (b / "shards").iterdir()) and len(shards) == len(meta_a["tasks"])
-    for name in shards:
-        assert (a / "shards" / name).read_bytes() == (b / "shards" / name).read_bytes(), name
-
-
 def test_ray_is_a_registered_executor(toy_plugins):
     assert "ray" in get_plugins().executors and get_plugins().executors.entry("ray").plugin == "ray"
 
@@ -120,7 +108,7 @@ def test_eval_command_takes_executor_options(cluster, teacher_run, monkeypatch, 
     assert remote["tasks"] == local["tasks"] and remote["summary"] == local["summary"]
     assert remote["executor"]["executor"] == "ray" and local["executor"] == {"executor": "local", "workers": 1}
     code, out, err = _cli([*args, "--workers", "2"], monkeypatch, capsys)
-    assert code == 2 and "use --executor ray" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "use --executor processes" in err and len(err.strip().splitlines()) == 1
     code, out, err = _cli([*args, "--executor", "dask"], monkeypatch, capsys)
     assert code == 2 and "dask" in err and len(err.strip().splitlines()) == 1
     code, out, err = _cli([*args, "--executor", "ray", "--address", "127.0.0.1:1"], monkeypatch, capsys)
@@ -129,7 +117,7 @@ def test_eval_command_takes_executor_options(cluster, teacher_run, monkeypatch, 
 
 def test_expert_data_on_two_ray_workers_equals_the_local_executor(cluster, teacher_run, local_data, tmp_path):
     summary = _collect_on_ray(teacher_run, tmp_path / "data")
-    _same_folders(local_data[0], tmp_path / "data")
+    same_folders(local_data[0], tmp_path / "data")
     assert summary == {**local_data[1], "out": str(tmp_path / "data")}
 
 
@@ -141,7 +129,7 @@ def test_a_worker_killed_mid_task_is_retried_and_nothing_is_lost_or_duplicated(c
     assert marker.exists() and int(marker.read_text()) != os.getpid()  # a worker died, not this process
     tasks = get_domain("fragile").tasks("all")
     assert summary["collected"] == tasks  # each task once
-    _same_folders(local_data[0], tmp_path / "data")
+    same_folders(local_data[0], tmp_path / "data")
 
 
 def test_expert_data_of_per_task_experts_on_two_ray_workers_equals_the_local_executor(cluster, tmp_path):
@@ -161,7 +149,7 @@ def test_expert_data_of_per_task_experts_on_two_ray_workers_equals_the_local_exe
     local = collect_expert_data(domain, teacher, None, tasks, tmp_path / "local", **collect)
     with RayExecutor(workers=2) as executor:
         remote = collect_expert_data(domain, teacher, None, tasks, tmp_path / "ray", executor=executor, **collect)
-    _same_folders(tmp_path / "local", tmp_path / "ray")
+    same_folders(tmp_path / "local", tmp_path / "ray")
     assert remote == {**local, "out": str(tmp_path / "ray")}
 
 
@@ -177,7 +165,7 @@ def test_expert_collect_command_on_a_ray_cluster_it_starts_itself_equals_the_loc
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "KDISTILL_PLUGINS": PLUGINS})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["collected"] == local["collected"]
-    _same_folders(tmp_path / "local", tmp_path / "ray")
+    same_folders(tmp_path / "local", tmp_path / "ray")
 
 
 def test_a_freed_worker_gets_its_next_task_before_the_driver_handles_the_result(cluster, tmp_path):

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import click
 
-from kdistill.cli.options import console, data_dir_option, err_console, json_option, print_json, progress_bars, tasks_dir_option
+from kdistill.cli.options import (
+    console,
+    data_dir_option,
+    err_console,
+    executor_options,
+    json_option,
+    open_executor,
+    print_json,
+    progress_bars,
+    tasks_dir_option,
+)
 
 
 @click.command("distill")
@@ -47,6 +57,7 @@ from kdistill.cli.options import console, data_dir_option, err_console, json_opt
 @click.option("--device", default="cpu", show_default=True, help="Torch device: cpu or cuda.")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="Torch CPU threads. [default: 1 on machines of up to 4 cores, else cores minus workers, at most 8]")
+@executor_options
 @json_option
 @data_dir_option
 @tasks_dir_option
@@ -55,7 +66,8 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
                 samples_per_task: int | None, seed: int | None, checkpoint_every: int | None, out: str, resume: bool,
                 device: str, threads: int | None, as_json: bool, dagger_rounds: int | None = None,
                 teacher_path: str | None = None, dagger_beta: float = 0.5, dagger_samples: int = 4000,
-                dagger_epochs: int = 10, data_dir: str | None = None, tasks_dir: str | None = None) -> None:
+                dagger_epochs: int = 10, data_dir: str | None = None, tasks_dir: str | None = None,
+                executor_name: str = "local", workers: int = 1, address: str | None = None) -> None:
     """Distill DOMAIN's expert data into a student that reads the state only.
 
     The reference recipe: Adam (lr 1e-3, eps 1e-5), gradient clipping 0.5, shuffled batches of 5120
@@ -122,7 +134,7 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
     if dagger_rounds is not None:
         result = _run_dagger(domain_name, data_path, student, student_config, student_preset, config, out, device,
                              teacher_path, dagger_rounds, dagger_beta, dagger_samples, dagger_epochs, seed, as_json,
-                             data_dir, tasks_dir)
+                             data_dir, tasks_dir, (executor_name, workers, address), threads or 1)
         if as_json:
             print_json(result)
         else:
@@ -131,12 +143,21 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
                               markup=False)
             err_console.print(f"run folder: {out} (loads as the last round's student)", markup=False)
         return
-    if teacher_path is not None:
-        raise KdistillError("--teacher is used with --dagger only; the data folder already names its teacher.")
+    _check_dagger_only(teacher_path, given)
     result = _run_distill(data_path, student, student_config, config, out, resume, domain_name, device, as_json,
                           student_preset)
     if result is not None:  # None: a data-parallel rank other than 0, which reports for all
         _print_result(result, student, out, as_json)
+
+
+def _check_dagger_only(teacher_path, given) -> None:
+    from kdistill.errors import KdistillError
+
+    if teacher_path is not None:
+        raise KdistillError("--teacher is used with --dagger only; the data folder already names its teacher.")
+    if any(given(name) for name in ("executor_name", "workers", "address")):
+        raise KdistillError("--executor, --workers and --address place DAgger's rollouts; they are used with --dagger "
+                            "only (the distillation itself runs here, or under torchrun).")
 
 
 def _print_result(result: dict, student: str, out: str, as_json: bool) -> None:
@@ -171,9 +192,9 @@ def _run_distill(data_path, student, student_config, config, out, resume, domain
 
 
 def _run_dagger(domain_name, data_path, student, student_config, student_preset, config, out, device, teacher_path,
-                rounds, beta, samples, epochs, seed, as_json, data_dir=None, tasks_dir=None) -> dict:
+                rounds, beta, samples, epochs, seed, as_json, data_dir=None, tasks_dir=None,
+                executor_args=("local", 1, None), threads=1) -> dict:
     from kdistill.devices import check_device
-    from kdistill.distill.dagger import DaggerSettings, run_dagger
     from kdistill.distill.expert_data import read_expert_meta
     from kdistill.distributed import launched_world
     from kdistill.errors import KdistillError
@@ -191,7 +212,20 @@ def _run_dagger(domain_name, data_path, student, student_config, student_preset,
         from kdistill.tasks import select_tasks
 
         select_tasks(domain, tasks_dir=tasks_dir)
-    teacher = load_policy(teacher_path, domain=domain, device=check_device(device), seed=seed or 0)
+    with open_executor(*executor_args) as executor:
+        # an executor's workers run the rollouts, the teacher included, on their CPUs
+        teacher = load_policy(teacher_path, domain=domain, device=check_device(device) if executor.in_process else "cpu",
+                              seed=seed or 0)
+        return _dagger_rounds(domain, teacher, teacher_path, meta, data_path, student, student_config, student_preset,
+                              config, out, device, rounds, beta, samples, epochs, seed, as_json, executor, threads)
+
+
+def _dagger_rounds(domain, teacher, teacher_path, meta, data_path, student, student_config, student_preset, config, out,
+                   device, rounds, beta, samples, epochs, seed, as_json, executor, threads) -> dict:
+    from kdistill.devices import check_device
+    from kdistill.distill.dagger import DaggerSettings, run_dagger
+    from kdistill.errors import KdistillError
+
     if teacher.kind not in ("teacher", "experts"):
         raise KdistillError(f"--teacher {teacher_path} holds a {teacher.kind!r} policy; pass a teacher run or experts.")
     sha = teacher.meta.get("weights_sha256")
@@ -200,7 +234,8 @@ def _run_dagger(domain_name, data_path, student, student_config, student_preset,
     settings = DaggerSettings(rounds=rounds, beta=beta, samples_per_task=samples, epochs=epochs, seed=seed or 0)
     with progress_bars(not as_json) as report:
         return run_dagger(domain, teacher, str(teacher_path), data_path, student, student_config, config, out, settings,
-                          device=check_device(device), progress=report, student_preset=student_preset)
+                          device=check_device(device), progress=report, student_preset=student_preset,
+                          executor=executor, threads=threads)
 
 
 def _saved_run(out: str) -> dict | None:

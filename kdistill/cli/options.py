@@ -118,9 +118,10 @@ def executor_options(f):
     f = click.option("--address", default=None,
                      help="With --executor ray: the Ray cluster to join (host:port, or auto). [default: start a local one]")(f)
     f = click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
-                     help="Workers that run tasks at once (--executor ray; the local executor runs one).")(f)
+                     help="Workers that run tasks at once (--executor processes or ray; the local executor runs one).")(f)
     f = click.option("--executor", "executor_name", default="local", show_default=True,
-                     help="Where the tasks run: local (this process) or ray (kdistill[ray]), or a plugin's executor.")(f)
+                     help="Where the tasks run: local (this process), processes (a pool of worker processes on this machine) "
+                          "or ray (kdistill[ray]), or a plugin's executor.")(f)
     return f
 
 

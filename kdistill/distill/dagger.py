@@ -26,6 +26,7 @@ import attrs
 from kdistill.distill.expert_data import CollectSettings, collect_expert_data, read_expert_meta
 from kdistill.distill.training import distill, split_tasks
 from kdistill.errors import KdistillError
+from kdistill.executors import Executor
 from kdistill.io import atomic_write_json, claim_folder, latest_checkpoint, load_checkpoint, read_json_object, save_run_checkpoint
 from kdistill.loading import load_policy
 from kdistill.progress import Progress
@@ -49,8 +50,12 @@ class DaggerSettings:
 def run_dagger(domain, teacher, teacher_ref: str, data_path: str | Path, student: str, student_config: Any, config,
                out: str | Path, settings: DaggerSettings, device: str = "cpu", progress: Progress | None = None,
                student_preset: str | None = None,
-               on_round: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Distill, then ``settings.rounds`` rounds of DAgger (module docstring); returns a summary per round."""
+               on_round: Callable[[dict[str, Any]], None] | None = None,
+               executor: Executor | None = None, threads: int = 1) -> dict[str, Any]:
+    """Distill, then ``settings.rounds`` rounds of DAgger (module docstring); returns a summary per round.
+
+    ``executor``: where each round's rollouts run (default: this process); its workers load the student on the CPU,
+    with ``threads`` torch threads each. The rows are the same on any executor."""
     import attrs as _attrs
 
     out, data_path = Path(out), Path(data_path)
@@ -89,12 +94,14 @@ def run_dagger(domain, teacher, teacher_ref: str, data_path: str | Path, student
     round_config = _attrs.evolve(config, epochs=settings.epochs)
     for r in range(1, settings.rounds + 1):
         previous = out / f"round-{r - 1}"
-        actor = load_policy(previous, domain=domain, device=device, seed=settings.seed + r)
+        remote = executor is not None and not executor.in_process
+        actor = load_policy(previous, domain=domain, device="cpu" if remote else device, seed=settings.seed + r)
         collect_expert_data(domain, teacher, data_meta["normalizer"], tasks, out / f"data-{r}",
                             CollectSettings(samples_per_task=settings.samples_per_task, num_envs=settings.num_envs,
                                             seed=settings.seed + r),
                             teacher_ref=str(teacher_ref), progress=progress, actor=actor,
-                            beta=settings.beta ** r, actor_ref=str(previous.resolve()))
+                            beta=settings.beta ** r, actor_ref=str(previous.resolve()), executor=executor,
+                            threads=threads)
         result = distill(data_path, student, student_config, round_config, out=out / f"round-{r}", resume=True,
                          domain=domain, device=device, progress=progress, student_preset=student_preset,
                          extra_data=[out / f"data-{i}" for i in range(1, r + 1)],

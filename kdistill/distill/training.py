@@ -91,24 +91,28 @@ class TorchData:
 
     def __init__(self, data: ExpertData, device: str | torch.device = "cpu"):
         self.tasks = data.tasks
+        self.device = torch.device(device)
+        # on an accelerator the rows move there once, so a batch is gathered where it is used; on the CPU they stay
+        # where numpy put them (no copy)
+        rows = self.device if self.device.type != "cpu" else torch.device("cpu")
         self.static = torch.from_numpy(data.static).to(device) if data.static is not None else None
         self.features = torch.as_tensor(Layout.from_dict(data.meta["layout"]).student_features, dtype=torch.long)
-        self.obs = torch.from_numpy(data.obs)
-        self.obs_mask = torch.from_numpy(data.obs_mask)
-        self.act_mask = torch.from_numpy(data.act_mask)
-        self.mu = torch.from_numpy(data.mu)
-        self.action = torch.from_numpy(data.action)
-        self.task_index = torch.from_numpy(data.task_index)
-        self.extero = torch.from_numpy(data.extero) if data.extero is not None else None
+        self.obs = torch.from_numpy(data.obs).to(rows)
+        self.obs_mask = torch.from_numpy(data.obs_mask).to(rows)
+        self.act_mask = torch.from_numpy(data.act_mask).to(rows)
+        self.mu = torch.from_numpy(data.mu).to(rows)
+        self.action = torch.from_numpy(data.action).to(rows)
+        self.task_index = torch.from_numpy(data.task_index).to(rows)
+        self.extero = torch.from_numpy(data.extero).to(rows) if data.extero is not None else None
         ctx, cmask = context_tensors(data.contexts)
         self.context, self.ctx_mask = ctx.to(device), cmask.to(device)
-        self.device = torch.device(device)
 
     def __len__(self) -> int:
         return len(self.obs)
 
     def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         d = self.device
+        idx = idx.to(self.obs.device)
         out = {"obs": self.obs[idx].to(d), "obs_mask": self.obs_mask[idx].to(d), "act_mask": self.act_mask[idx].to(d),
                "mu": self.mu[idx].to(d), "action": self.action[idx].to(d), "task_index": self.task_index[idx].to(d)}
         if self.extero is not None:

@@ -53,6 +53,7 @@ def register_losses(register):
 
 @hookimpl
 def register_executors(register):
-    from kdistill.executors import LocalExecutor
+    from kdistill.executors import LocalExecutor, ProcessExecutor
 
     register("local", LocalExecutor)
+    register("processes", ProcessExecutor)
