@@ -37,6 +37,7 @@ DEMO_KEYS: dict[str, Any] = {
     "distill_epochs": 15,
     "eval_episodes": 8,
     "test_tasks": None,  # None: every task of the test split
+    "train_tasks": None,  # None: every task the teacher trained on; N: the first N of them
     "bench_preset": "quick",
 }
 
@@ -155,11 +156,13 @@ def _teacher(domain: Domain, out: Path, settings: dict[str, Any], teacher_run: s
 
 
 def _demo_tasks(splits: dict[str, list[str]], teacher_meta: dict[str, Any], test_tasks: int | None,
-                domain: Domain) -> tuple[list[str], list[str]]:
-    """Training tasks (the teacher's own when it saw a prefix of the split) and the held-out tasks evaluated."""
+                domain: Domain, train_tasks: int | None = None) -> tuple[list[str], list[str]]:
+    """Training tasks (the teacher's own when it saw a prefix of the split, at most ``train_tasks``) and the held-out
+    tasks evaluated."""
     train_split = list(splits.get("train", []))
     teacher_tasks = list((teacher_meta.get("run") or {}).get("tasks") or train_split)
     n_train = len(teacher_tasks) if teacher_tasks == train_split[:len(teacher_tasks)] else len(train_split)
+    n_train = min(n_train, train_tasks or n_train)
     test_split = list(splits.get("test", []))
     n_test = min(test_tasks or len(test_split), len(test_split))
     if not n_train or not n_test:
@@ -217,7 +220,7 @@ def run_demo(domain: Domain, out: Path, settings: dict[str, Any], teacher_run: s
     started = time.perf_counter()
     splits = _splits(domain, step, data_args)
     teacher, teacher_meta = _teacher(domain, out, settings, teacher_run, step, data_args)
-    train_tasks, test_tasks = _demo_tasks(splits, teacher_meta, settings["test_tasks"], domain)
+    train_tasks, test_tasks = _demo_tasks(splits, teacher_meta, settings["test_tasks"], domain, settings["train_tasks"])
     _distill_students(domain, out, teacher, settings, len(train_tasks), step, data_args)
 
     policies = f"teacher={teacher},hnmlp={out / 'hnmlp'},blind={out / 'blind'}"

@@ -377,3 +377,16 @@ def test_check_steps_every_task(domain):
     rows = domain.check(domain.tasks("test")[:3], steps=300)
     assert [r["name"] for r in rows] == domain.tasks("test")[:3]
     assert all(r["ok"] and r["error"] is None and r["episodes"] >= 1 for r in rows)
+
+
+def test_demo_training_tasks_are_the_teachers_own_capped_by_train_tasks(domain):
+    from kdistill.demo import _demo_tasks
+
+    splits = domain.splits()
+    train, test = splits["train"], splits["test"]
+    seen = {"run": {"tasks": train[:4]}}  # a teacher that trained on a prefix of the split
+    assert _demo_tasks(splits, seen, 2, domain) == (train[:4], test[:2])
+    assert _demo_tasks(splits, seen, None, domain, train_tasks=3) == (train[:3], test)
+    assert _demo_tasks(splits, seen, None, domain, train_tasks=9) == (train[:4], test)  # never beyond the teacher's
+    other = {"run": {"tasks": [train[1]]}}  # not a prefix: the whole split, capped
+    assert _demo_tasks(splits, other, None, domain, train_tasks=2) == (train[:2], test)

@@ -164,21 +164,25 @@ class UnimalDomain(kdistill.Domain):
 
     # kdistill demo -------------------------------------------------------------------------------------
     def pretrained_teacher(self):
-        """The shipped teacher: MetaMorph transformer, `cpu` preset, 10 training robots (docs/teacher.md); flat terrain
-        only (none is shipped for vt and obstacle yet)."""
+        """The shipped teacher: the universal MetaMorph transformer (`cpu` preset) distilled from the 100 per-robot
+        experts (docs/experts.md), else the PPO teacher of 10 robots (docs/teacher.md); flat terrain only (none is
+        shipped for vt and obstacle yet)."""
         from pathlib import Path
 
         if self.task_kind != "ft":
             return None
-
-        path = Path(__file__).resolve().parent / "pretrained" / "teacher-cpu10"
-        return path if (path / "latest.json").exists() else None
+        for name in ("teacher-universal", "teacher-cpu10"):
+            path = Path(__file__).resolve().parent / "pretrained" / name
+            if (path / "latest.json").exists():
+                return path
+        return None
 
     def demo_defaults(self) -> dict[str, Any]:
-        # The reference's 16k rows per robot (16 whole episodes) and 50 epochs on the shipped teacher's 10
-        # robots: about 10 minutes on 2 cores. The bars in docs/distillation.md use 64k rows
-        # (scripts/unimal_distill_64k.sh), which takes about 30.
+        # The reference's 16k rows per robot (16 whole episodes) and 50 epochs on the first 10 of the shipped
+        # teacher's robots: about 10 minutes on 2 cores. The bars in docs/distillation.md use 64k rows
+        # (scripts/unimal_distill_64k.sh), which takes about 30; all 100 robots, scripts/universal_teacher.sh.
         return {
+            "train_tasks": 10,
             "samples_per_task": 16000,
             "collect_envs": 16,
             "student": "hnmlp",

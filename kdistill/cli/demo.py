@@ -24,6 +24,8 @@ from kdistill.plugins import get_domain
               help="Evaluation episodes per task. [default: the domain's]")
 @click.option("--test-tasks", type=click.IntRange(1), default=None,
               help="Held-out tasks evaluated. [default: the domain's]")
+@click.option("--train-tasks", type=click.IntRange(1), default=None,
+              help="Training tasks distilled and evaluated: the first N the teacher trained on. [default: the domain's]")
 @click.option("--no-bench", is_flag=True, help="Skip the cost benchmark.")
 @click.option("--fresh", is_flag=True, help="Delete the report folder first instead of continuing it.")
 @click.option("--quiet", is_flag=True, help="Hide the steps' own progress output.")
@@ -31,7 +33,7 @@ from kdistill.plugins import get_domain
 @data_dir_option
 def demo_cmd(domain_name: str, out_dir: str | None, teacher_run: str | None, samples_per_task: int | None,
              epochs: int | None, episodes: int | None, test_tasks: int | None, no_bench: bool, fresh: bool, quiet: bool,
-             as_json: bool, data_dir: str | None) -> None:
+             as_json: bool, data_dir: str | None, train_tasks: int | None = None) -> None:
     """Run the whole pipeline on DOMAIN and write a report (markdown + PNGs).
 
     Steps: teacher (shipped or trained) -> expert collect -> distill an HN-MLP and a context-blind MLP ->
@@ -46,7 +48,7 @@ def demo_cmd(domain_name: str, out_dir: str | None, teacher_run: str | None, sam
     out = Path(out_dir or f"runs/demo-{domain_name.replace(':', '-')}")  # unimal:vt -> runs/demo-unimal-vt
     domain = get_domain(domain_name, data_dir=data_dir)
     settings = demo_settings(domain, {"samples_per_task": samples_per_task, "distill_epochs": epochs,
-                                      "eval_episodes": episodes, "test_tasks": test_tasks})
+                                      "eval_episodes": episodes, "test_tasks": test_tasks, "train_tasks": train_tasks})
     if teacher_run is not None:
         check_teacher_run(teacher_run, domain)
     prepare_report_folder(out, fresh)
