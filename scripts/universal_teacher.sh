@@ -45,7 +45,9 @@ RUN=runs/experts-$NAME
 EXPERTS=${EXPERTS:-domains/unimal/pretrained/experts-$NAME}
 SNAPSHOT=domains/unimal/pretrained/experts-$NAME-run
 resume() { [ -f "$1/latest.json" ] && echo --resume || true; }
+stamp() { echo "[route $(date -u +%FT%TZ)] $*" >&2; }  # the wall time of each step, for the record
 
+stamp "experts"
 # 1. experts
 if [ ! -f "$EXPERTS/meta.json" ]; then
   if [ -f "$RUN/latest.json" ]; then
@@ -58,23 +60,27 @@ if [ ! -f "$EXPERTS/meta.json" ]; then
   # 2. ship the actors
   $K experts export $RUN --out $EXPERTS
 fi
+stamp "evaluate the experts"
 mkdir -p $OUT
 if [ ! -f $OUT/experts-eval-train.json ]; then
   $K eval $DOMAIN --policy $EXPERTS --split train "${SUBSET[@]}" --episodes 16 "${POOL[@]}" --out $OUT/experts-eval-train \
     --json > $OUT/experts-eval-train.json.tmp && mv $OUT/experts-eval-train.json.tmp $OUT/experts-eval-train.json
 fi
 
+stamp "collect the experts' data"
 # 3. data labelled by each robot's expert. Half the reference's 16k rows per robot: on 2 cores the transformer
 #    trains at a few thousand rows/s, and DAgger's rows (below) are worth more than the experts' own states
 $K expert collect $DOMAIN --teacher $EXPERTS --split train "${SUBSET[@]}" --samples-per-task $EXPERT_ROWS --envs 16 \
   "${POOL[@]}" --out $OUT/data-experts
 
+stamp "the transformer, with DAgger"
 # 4. the universal transformer (cpu preset), with DAgger: on 10 robots plain distillation reached 0.56x the experts
 #    and two DAgger rounds 0.90x (docs/experts.md). An epoch here takes minutes on 2 cores: checkpoint every one
 $K distill $DOMAIN --data $OUT/data-experts --student metamorph --student-preset cpu --epochs $TF_EPOCHS \
   --device $DEVICE --dagger $DAGGER_ROUNDS --dagger-samples $DAGGER_ROWS --dagger-epochs 4 --teacher $EXPERTS \
   --checkpoint-every 1 "${POOL[@]}" --out $OUT/transformer $(resume $OUT/transformer)
 
+stamp "students"
 # 5. students: from the transformer's own data, and straight from the experts
 $K expert collect $DOMAIN --teacher $OUT/transformer --split train "${SUBSET[@]}" --samples-per-task $STUDENT_ROWS \
   --envs 16 "${POOL[@]}" --out $OUT/data-transformer
@@ -84,6 +90,7 @@ done
 $K distill $DOMAIN --data $OUT/data-experts --student hnmlp --device $DEVICE --out $OUT/hnmlp-from-experts \
   $(resume $OUT/hnmlp-from-experts)
 
+stamp "compare"
 # 6. the comparison; the transformer is named teacher, the reference of the fraction column
 STUDENTS=teacher=$OUT/transformer,hnmlp=$OUT/hnmlp,mlp=$OUT/mlp,hnmlp-experts=$OUT/hnmlp-from-experts
 if [ ! -f $OUT/compare-train.json ]; then
@@ -95,3 +102,4 @@ if [ ! -f $OUT/compare-test.json ]; then
   $K compare $DOMAIN --policies $STUDENTS --split test --episodes $TEST_EPISODES "${POOL[@]}" --out $OUT/compare-test \
     --json > $OUT/compare-test.json.tmp && mv $OUT/compare-test.json.tmp $OUT/compare-test.json
 fi
+stamp "done"
