@@ -278,6 +278,8 @@ def load_checkpoint(folder: str | os.PathLike, as_torch: bool = True) -> tuple[d
     bad = first_non_finite(arrays)
     if bad is not None:
         raise CheckpointError(f"{weights_path}: tensor {bad!r} holds NaN or infinity; use an earlier checkpoint.")
+    if meta.get("stored_dtype") == "float16":  # shipped at half the size (scripts/ship_checkpoint.py); computed in float32
+        arrays = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in arrays.items()}
     if as_torch:
         import torch
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The universal-teacher route on UNIMAL (docs/experts.md), every step resumable: re-run the script after any
 # interruption and it continues where it stopped.
-#   1. per-robot experts (batched PPO); on flat terrain, continue from the shipped snapshot of an unfinished run
+#   1. per-robot experts (batched PPO), unless exported experts exist (flat terrain ships them)
 #   2. export the experts and evaluate them (16 episodes per robot)
 #   3. expert data labelled by each robot's own expert
 #   4. the cpu-size metamorph transformer distilled from it, with DAgger rounds labelled by the experts
@@ -20,6 +20,8 @@
 #   EXPERTS    the exported experts (default domains/unimal/pretrained/experts-TASK); KDISTILL, the command
 # The terrain tasks, on 20 robots and 1M steps each (issue 14's subset):
 #   TASK=vt NUM_TASKS=20 STEPS=1000000 TEST_EPISODES=8 bash scripts/universal_teacher.sh
+# On a machine with a GPU and 16 cores (how the shipped transformer was made, docs/experts.md):
+#   DEVICE=cuda WORKERS=15 EXPERT_ROWS=16000 bash scripts/universal_teacher.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASK=${TASK:-ft}
@@ -43,7 +45,6 @@ SUBSET=()
 [ -n "${NUM_TASKS:-}" ] && SUBSET=(--num-tasks "$NUM_TASKS")
 RUN=runs/experts-$NAME
 EXPERTS=${EXPERTS:-domains/unimal/pretrained/experts-$NAME}
-SNAPSHOT=domains/unimal/pretrained/experts-$NAME-run
 resume() { [ -f "$1/latest.json" ] && echo --resume || true; }
 stamp() { echo "[route $(date -u +%FT%TZ)] $*" >&2; }  # the wall time of each step, for the record
 
@@ -52,8 +53,6 @@ stamp "experts"
 if [ ! -f "$EXPERTS/meta.json" ]; then
   if [ -f "$RUN/latest.json" ]; then
     $K experts train $DOMAIN --out $RUN --resume
-  elif [ -f "$SNAPSHOT/latest.json" ]; then
-    $K experts train $DOMAIN --out $RUN --resume-from $SNAPSHOT
   else
     $K experts train $DOMAIN --split train "${SUBSET[@]}" --steps-per-task $STEPS --out $RUN
   fi
