@@ -1,0 +1,100 @@
+"""The models shipped under domains/unimal/pretrained load as what they are and act on real robots; a checkpoint
+shipped as float16 loads back as float32 and acts like the float32 original up to float16 rounding."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kdistill.loading import load_policy
+
+PRETRAINED = Path(__file__).resolve().parents[1] / "domains" / "unimal" / "pretrained"
+
+
+@pytest.fixture(scope="module")
+def unimal(unimal_dir):
+    import os
+
+    from kdistill.plugins import get_domain
+
+    os.environ.setdefault("KDISTILL_UNIMAL_DIR", str(unimal_dir))
+    return get_domain("unimal", data_dir=str(unimal_dir))
+
+
+def _first_obs(domain, task: str) -> dict:
+    env = domain.make_env(task)
+    try:
+        obs, _ = env.reset(seed=0)
+    finally:
+        env.close()
+    return {k: np.asarray(v)[None] for k, v in obs.items()}
+
+
+@pytest.mark.parametrize("name, kind, tasks", [("experts-flat", "experts", 100), ("teacher-universal", "teacher", 100),
+                                               ("hnmlp-universal", "student", 100)])
+def test_shipped_models_load_and_act_on_their_robots_and_on_unseen_ones(unimal, name, kind, tasks):
+    policy = load_policy(PRETRAINED / name, domain=unimal)
+    assert policy.kind == kind
+    meta = policy.meta
+    trained_on = meta.get("train_tasks") or [t["name"] for t in meta["tasks"]]
+    assert len(trained_on) == tasks and set(trained_on) == set(unimal.tasks("train"))
+    for split in ("train", "test") if kind != "experts" else ("train",):  # experts have no unseen robots
+        task = unimal.tasks(split)[-1]
+        policy.prepare(task, unimal.context(task))
+        action = policy.act(_first_obs(unimal, task))
+        assert action.shape == (1, unimal.layout.num_actions) and np.isfinite(action).all() and np.abs(action).max() > 0
+
+
+def test_a_float16_shipped_checkpoint_loads_as_float32_and_acts_like_the_original(tmp_path):
+    import torch
+
+    from kdistill.distill.training import DistillConfig, distill
+    from kdistill.io import latest_checkpoint, load_checkpoint
+    from kdistill.plugins import get_domain
+    sys_path = Path(__file__).resolve().parents[1] / "scripts"
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ship_checkpoint", sys_path / "ship_checkpoint.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+
+    torch.set_num_threads(1)
+    domain = get_domain("cartpole")
+    from kdistill.distill.expert_data import CollectSettings, collect_expert_data
+    from kdistill.rl.experts import ExpertConfig, ExpertRunSettings, ExpertTrainer, export_experts
+
+    tiny = ExpertConfig.presets()["tiny"]
+    tasks = domain.tasks("train")[:2]
+    ExpertTrainer(domain, ExpertRunSettings(domain="cartpole", tasks=tasks, preset="tiny", seed=0,
+                                            steps_per_task=tiny.batch_size), tiny, run_dir=tmp_path / "run").train()
+    export_experts(tmp_path / "run", tmp_path / "experts")
+    collect_expert_data(domain, load_policy(tmp_path / "experts", domain="cartpole"), None, tasks, tmp_path / "data",
+                        CollectSettings(samples_per_task=64, num_envs=2, seed=0), teacher_ref="experts")
+    distill(tmp_path / "data", "hnmlp", None, DistillConfig(epochs=1, batch_size=64), out=tmp_path / "hn",
+            domain="cartpole", student_preset="small")
+
+    assert ship.main([str(tmp_path / "hn"), str(tmp_path / "shipped"), "--float16"]) == 0
+    assert ship.main([str(tmp_path / "hn"), str(tmp_path / "shipped")]) == 2  # never over an existing folder
+    stored = json.loads((latest_checkpoint(tmp_path / "shipped") / "meta.json").read_text())
+    assert stored["stored_dtype"] == "float16"
+    from safetensors.numpy import load_file
+
+    raw = load_file(str(latest_checkpoint(tmp_path / "shipped") / "weights.safetensors"))
+    assert raw and all(v.dtype == np.float16 for v in raw.values()) and all(k.startswith("model.") for k in raw)
+    tensors, _ = load_checkpoint(latest_checkpoint(tmp_path / "shipped"))
+    original, _ = load_checkpoint(latest_checkpoint(tmp_path / "hn"))
+    assert all(t.dtype == torch.float32 for t in tensors.values())
+    for key, value in tensors.items():  # float16 rounding: a relative error of at most 2**-11
+        np.testing.assert_allclose(value.numpy(), original[key].numpy(), rtol=2 ** -11, atol=1e-7)
+    a, b = load_policy(tmp_path / "hn", domain="cartpole"), load_policy(tmp_path / "shipped", domain="cartpole")
+    task = tasks[0]
+    env = domain.make_env(task)
+    obs, _ = env.reset(seed=1)
+    env.close()
+    obs = {k: np.asarray(v)[None] for k, v in obs.items()}
+    for policy in (a, b):
+        policy.prepare(task, domain.context(task))
+    np.testing.assert_allclose(b.act(obs), a.act(obs), rtol=1e-2, atol=1e-3)
