@@ -13,6 +13,22 @@ PLUGINS = f"{HERE / 'ppo_toy.py'},{HERE / 'fragile_toy.py'}"
 SETTINGS = CollectSettings(samples_per_task=90, num_envs=3, seed=4)  # 30 steps per task
 
 
+def train_toy_teacher(run: Path) -> Path:
+    """One PPO iteration of a teacher on the toy domain (its plugins loaded), written to ``run``."""
+    import torch
+
+    from kdistill.plugins import get_domain
+    from test_ppo import make_trainer
+
+    torch.set_num_threads(1)
+    trainer = make_trainer(get_domain("toy"), iterations=1, run_dir=run)
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    return run
+
+
 def same_folders(a: Path, b: Path) -> None:
     meta_a, meta_b = json.loads((a / "meta.json").read_text()), json.loads((b / "meta.json").read_text())
     assert meta_a == meta_b and list(meta_a["tasks"]) == list(meta_b["tasks"])  # the same tasks, in the same order

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from executor_checks import PLUGINS, SETTINGS, same_folders
+from executor_checks import PLUGINS, SETTINGS, same_folders, train_toy_teacher
 from kdistill.distill.expert_data import CollectSettings, collect_expert_data, read_expert_meta
 from kdistill.distill.training import DistillConfig
 from kdistill.errors import KdistillError
@@ -48,15 +48,7 @@ def toy_plugins():
 
 @pytest.fixture(scope="module")
 def toy_teacher(toy_plugins, tmp_path_factory):
-    from test_ppo import make_trainer
-
-    run = tmp_path_factory.mktemp("teacher") / "run"
-    trainer = make_trainer(get_domain("toy"), iterations=1, run_dir=run)
-    try:
-        trainer.train()
-    finally:
-        trainer.close()
-    return run
+    return train_toy_teacher(tmp_path_factory.mktemp("teacher") / "run")
 
 
 def test_processes_is_a_built_in_executor():

@@ -20,7 +20,7 @@ from test_ppo import make_trainer
 # in CI the Ray tests must run (ray is in the dev extra), never skip
 ray = importlib.import_module("ray") if os.environ.get("CI") else pytest.importorskip("ray")
 
-from executor_checks import PLUGINS, SETTINGS, same_folders  # noqa: E402
+from executor_checks import PLUGINS, SETTINGS, same_folders, train_toy_teacher  # noqa: E402
 from kdistill.distill.expert_data import CollectSettings, collect_expert_data  # noqa: E402
 from kdistill.evaluate import evaluate_policy  # noqa: E402
 from kdistill.loading import load_policy  # noqa: E402
@@ -46,16 +46,7 @@ def toy_plugins():
 
 @pytest.fixture(scope="module")
 def teacher_run(toy_plugins, tmp_path_factory):
-    import torch
-
-    torch.set_num_threads(1)
-    run = tmp_path_factory.mktemp("teacher") / "run"
-    trainer = make_trainer(get_domain("toy"), iterations=1, run_dir=run)
-    try:
-        trainer.train()
-    finally:
-        trainer.close()
-    return run
+    return train_toy_teacher(tmp_path_factory.mktemp("teacher") / "run")
 
 
 @pytest.fixture(scope="module")
