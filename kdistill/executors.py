@@ -148,6 +148,15 @@ class ProcessExecutor(Executor):
             self._folder.cleanup()
             self._folder = None
 
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None and self._pool is not None:
+            # leaving on an error or Ctrl-C: the workers' running jobs are not waited for
+            for process in list((getattr(self._pool, "_processes", None) or {}).values()):
+                process.terminate()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self.close()
+
 
 _JOB: dict[str, Any] = {}  # a ProcessExecutor worker's current job: {"key": ..., "job": ...}
 

@@ -149,3 +149,17 @@ def test_distill_takes_the_executor_options_for_dagger_only(experts, tmp_path, m
                           monkeypatch, capsys)
     assert code == 0, err
     assert [r["train_rows"] for r in json.loads(out)["rounds"]] == [192, 192 + 3 * 32]
+
+
+def test_a_job_error_is_raised_here_and_leaving_on_an_error_stops_the_workers_at_once():
+    import time
+
+    with ProcessExecutor(workers=1) as executor, pytest.raises(ValueError, match="invalid literal"):
+        list(executor.imap_unordered(int, ["12", "not a number"]))
+    with pytest.raises(RuntimeError, match="stop"):
+        with ProcessExecutor(workers=2) as executor:
+            results = executor.imap_unordered(time.sleep, [0.0, 600.0])
+            assert next(results) == (0, None)
+            workers = list(executor._pool._processes.values())
+            raise RuntimeError("stop")  # the second job still sleeps: it is not waited for
+    assert workers and not any(process.is_alive() for process in workers)
