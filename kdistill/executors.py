@@ -22,9 +22,6 @@ A worker that died and was replaced starts again with an empty dict, so a job mu
 from __future__ import annotations
 
 import hashlib
-import pickle
-import tempfile
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import attrs
@@ -88,10 +85,9 @@ class LocalExecutor(Executor):
 
 
 class ProcessExecutor(Executor):
-    """A pool of ``workers`` processes on this machine (started with spawn, so a worker holds no copy of the
-    parent's torch or CUDA state). The pool starts at the first call and is kept until ``close()``, so workers keep
-    their domain and policies (``worker_cached``) from one call to the next. Each call's job is pickled once into a
-    file the workers read, not once per item: a job carries policy weights."""
+    """A pool of ``workers`` processes on this machine, started with spawn (a worker holds no copy of the parent's
+    torch or CUDA state). Each call starts its own pool and hands the job to every worker once, as the pool's
+    initialiser argument, not once per item: a job carries policy weights."""
 
     name = "processes"
     in_process = False
@@ -101,28 +97,17 @@ class ProcessExecutor(Executor):
             raise KdistillError("--address joins a cluster; the processes executor runs on this machine. Pass --executor ray.")
         self.workers = int(workers)
         self._pool = None
-        self._folder: tempfile.TemporaryDirectory | None = None
-        self._calls = 0
 
     def imap_unordered(self, job, items):
-        from concurrent.futures import FIRST_COMPLETED, wait
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
         from concurrent.futures.process import BrokenProcessPool
 
         if not items:
             return
-        if self._pool is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            self._folder = tempfile.TemporaryDirectory(prefix="kdistill-jobs-")
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_start_worker)
-        self._calls += 1
-        data = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
-        path = Path(self._folder.name) / f"job-{self._calls}.pickle"  # read by this pool's workers only
-        path.write_bytes(data)
-        key = (str(path), hashlib.sha256(data).hexdigest())
-        pending = {self._pool.submit(_run_job_file, key, item): index for index, item in enumerate(items)}
+        self._pool = ProcessPoolExecutor(min(self.workers, len(items)), mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_start_worker, initargs=(job,))
+        pending = {self._pool.submit(_run_job, item): index for index, item in enumerate(items)}
         try:
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -138,41 +123,33 @@ class ProcessExecutor(Executor):
         finally:
             for future in pending:
                 future.cancel()
-            path.unlink(missing_ok=True)
+            self.close()
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-        if self._folder is not None:
-            self._folder.cleanup()
-            self._folder = None
 
     def __exit__(self, exc_type, *exc) -> None:
         if exc_type is not None and self._pool is not None:
             # leaving on an error or Ctrl-C: the workers' running jobs are not waited for
             for process in list((getattr(self._pool, "_processes", None) or {}).values()):
                 process.terminate()
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
         self.close()
 
 
-_JOB: dict[str, Any] = {}  # a ProcessExecutor worker's current job: {"key": ..., "job": ...}
+_JOB: list[Any] = []  # a ProcessExecutor worker's job, set once by its pool's initialiser
 
 
-def _start_worker() -> None:
+def _start_worker(job: Callable[[Any], Any]) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
+    _JOB[:] = [job]
 
 
-def _run_job_file(key: tuple[str, str], item: Any) -> Any:
-    """A ProcessExecutor worker: the call's job, read from its file once per process, run on ``item``. Only the
-    current call's job is kept; the domain and policies it builds stay in ``worker_cached``."""
-    if _JOB.get("key") != key:
-        _JOB.update(key=key, job=pickle.loads(Path(key[0]).read_bytes()))
-    return _JOB["job"](item)
+def _run_job(item: Any) -> Any:
+    return _JOB[0](item)
 
 
 class PinnedWorkers:
