@@ -16,7 +16,8 @@
 #   WORKERS    worker processes for the rollouts of eval, collect, DAgger and compare (default 1: this process)
 #   EXPERT_ROWS  rows per robot of the experts' data (default 8,000); STUDENT_ROWS, of the transformer's (16,000)
 #   TF_EPOCHS  epochs of the transformer's first distillation (default 10); DAGGER_ROUNDS (3), DAGGER_ROWS (4,000)
-#   OUT        the run folder (default runs/universal on ft, runs/universal-TASK otherwise)
+#   OUT        the run folder (default runs/universal on ft, runs/universal-TASK otherwise); RUN, the experts' training run
+#              (default runs/experts-NAME)
 #   EXPERTS    the exported experts (default domains/unimal/pretrained/experts-TASK); KDISTILL, the command
 # The terrain tasks, on 20 robots and 1M steps each (issue 14's subset):
 #   TASK=vt NUM_TASKS=20 STEPS=1000000 TEST_EPISODES=8 bash scripts/universal_teacher.sh
@@ -43,7 +44,7 @@ else
 fi
 SUBSET=()
 [ -n "${NUM_TASKS:-}" ] && SUBSET=(--num-tasks "$NUM_TASKS")
-RUN=runs/experts-$NAME
+RUN=${RUN:-runs/experts-$NAME}
 EXPERTS=${EXPERTS:-domains/unimal/pretrained/experts-$NAME}
 resume() { [ -f "$1/latest.json" ] && echo --resume || true; }
 stamp() { echo "[route $(date -u +%FT%TZ)] $*" >&2; }  # the wall time of each step, for the record
