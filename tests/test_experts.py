@@ -240,6 +240,109 @@ def test_budget_stops_every_task(cartpole, one_torch_thread):
     assert all(len(e) >= 1 for e in trainer.evals)
 
 
+def final_state(trainer):
+    return {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+
+
+def test_a_raised_budget_continues_a_finished_run_like_a_run_started_with_it(cartpole, tmp_path, one_torch_thread):
+    """The final checkpoint keeps the last tasks' training state; resuming with more steps per task trains them on
+    exactly as a run given the larger budget from the start (both checkpoint, so restart episodes, every update)."""
+    from kdistill.errors import CheckpointError
+    from kdistill.io import load_run_checkpoint
+
+    tasks = cartpole.tasks("train")[:2]
+    B = TINY.batch_size
+    short = make(cartpole, tasks, run_dir=tmp_path / "short", steps=2 * B, every=1)
+    short.train()
+    short.close()
+    assert short.done and short.stop_reason == ["budget", "budget"]
+    tensors, meta = load_run_checkpoint(tmp_path / "short")
+    assert meta["model_rows"] == [0, 1] and tensors["model.actor.weights.0"].shape[0] == 2
+    ended = final_state(short)
+
+    again = start_or_resume(cartpole, short.settings, TINY, tmp_path / "short", resume=True)
+    assert again.done and again.budget_raised_from is None  # the same budget: nothing left to train
+    with pytest.raises(CheckpointError, match="not lower"):
+        start_or_resume(cartpole, attrs.evolve(short.settings, steps_per_task=B), TINY, tmp_path / "short", resume=True)
+
+    longer = start_or_resume(cartpole, attrs.evolve(short.settings, steps_per_task=4 * B), TINY, tmp_path / "short",
+                             resume=True)
+    assert longer.budget_raised_from == 2 * B and not longer.done and longer.stop_reason == [None, None]
+    for name, p in final_state(longer).items():
+        assert torch.equal(p, ended[name]), name
+    longer.train()
+    straight = make(cartpole, tasks, run_dir=tmp_path / "straight", steps=4 * B, every=1)
+    straight.train()
+    assert longer.env_steps.tolist() == straight.env_steps.tolist() == [4 * B, 4 * B]
+    assert longer.stop_reason == ["budget", "budget"] and longer.updates == straight.updates == 4
+    for name, p in final_state(straight).items():
+        assert torch.equal(p, final_state(longer)[name]), name
+    assert longer.evals == straight.evals
+
+
+def test_a_raised_budget_leaves_plateaued_tasks_stopped(cartpole, one_torch_thread):
+    tasks = cartpole.tasks("train")[:2]
+    trainer = make(cartpole, tasks, steps=TINY.batch_size)
+    trainer.train()
+    trainer.stop_reason[0] = "plateau"
+    kept = params_of(trainer, 1)
+    moments = trainer.optimizer.state_dict()["state"][0]["exp_avg"][1].clone()
+    trainer.settings = attrs.evolve(trainer.settings, steps_per_task=3 * TINY.batch_size)
+    trainer._continue_budget_stops()
+    assert trainer.active.tolist() == [False, True] and trainer.stop_reason == ["plateau", None]
+    assert trainer._rows.tolist() == [1]
+    for name, p in params_of(trainer, 0).items():
+        assert torch.equal(p, kept[name]), name
+    assert torch.equal(trainer.optimizer.state_dict()["state"][0]["exp_avg"][0], moments)
+    trainer.train()
+    assert trainer.env_steps.tolist() == [TINY.batch_size, 3 * TINY.batch_size]
+
+
+def test_a_raised_budget_is_refused_when_no_task_can_train_on(cartpole, tmp_path, one_torch_thread):
+    """Tasks stopped on a plateau stay stopped: when no task can use a raised budget the resume is refused before any
+    log is touched."""
+    from kdistill.errors import CheckpointError
+
+    # the first evaluation sets the best; no later one can beat it by min_delta, so the second stops every task
+    config = attrs.evolve(TINY, patience=1, min_delta=1e9, min_steps=0)
+    run = tmp_path / "run"
+    settings = ExpertRunSettings(domain="cartpole", tasks=cartpole.tasks("train")[:2], preset="tiny", seed=0,
+                                 steps_per_task=10 * config.batch_size, checkpoint_every=1)
+    trainer = ExpertTrainer(cartpole, settings, config, run_dir=run)
+    trainer.train()
+    trainer.close()
+    assert trainer.stop_reason == ["plateau", "plateau"] and trainer.updates == 2
+    metrics = (run / "metrics.jsonl").read_text()
+    with pytest.raises(CheckpointError, match="raised budget"):
+        start_or_resume(cartpole, attrs.evolve(settings, steps_per_task=20 * config.batch_size), config, run,
+                        resume=True)
+    assert (run / "metrics.jsonl").read_text() == metrics
+
+
+def test_a_sharded_run_raises_its_budget_in_its_plan_and_every_shard(cartpole, tmp_path, one_torch_thread):
+    from kdistill.errors import CheckpointError
+    from kdistill.executors import LocalExecutor
+    from kdistill.rl.expert_shards import train_sharded
+    from kdistill.rl.experts import read_shard_plan
+
+    B = TINY.batch_size
+    settings = ExpertRunSettings(domain="cartpole", tasks=cartpole.tasks("train")[:2], preset="tiny", seed=0,
+                                 steps_per_task=B, checkpoint_every=1)
+    first = train_sharded(cartpole, settings, tmp_path / "run", LocalExecutor())
+    assert first["active_tasks"] == 0 and first["env_steps"] == 2 * B
+    with pytest.raises(CheckpointError, match="not lower"):
+        train_sharded(cartpole, attrs.evolve(settings, steps_per_task=B // 2), tmp_path / "run", LocalExecutor(),
+                      resume=True)
+    with pytest.raises(CheckpointError, match="other settings"):
+        train_sharded(cartpole, attrs.evolve(settings, seed=1, steps_per_task=2 * B), tmp_path / "run",
+                      LocalExecutor(), resume=True)
+    assert read_shard_plan(tmp_path / "run")["settings"]["steps_per_task"] == B  # refused: the plan is untouched
+    more = train_sharded(cartpole, attrs.evolve(settings, steps_per_task=2 * B), tmp_path / "run", LocalExecutor(),
+                         resume=True)
+    assert more["env_steps"] == 2 * 2 * B and more["active_tasks"] == 0
+    assert read_shard_plan(tmp_path / "run")["settings"]["steps_per_task"] == 2 * B
+
+
 def test_gradient_clip_is_per_task():
     torch.manual_seed(0)
     model = StackedActorCritic(3, 5, 2, (4,))
@@ -334,11 +437,18 @@ def test_cli_train_json_and_resume(tmp_path, unimal_dir, monkeypatch):
     resumed = runner.invoke(app, ["experts", "train", "unimal", "--out", str(out), "--resume", "--seed", "0", "--json"])
     assert resumed.exit_code == 0, resumed.output  # nothing left to train: the summary of the finished run
     assert json.loads(resumed.stdout)["env_steps"] == 2 * 256
+    lower = runner.invoke(app, ["experts", "train", "unimal", "--out", str(out), "--resume", "--steps-per-task", "128"])
+    assert lower.exit_code != 0 and "not lower" in str(lower.exception)
+    longer = runner.invoke(app, ["experts", "train", "unimal", "--out", str(out), "--resume", "--steps-per-task", "384",
+                                 "--json"])
+    assert longer.exit_code == 0, longer.output
+    raised = json.loads(longer.stdout)
+    assert raised["budget_raised_from"] == 256 and raised["steps_per_task"] == 384 and raised["env_steps"] == 2 * 384
     status = runner.invoke(app, ["experts", "status", str(out), "--json"])
     assert status.exit_code == 0, status.output
     report = json.loads(status.stdout)
     assert report["training"] == 0 and [t["name"] for t in report["per_task"]] == [t["task"] for t in summary["tasks"]]
-    assert report["mean_best_return"] == pytest.approx(summary["mean_best_return"])
+    assert report["mean_best_return"] == pytest.approx(raised["mean_best_return"])
 
 
 def test_exported_experts_act_like_their_best_actors(cartpole, tmp_path, one_torch_thread):

@@ -25,7 +25,9 @@ def experts_group() -> None:
 @tasks_option()
 @click.option("--split", default=None, help="Train on a split's tasks: train, test or all. [default: train]")
 @click.option("--num-tasks", type=int, default=None, help="Only the first N tasks of the selection.")
-@click.option("--steps-per-task", type=int, default=None, help="Env steps per task at most. [default: 1,500,000]")
+@click.option("--steps-per-task", type=int, default=None,
+              help="Env steps per task at most; with --resume, a larger value than the run's raises its budget and "
+                   "the tasks that stopped on the old one train on. [default: 1,500,000]")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its newest checkpoint (settings are taken from it).")
 @click.option("--resume-from", "resume_from", default=None, type=click.Path(file_okay=False),
               help="Seed a new --out folder from a snapshot (`kdistill experts snapshot`) and continue from it.")
@@ -53,6 +55,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
     Example:
       kdistill experts train unimal --split train --out runs/experts
       kdistill experts train unimal --out runs/experts --resume       # continue after an interruption
+      kdistill experts train unimal --out runs/experts --resume --steps-per-task 3000000   # train longer
       kdistill experts train unimal --out runs/experts --executor ray --workers 8 --address auto   # 8 shards
 
     Each task has its own normalisers, learned std and evaluation record; a task whose evaluation
@@ -70,7 +73,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
     from kdistill.errors import unknown_name
     from kdistill.plugins import get_domain
     from kdistill.procs import StopRequest
-    from kdistill.resume import agreeing, run_tasks, saved_run_settings
+    from kdistill.resume import run_tasks, saved_run_settings
     from kdistill.rl.experts import ExpertConfig, ExpertRunSettings, random_step_rate, start_or_resume
 
     run_dir = Path(out)
@@ -91,7 +94,6 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
             raise KdistillError(f"{name} must be {'non-negative' if name == '--workers' else 'positive'}, got {value}.")
     domain = get_domain(domain_name, data_dir=data_dir)
     tasks = run_tasks(domain, saved, task_names, split, num_tasks, run_dir, progress=progress_lines())
-    agreeing(saved, [("--steps-per-task", "steps_per_task", steps_per_task)])
     preset = preset or saved.get("preset") or "sb3"
     presets = ExpertConfig.presets()
     if preset not in presets:
@@ -112,7 +114,8 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
         finally:
             trainer.close()
     summary.update(raw_random_steps_per_s=raw_rate, threads=n_threads, workers=workers, preset=preset,
-                   ratio_to_raw=(summary["steps_per_s"] / raw_rate) if raw_rate else None)
+                   ratio_to_raw=(summary["steps_per_s"] / raw_rate) if raw_rate else None,
+                   steps_per_task=settings.steps_per_task, budget_raised_from=trainer.budget_raised_from)
     # a signal that came after the last update (while plotting or closing) does not make a finished run a stop
     stopped = bool(summary["last_update"].get("stopped_on_request"))
     if stopped:
@@ -149,7 +152,7 @@ def _train_sharded(domain_name, run_dir: Path, preset, task_names, split, num_ta
     saved = read_shard_plan(run_dir)["settings"] if resume and is_sharded(run_dir) else {}
     domain = get_domain(domain_name, data_dir=data_dir)
     tasks = run_tasks(domain, saved, task_names, split, num_tasks, run_dir, progress=progress_lines())
-    agreeing(saved, [("--steps-per-task", "steps_per_task", steps_per_task), ("--seed", "seed", seed),
+    agreeing(saved, [("--seed", "seed", seed),
                      ("--preset", "preset", preset), ("--checkpoint-every", "checkpoint_every", checkpoint_every)])
     preset = preset or saved.get("preset") or "sb3"
     if preset not in ExpertConfig.presets():

@@ -21,7 +21,16 @@ import numpy as np
 from kdistill.errors import CheckpointError, KdistillError
 from kdistill.executors import DomainRef, Executor
 from kdistill.io import atomic_write_json, claim_folder, latest_checkpoint
-from kdistill.rl.experts import SHARDS_FILE, ExpertConfig, ExpertRunSettings, is_sharded, read_shard_plan, shard_dir, start_or_resume
+from kdistill.rl.experts import (
+    SHARDS_FILE,
+    ExpertConfig,
+    ExpertRunSettings,
+    check_budget,
+    is_sharded,
+    read_shard_plan,
+    shard_dir,
+    start_or_resume,
+)
 
 FORMAT = "kdistill-expert-shards/1"
 
@@ -77,10 +86,14 @@ def train_sharded(domain, settings: ExpertRunSettings, run: str | Path, executor
             raise KdistillError(f"{run} already holds a sharded expert run; pass --resume to continue it or choose a "
                                 f"new --out folder.")
         plan = read_shard_plan(run)
-        if plan["settings"] != settings.to_dict():
+        saved = dict(plan["settings"])
+        raised = check_budget(saved.pop("steps_per_task", None), settings.steps_per_task)
+        if saved != {k: v for k, v in settings.to_dict().items() if k != "steps_per_task"}:
             raise CheckpointError(f"{run} was started with other settings ({plan_path}); resume with the run's own "
                                   f"settings or choose a new --out folder.")
         shards = plan["shards"]
+        if raised is not None:  # each shard raises its own budget when it resumes
+            atomic_write_json(plan_path, {**plan, "settings": settings.to_dict()})
     else:
         if resume:
             raise KdistillError(f"{run} holds no sharded expert run to resume; drop --resume to start one.")

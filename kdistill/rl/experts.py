@@ -306,6 +306,7 @@ class ExpertTrainer:
         self.best_obs_mean = self.obs_rms.mean.copy()
         self.best_obs_var = self.obs_rms.var.copy()
         self.wall_s = 0.0
+        self.budget_raised_from: int | None = None  # set by a resume that raises steps_per_task
 
         self._rows = np.arange(K)
         self.model = full
@@ -598,9 +599,12 @@ class ExpertTrainer:
                 append_jsonl(self.run_dir / "metrics.jsonl", last)
             if stopping:
                 self.active[[rows[j] for j in stopping]] = False
-                keep = np.array([j for j in range(len(rows)) if j not in set(stopping)], np.int64)
-                self._narrow_to(keep)
-                self._rows = rows[keep]
+                if len(stopping) < len(rows):
+                    keep = np.array([j for j in range(len(rows)) if j not in set(stopping)], np.int64)
+                    self._narrow_to(keep)
+                    self._rows = rows[keep]
+                # when the last tasks stop, the model keeps their rows: the final checkpoint then holds their whole
+                # training state, and a raised budget (``extend_budget``) continues them
                 self.close()
             requested = should_stop is not None and should_stop()
             if stopping or self.updates % self.settings.checkpoint_every == 0 or self.done or requested:
@@ -671,6 +675,7 @@ class ExpertTrainer:
             "layout": self.layout.to_dict(),
             "in_features": self.in_features,
             "counters": {"updates": self.updates, "env_steps": int(self.env_steps.sum()), "wall_s": self.wall_s},
+            "model_rows": [int(k) for k in self._rows],  # the tasks whose training state the model and Adam hold
             "tasks": [{"name": t, "active": bool(self.active[k]), "env_steps": int(self.env_steps[k]),
                        "updates": int(self.task_updates[k]), "episodes": int(self.episodes[k]),
                        "best_return": float(self.best_return[k]) if np.isfinite(self.best_return[k]) else None,
@@ -706,7 +711,7 @@ class ExpertTrainer:
     def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         check_expert_compatible(meta, self.settings, self.config)
         self.active = np.array([t["active"] for t in meta["tasks"]], bool)
-        self._rows = np.flatnonzero(self.active)
+        self._rows = np.asarray(meta.get("model_rows", np.flatnonzero(self.active)), np.int64)
         self.model = StackedActorCritic(len(self._rows), self.in_features, self.num_actions, self.config.hidden)
         load_model_state(self.model, tensors)
         self.optimizer = self._new_optimizer()
@@ -738,6 +743,19 @@ class ExpertTrainer:
             self.recent_returns[k].extend(rec["recent_returns"])
         self.close()
         self._obs = None
+        self._continue_budget_stops()
+
+    def _continue_budget_stops(self) -> None:
+        """Make the tasks that stopped on their budget train again when ``settings.steps_per_task`` is now larger and
+        the checkpoint holds their training state (the model's rows); the rows that stay stopped are dropped."""
+        rows = self._rows
+        for k in rows:
+            if not self.active[k] and self.stop_reason[k] == "budget" and self.env_steps[k] < self.settings.steps_per_task:
+                self.active[k], self.stop_reason[k] = True, None
+        keep = np.flatnonzero(self.active[rows])
+        if 0 < len(keep) < len(rows):
+            self._narrow_to(keep)
+            self._rows = rows[keep]
 
     def close(self) -> None:
         if self.envs is not None:
@@ -764,6 +782,17 @@ def check_expert_compatible(meta: dict[str, Any], settings: ExpertRunSettings, c
         if saved != wanted:
             raise CheckpointError(f"the checkpoint's {what} differs from this run's; resume with the run's own settings "
                                   f"or write to a new --out folder.")
+
+
+def check_budget(saved: int | None, wanted: int) -> int | None:
+    """A resume may raise a run's env steps per task (the tasks that stopped on the old budget continue), never lower
+    them; returns the old budget when it is raised."""
+    if saved is None or wanted == saved:
+        return None
+    if wanted < saved:
+        raise CheckpointError(f"the run was started with --steps-per-task {saved:,}; a resume can raise that budget, "
+                              f"not lower it (pass {saved} or more, or choose a new --out folder).")
+    return int(saved)
 
 
 def snapshot_run(run: str | Path, out: str | Path) -> dict[str, Any]:
@@ -827,7 +856,12 @@ def start_or_resume(domain, settings: ExpertRunSettings, config: ExpertConfig, r
     if existing is not None:
         tensors, meta = load_run_checkpoint(run_dir)
         check_task_kind(meta, domain, str(run_dir))
+        trainer.budget_raised_from = check_budget(meta.get("run", {}).get("steps_per_task"), settings.steps_per_task)
         trainer.restore(tensors, meta)
+        if trainer.budget_raised_from is not None and trainer.done:
+            raise CheckpointError(f"no task of {run_dir} can use the raised budget: a task stopped on a plateau stays "
+                                  f"stopped, and the newest checkpoint holds no training state of the tasks stopped on "
+                                  f"their budget; start a new --out folder.")
         updates = trainer.updates
         truncate_jsonl(run_dir / "metrics.jsonl", lambda r: r.get("update", 0) <= updates)
         for k, task in enumerate(trainer.tasks):
