@@ -49,6 +49,19 @@ def test_shipped_models_load_and_act_on_their_robots_and_on_unseen_ones(unimal_d
         assert action.shape == (1, unimal.layout.num_actions) and np.isfinite(action).all() and np.abs(action).max() > 0
 
 
+def test_the_demo_teacher_of_each_task_kind_is_a_shipped_teacher_of_that_kind(unimal_dir):
+    expected = {"ft": "teacher-cpu10", "vt": "teacher-vt", "obstacle": None}
+    for kind, name in expected.items():
+        domain = _domain(f"unimal:{kind}", unimal_dir)
+        teacher = domain.pretrained_teacher()
+        if name is None:
+            assert teacher is None
+            continue
+        assert Path(teacher).name == name and (Path(teacher) / "latest.json").is_file()
+        policy = load_policy(teacher, domain=domain)  # refused if the run was made on another kind
+        assert policy.kind == "teacher"
+
+
 def test_a_float16_shipped_checkpoint_loads_as_float32_and_acts_like_the_original(tmp_path):
     import torch
 

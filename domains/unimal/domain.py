@@ -164,14 +164,16 @@ class UnimalDomain(kdistill.Domain):
 
     # kdistill demo -------------------------------------------------------------------------------------
     def pretrained_teacher(self):
-        """The demo's teacher: the PPO MetaMorph teacher of 10 robots (`cpu` preset, docs/teacher.md). The universal
-        transformer distilled from the 100 experts (`teacher-universal`, docs/experts.md) is weaker on these 10 robots
-        and fails on unseen ones, so it is not the default (pass it with --teacher). Flat terrain only."""
+        """The demo's teacher. Flat terrain: the PPO MetaMorph teacher of 10 robots (`cpu` preset, docs/teacher.md);
+        the universal transformer distilled from the 100 experts (`teacher-universal`, docs/experts.md) is weaker on
+        these 10 robots and fails on unseen ones, so it is not the default (pass it with --teacher). Variable terrain:
+        the transformer distilled from 20 robots' experts (`teacher-vt`, docs/terrain.md). Obstacles: none shipped."""
         from pathlib import Path
 
-        if self.task_kind != "ft":
+        name = {"ft": "teacher-cpu10", "vt": "teacher-vt"}.get(self.task_kind)
+        if name is None:
             return None
-        path = Path(__file__).resolve().parent / "pretrained" / "teacher-cpu10"
+        path = Path(__file__).resolve().parent / "pretrained" / name
         return path if (path / "latest.json").exists() else None
 
     def demo_defaults(self) -> dict[str, Any]:
