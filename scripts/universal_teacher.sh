@@ -19,8 +19,9 @@
 #   OUT        the run folder (default runs/universal on ft, runs/universal-TASK otherwise); RUN, the experts' training run
 #              (default runs/experts-NAME)
 #   EXPERTS    the exported experts (default domains/unimal/pretrained/experts-TASK); KDISTILL, the command
-# The terrain tasks, on 20 robots and 1M steps each (issue 14's subset):
-#   TASK=vt NUM_TASKS=20 STEPS=1000000 TEST_EPISODES=8 bash scripts/universal_teacher.sh
+# The terrain tasks on 20 robots, as run on the 2-core VM (docs/terrain.md):
+#   TASK=vt NUM_TASKS=20 STEPS=400000 TEST_EPISODES=4 WORKERS=2 DAGGER_ROUNDS=2 RUN=runs/experts-vt-400k \
+#     bash scripts/universal_teacher.sh
 # On a machine with a GPU and 16 cores (how the shipped transformer was made, docs/experts.md):
 #   DEVICE=cuda WORKERS=15 EXPERT_ROWS=16000 bash scripts/universal_teacher.sh
 set -euo pipefail
