@@ -270,7 +270,6 @@ class ExpertTrainer:
         self.in_features = expert_input_size(layout)
         self.num_actions = layout.num_actions
         K = len(self.tasks)
-        self.max_updates = max(1, math.ceil(settings.steps_per_task / config.batch_size))
 
         # masks are constant per task: read them from the domain's context
         contexts = [domain.context(t) for t in self.tasks]
