@@ -254,6 +254,75 @@ def test_resume_refuses_another_config_or_domain(toy, tmp_path):
         load_policy(tmp_path / "run", domain="unimal")
 
 
+def test_init_starts_a_new_run_from_another_teachers_weights_and_statistics(toy, tmp_path):
+    import attrs
+
+    from kdistill.plugins import get_plugins
+
+    torch.set_num_threads(1)
+    source = make_trainer(toy, iterations=2, run_dir=tmp_path / "source")
+    try:
+        source.train()
+    finally:
+        source.close()
+    src_tensors, src_meta = load_run_checkpoint(tmp_path / "source")
+    spec = get_plugins().teachers.get("toy_tf")
+    settings = attrs.evolve(source.settings, seed=1, init=str(tmp_path / "source"))
+    trainer = start_or_resume(toy, settings, spec, source.teacher_config, source.config, tmp_path / "run", resume=False)
+    try:
+        # the source's weights and observation statistics; a fresh optimiser, counters and reward statistics
+        for k, v in trainer.model.state_dict().items():
+            assert torch.equal(v, src_tensors[f"model.{k}"]), k
+        np.testing.assert_array_equal(trainer.obs_norm.rms.mean, np.asarray(src_meta["normalizer"]["mean"]))
+        np.testing.assert_array_equal(trainer.obs_norm.rms.var, np.asarray(src_meta["normalizer"]["var"]))
+        assert trainer.obs_norm.rms.count == src_meta["normalizer"]["count"] > 1
+        assert trainer.iteration == trainer.env_steps == 0 and not trainer.optimizer.state
+        assert not np.any(trainer.reward_norm.ret)
+        trainer.train(stop_at_iteration=2)
+    finally:
+        trainer.close()
+    assert load_run_checkpoint(tmp_path / "run")[1]["run"]["init"] == str(tmp_path / "source")
+    fresh = make_trainer(toy, iterations=2, seed=1)  # the same seed without --init starts elsewhere
+    try:
+        assert any(not torch.equal(a, b) for a, b in zip(fresh.model.state_dict().values(), trainer.model.state_dict().values()))
+    finally:
+        fresh.close()
+
+    # what cannot start this run is refused before anything is written
+    for what, meta, match in [("kind", {**src_meta, "kind": "student"}, "not a teacher"),
+                              ("config", {**src_meta, "config": spec.config_cls.presets()["paper"].to_dict()}, "config differs"),
+                              ("layout", {**src_meta, "layout": {**src_meta["layout"], "max_tokens": 5}}, "another layout")]:
+        other = make_trainer(toy, iterations=2)
+        try:
+            with pytest.raises(CheckpointError, match=match):
+                other.start_from(src_tensors, meta, what)
+        finally:
+            other.close()
+    paper = attrs.evolve(settings, teacher_preset="paper")
+    with pytest.raises(CheckpointError, match="--teacher-preset"):
+        start_or_resume(toy, paper, spec, spec.config_cls.presets()["paper"], source.config, tmp_path / "paper", resume=False)
+    assert not (tmp_path / "paper" / "metrics.jsonl").exists() and latest_checkpoint(tmp_path / "paper") is None
+
+
+def test_teacher_train_command_starts_from_init_and_resumes_without_it(tmp_path, monkeypatch, capsys):
+    source, run = tmp_path / "source", tmp_path / "run"
+    base = ["teacher", "train", "toy", "--steps", "4096", "--threads", "1", "--json"]
+    code, _, err = _cli([*base, "--out", str(source)], monkeypatch, capsys)
+    assert code == 0, err
+    code, out, err = _cli([*base, "--out", str(run), "--init", str(source)], monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads(out)["env_steps"] == 4096
+    assert load_run_checkpoint(run)[1]["run"]["init"] == str(source)
+    # --resume keeps the run's start; another --init is one line
+    code, _, err = _cli([*base, "--out", str(run), "--resume", "--init", str(tmp_path)], monkeypatch, capsys)
+    assert code == 2 and "started from" in err and "Traceback" not in err
+    code, out, err = _cli([*base, "--out", str(run), "--resume", "--steps", "8192"], monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads(out)["env_steps"] == 8192 and load_run_checkpoint(run)[1]["run"]["init"] == str(source)
+    code, _, err = _cli([*base, "--out", str(tmp_path / "x"), "--init", str(tmp_path / "missing")], monkeypatch, capsys)
+    assert code == 2 and "missing" in err
+
+
 _SAVER = textwrap.dedent("""
     import sys
     import numpy as np

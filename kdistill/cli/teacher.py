@@ -30,6 +30,9 @@ def teacher_group() -> None:
 @click.option("--num-tasks", type=click.IntRange(1), default=None, help="Only the first N tasks of the selection.")
 @click.option("--steps", type=click.IntRange(1), default=None, help="Total env steps of the run (required for a new run).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its newest checkpoint (settings are taken from it).")
+@click.option("--init", "init", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Start from this teacher's weights and observation statistics (a distilled transformer or a "
+                   "PPO run, same --teacher and --teacher-preset) instead of fresh weights.")
 @click.option("--seed", type=int, default=None, help="Random seed. [default: 0]")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for the model: cpu or cuda.")
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
@@ -45,7 +48,7 @@ def teacher_group() -> None:
 @json_option
 @data_dir_option
 def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: str | None, teacher: str | None, task_names: str | None,
-              split: str | None, num_tasks: int | None, steps: int | None, resume: bool, seed: int | None,
+              split: str | None, num_tasks: int | None, steps: int | None, resume: bool, init: str | None, seed: int | None,
               device: str, workers: int, executor_name: str, address: str | None, threads: int | None,
               checkpoint_every: int | None, as_json: bool, data_dir: str | None) -> None:
     """Train a teacher for DOMAIN with PPO.
@@ -55,6 +58,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
       kdistill teacher train unimal --preset cpu --split train --num-tasks 10 --steps 5000000 --out runs/t1
       kdistill teacher train unimal --out runs/t1 --resume          # continue after an interruption
       kdistill teacher train unimal --split train --steps 5000000 --out runs/t2 --executor ray --workers 8
+      kdistill teacher train unimal --split train --steps 5000000 --out runs/t3 --init domains/unimal/pretrained/teacher-universal
 
     A checkpoint is written every --checkpoint-every iterations and at the end; an interruption loses at
     most the work since the last one; SIGTERM or a first Ctrl-C instead stops after the current
@@ -89,9 +93,13 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
     teacher_preset = teacher_preset or saved.get("teacher_preset") or default_teacher_preset(spec, preset)
     if teacher_preset not in presets:
         raise unknown_name(f"{teacher_name} preset", teacher_preset, presets)
+    if init and saved and saved.get("init", "") != init:
+        raise KdistillError(f"--init {init}: the run in {run_dir} started from "
+                            f"{saved.get('init') or 'fresh weights'}; resume it without --init.")
     settings = RunSettings(domain=domain.name, tasks=tasks, teacher=teacher_name, preset=preset, teacher_preset=teacher_preset,
                            seed=seed if seed is not None else saved.get("seed", 0), total_steps=steps,
-                           checkpoint_every=checkpoint_every or saved.get("checkpoint_every", 10))
+                           checkpoint_every=checkpoint_every or saved.get("checkpoint_every", 10),
+                           init=init or saved.get("init", ""))
     check_device(device)
     remote = executor_name != "local"
     if remote and workers < 1:

@@ -33,7 +33,7 @@ import torch
 from kdistill.domain import check_task_kind, task_kind_meta
 from kdistill.errors import CheckpointError, KdistillError
 from kdistill.executors import DomainRef
-from kdistill.io import NonFiniteError, append_jsonl, latest_checkpoint, load_run_checkpoint, save_run_checkpoint, truncate_jsonl
+from kdistill.io import NonFiniteError, append_jsonl, latest_checkpoint, load_checkpoint, load_run_checkpoint, save_run_checkpoint, truncate_jsonl
 from kdistill.rl.distributions import gaussian_log_prob
 from kdistill.rl.normalise import ObsNormalizer, RewardNormalizer
 from kdistill.rl.ppo import PPOConfig, compute_gae, learning_rate, ppo_update
@@ -59,6 +59,7 @@ class RunSettings:
     total_steps: int
     checkpoint_every: int = attrs.field(default=10, validator=_pos)
     teacher_preset: str = ""
+    init: str = ""  # the teacher whose weights and observation statistics the run started from ("" = fresh weights)
 
     def to_dict(self) -> dict[str, Any]:
         d = attrs.asdict(self)
@@ -167,6 +168,23 @@ class PPOTrainer:
         self.recent_lengths.extend(meta["recent"]["lengths"])
         self._obs = None
         self._fresh = True
+
+    def start_from(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], source: str) -> None:
+        """Begin a new run from another teacher's weights and observation statistics: a transformer distilled from
+        experts (``kdistill distill --student metamorph``) or an earlier PPO run. Everything else (optimiser,
+        counters, reward statistics, task sampler) starts fresh; the critic is trained on as it is."""
+        if meta.get("kind") != "teacher":
+            raise CheckpointError(f"--init {source} is a {meta.get('kind')!r} policy, not a teacher; pass a teacher run or "
+                                  f"a distilled transformer.")
+        if meta.get("arch") != self.settings.teacher or _jsonable(meta.get("config")) != _jsonable(self.teacher_config.to_dict()):
+            raise CheckpointError(f"--init {source} holds a {meta.get('arch')!r} teacher whose config differs from this run's "
+                                  f"{self.settings.teacher!r} (preset {self.settings.teacher_preset or self.settings.preset!r}); "
+                                  f"pass the --teacher and --teacher-preset it was made with.")
+        if _jsonable(meta.get("layout")) != _jsonable(self.layout.to_dict()):
+            raise CheckpointError(f"--init {source} was made for another layout of {meta.get('domain')!r} tasks than "
+                                  f"{self.settings.domain!r} has; pass a teacher of this domain.")
+        load_model_state(self.model, tensors)
+        self.obs_norm.rms.load_state(meta["normalizer"])
 
     # training -------------------------------------------------------------------------------------
     def _sync_sampler(self) -> None:
@@ -415,6 +433,10 @@ def start_or_resume(domain, settings: RunSettings, teacher_spec, teacher_config,
     trainer = PPOTrainer(domain, settings, teacher_spec, teacher_config, config, device=device, workers=workers,
                          run_dir=run_dir, executor=executor, rollout_workers=rollout_workers)
     try:
+        if existing is None and settings.init:
+            tensors, meta = load_checkpoint(latest_checkpoint(settings.init) or settings.init)
+            check_task_kind(meta, domain, f"--init {settings.init}")
+            trainer.start_from(tensors, meta, settings.init)
         if existing is not None:
             tensors, meta = load_run_checkpoint(run_dir)
             check_task_kind(meta, domain, str(run_dir))
