@@ -18,10 +18,13 @@
 #   TF_EPOCHS  epochs of the transformer's first distillation (default 10); DAGGER_ROUNDS (3), DAGGER_ROWS (4,000)
 #   OUT        the run folder (default runs/universal on ft, runs/universal-TASK otherwise); RUN, the experts' training run
 #              (default runs/experts-NAME)
-#   EXPERTS    the exported experts (default domains/unimal/pretrained/experts-TASK); KDISTILL, the command
+#   EXPERTS    the exported experts (default: the shipped domains/unimal/pretrained/experts-NAME where it exists, as
+#              on flat terrain, else OUT/experts); KDISTILL, the command
 # The terrain tasks on 20 robots, as run on the 2-core VM (docs/terrain.md):
 #   TASK=vt NUM_TASKS=20 STEPS=400000 TEST_EPISODES=4 WORKERS=2 DAGGER_ROUNDS=2 RUN=runs/experts-vt-400k \
 #     bash scripts/universal_teacher.sh
+#   TASK=obstacle NUM_TASKS=20 STEPS=400000 TEST_EPISODES=4 WORKERS=2 DAGGER_ROUNDS=2 RUN=runs/experts-obstacle-400k \
+#     EXPERTS=runs/experts-obstacle-400k-export bash scripts/universal_teacher.sh
 # On a machine with a GPU and 16 cores (how the shipped transformer was made, docs/experts.md):
 #   DEVICE=cuda WORKERS=15 EXPERT_ROWS=16000 bash scripts/universal_teacher.sh
 set -euo pipefail
@@ -46,7 +49,9 @@ fi
 SUBSET=()
 [ -n "${NUM_TASKS:-}" ] && SUBSET=(--num-tasks "$NUM_TASKS")
 RUN=${RUN:-runs/experts-$NAME}
-EXPERTS=${EXPERTS:-domains/unimal/pretrained/experts-$NAME}
+SHIPPED=domains/unimal/pretrained/experts-$NAME
+# an export of a new run lands in the run folder, not among the package's shipped files
+if [ -f $SHIPPED/meta.json ]; then EXPERTS=${EXPERTS:-$SHIPPED}; else EXPERTS=${EXPERTS:-$OUT/experts}; fi
 resume() { [ -f "$1/latest.json" ] && echo --resume || true; }
 stamp() { echo "[route $(date -u +%FT%TZ)] $*" >&2; }  # the wall time of each step, for the record
 

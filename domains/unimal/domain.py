@@ -166,11 +166,11 @@ class UnimalDomain(kdistill.Domain):
     def pretrained_teacher(self):
         """The demo's teacher. Flat terrain: the PPO MetaMorph teacher of 10 robots (`cpu` preset, docs/teacher.md);
         the universal transformer distilled from the 100 experts (`teacher-universal`, docs/experts.md) is weaker on
-        these 10 robots and fails on unseen ones, so it is not the default (pass it with --teacher). Variable terrain:
-        the transformer distilled from 20 robots' experts (`teacher-vt`, docs/terrain.md). Obstacles: none shipped."""
+        these 10 robots and fails on unseen ones, so it is not the default (pass it with --teacher). Variable terrain
+        and obstacles: the transformer distilled from 20 robots' experts (`teacher-vt`, `teacher-obstacle`, docs/terrain.md)."""
         from pathlib import Path
 
-        name = {"ft": "teacher-cpu10", "vt": "teacher-vt"}.get(self.task_kind)
+        name = {"ft": "teacher-cpu10", "vt": "teacher-vt", "obstacle": "teacher-obstacle"}.get(self.task_kind)
         if name is None:
             return None
         path = Path(__file__).resolve().parent / "pretrained" / name
