@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from kdistill.domain import Layout
 from kdistill.evaluate import comparison_markdown, evaluate_policy, play_episodes
 from kdistill.policy import Policy
-from test_ppo import make_trainer, toy  # noqa: F401  (toy is a fixture)
+from test_ppo import make_trainer, toy, trained_run  # noqa: F401  (toy is a fixture)
 from test_teacher import _cli
 
 
@@ -117,12 +116,7 @@ def test_layout_mismatch_is_a_clear_error(toy):
 
 
 def test_eval_command_json_table_and_chart(tmp_path, monkeypatch, capsys, toy):
-    torch.set_num_threads(1)
-    trainer = make_trainer(toy, iterations=1, run_dir=tmp_path / "run")
-    try:
-        trainer.train()
-    finally:
-        trainer.close()
+    trained_run(toy, tmp_path / "run", iterations=1)
     code, out, err = _cli(["eval", "toy", "--policy", str(tmp_path / "run"), "--split", "all", "--episodes", "2",
                            "--json", "--out", str(tmp_path / "ev")], monkeypatch, capsys)
     assert code == 0, err

@@ -47,6 +47,17 @@ def make_trainer(domain, iterations=4, config=None, teacher="toy_tf", preset="cp
     return PPOTrainer(domain, settings, spec, spec.config_cls.presets()[preset], config, run_dir=run_dir, workers=workers)
 
 
+def trained_run(domain, run_dir, iterations=2, **kw) -> PPOTrainer:
+    """A finished, closed trainer of ``iterations`` iterations that checkpointed into ``run_dir``."""
+    torch.set_num_threads(1)
+    trainer = make_trainer(domain, iterations=iterations, run_dir=run_dir, **kw)
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    return trainer
+
+
 # GAE and the update --------------------------------------------------------------------------------
 
 def gae_by_definition(r, v, done, timeout, last_v, gamma, lam):

@@ -20,7 +20,7 @@ from kdistill.io import latest_checkpoint, load_run_checkpoint, read_jsonl
 from kdistill.rl.ppo import PPOConfig
 from kdistill.rl.trainer import start_or_resume
 from kdistill.teachers.transformer import ModuMorphTeacherConfig, TransformerTeacherConfig, build_modumorph_teacher, build_transformer_teacher
-from test_ppo import TOY, make_trainer, small_config, toy  # noqa: F401  (toy is a fixture)
+from test_ppo import TOY, make_trainer, small_config, toy, trained_run  # noqa: F401  (toy is a fixture)
 
 UNIMAL_LAYOUT = Layout(max_tokens=12, obs_features=52, student_features=tuple(range(13)) + (30, 31, 41, 42),
                        context_features=53, actions_per_token=2)
@@ -142,12 +142,7 @@ def test_paper_presets_train_a_few_iterations(toy, tmp_path):
 def test_checkpoint_round_trip(toy, tmp_path):
     from kdistill.loading import load_policy
 
-    torch.set_num_threads(1)
-    trainer = make_trainer(toy, iterations=2, run_dir=tmp_path / "run")
-    try:
-        trainer.train()
-    finally:
-        trainer.close()
+    trainer = trained_run(toy, tmp_path / "run")
     tensors, meta = load_run_checkpoint(tmp_path / "run")
     assert meta["kind"] == "teacher" and meta["domain"] == "toy" and meta["arch"] == "toy_tf"
     assert meta["counters"]["env_steps"] == 2 * 512 and Layout.from_dict(meta["layout"]) == toy.layout
@@ -259,12 +254,7 @@ def test_init_starts_a_new_run_from_another_teachers_weights_and_statistics(toy,
 
     from kdistill.plugins import get_plugins
 
-    torch.set_num_threads(1)
-    source = make_trainer(toy, iterations=2, run_dir=tmp_path / "source")
-    try:
-        source.train()
-    finally:
-        source.close()
+    source = trained_run(toy, tmp_path / "source")
     src_tensors, src_meta = load_run_checkpoint(tmp_path / "source")
     spec = get_plugins().teachers.get("toy_tf")
     settings = attrs.evolve(source.settings, seed=1, init=str(tmp_path / "source"))
