@@ -294,21 +294,55 @@ def test_init_starts_a_new_run_from_another_teachers_weights_and_statistics(toy,
     assert not (tmp_path / "paper" / "metrics.jsonl").exists() and latest_checkpoint(tmp_path / "paper") is None
 
 
+def test_critic_warmup_keeps_the_actor_until_its_iterations_are_done(toy, tmp_path):
+    import attrs
+
+    from kdistill.plugins import get_plugins
+
+    torch.set_num_threads(1)
+    trained_run(toy, tmp_path / "source")
+    spec = get_plugins().teachers.get("toy_tf")
+    base = make_trainer(toy, iterations=3)
+    settings = attrs.evolve(base.settings, init=str(tmp_path / "source"), critic_warmup=2)
+    base.close()
+    trainer = start_or_resume(toy, settings, spec, base.teacher_config, base.config, tmp_path / "run", resume=False)
+    try:
+        def actor_critic():
+            return ([p.detach().clone() for p in trainer.model.actor.parameters()],
+                    [p.detach().clone() for p in trainer.model.critic.parameters()])
+
+        actor0, critic0 = actor_critic()
+        trainer.train(stop_at_iteration=2)
+        actor2, critic2 = actor_critic()
+        assert all(torch.equal(a, b) for a, b in zip(actor0, actor2))  # the warm-up left the actor as it was
+        assert any(not torch.equal(a, b) for a, b in zip(critic0, critic2))
+        assert all(p.requires_grad for p in trainer.model.parameters())
+        trainer.train()
+        actor3, _ = actor_critic()
+        assert any(not torch.equal(a, b) for a, b in zip(actor2, actor3))  # then PPO trains both
+    finally:
+        trainer.close()
+    assert load_run_checkpoint(tmp_path / "run")[1]["run"]["critic_warmup"] == 2
+
+
 def test_teacher_train_command_starts_from_init_and_resumes_without_it(tmp_path, monkeypatch, capsys):
     source, run = tmp_path / "source", tmp_path / "run"
     base = ["teacher", "train", "toy", "--steps", "4096", "--threads", "1", "--json"]
     code, _, err = _cli([*base, "--out", str(source)], monkeypatch, capsys)
     assert code == 0, err
-    code, out, err = _cli([*base, "--out", str(run), "--init", str(source)], monkeypatch, capsys)
+    code, out, err = _cli([*base, "--out", str(run), "--init", str(source), "--critic-warmup", "1"], monkeypatch, capsys)
     assert code == 0, err
     assert json.loads(out)["env_steps"] == 4096
     assert load_run_checkpoint(run)[1]["run"]["init"] == str(source)
+    code, _, err = _cli([*base, "--out", str(run), "--resume", "--critic-warmup", "3"], monkeypatch, capsys)
+    assert code == 2 and "--critic-warmup" in err and "Traceback" not in err
     # --resume keeps the run's start; another --init is one line
     code, _, err = _cli([*base, "--out", str(run), "--resume", "--init", str(tmp_path)], monkeypatch, capsys)
     assert code == 2 and "started from" in err and "Traceback" not in err
     code, out, err = _cli([*base, "--out", str(run), "--resume", "--steps", "8192"], monkeypatch, capsys)
     assert code == 0, err
-    assert json.loads(out)["env_steps"] == 8192 and load_run_checkpoint(run)[1]["run"]["init"] == str(source)
+    saved = load_run_checkpoint(run)[1]["run"]
+    assert json.loads(out)["env_steps"] == 8192 and saved["init"] == str(source) and saved["critic_warmup"] == 1
     code, _, err = _cli([*base, "--out", str(tmp_path / "x"), "--init", str(tmp_path / "missing")], monkeypatch, capsys)
     assert code == 2 and "missing" in err
 

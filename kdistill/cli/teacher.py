@@ -33,6 +33,9 @@ def teacher_group() -> None:
 @click.option("--init", "init", default=None, type=click.Path(exists=True, file_okay=False),
               help="Start from this teacher's weights and observation statistics (a distilled transformer or a "
                    "PPO run, same --teacher and --teacher-preset) instead of fresh weights.")
+@click.option("--critic-warmup", type=click.IntRange(0), default=None,
+              help="First iterations in which only the critic learns, the actor kept as it is: for an --init actor "
+                   "whose critic was never trained. [default: 0]")
 @click.option("--seed", type=int, default=None, help="Random seed. [default: 0]")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for the model: cpu or cuda.")
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
@@ -48,7 +51,8 @@ def teacher_group() -> None:
 @json_option
 @data_dir_option
 def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: str | None, teacher: str | None, task_names: str | None,
-              split: str | None, num_tasks: int | None, steps: int | None, resume: bool, init: str | None, seed: int | None,
+              split: str | None, num_tasks: int | None, steps: int | None, resume: bool, init: str | None,
+              critic_warmup: int | None, seed: int | None,
               device: str, workers: int, executor_name: str, address: str | None, threads: int | None,
               checkpoint_every: int | None, as_json: bool, data_dir: str | None) -> None:
     """Train a teacher for DOMAIN with PPO.
@@ -58,7 +62,8 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
       kdistill teacher train unimal --preset cpu --split train --num-tasks 10 --steps 5000000 --out runs/t1
       kdistill teacher train unimal --out runs/t1 --resume          # continue after an interruption
       kdistill teacher train unimal --split train --steps 5000000 --out runs/t2 --executor ray --workers 8
-      kdistill teacher train unimal --split train --steps 5000000 --out runs/t3 --init domains/unimal/pretrained/teacher-universal
+      kdistill teacher train unimal --split train --steps 5000000 --out runs/t3 \
+          --init domains/unimal/pretrained/teacher-universal --critic-warmup 20
 
     A checkpoint is written every --checkpoint-every iterations and at the end; an interruption loses at
     most the work since the last one; SIGTERM or a first Ctrl-C instead stops after the current
@@ -96,10 +101,14 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
     if init and saved and saved.get("init", "") != init:
         raise KdistillError(f"--init {init}: the run in {run_dir} started from "
                             f"{saved.get('init') or 'fresh weights'}; resume it without --init.")
+    if critic_warmup is not None and saved and saved.get("critic_warmup", 0) != critic_warmup:
+        raise KdistillError(f"--critic-warmup {critic_warmup}: the run in {run_dir} was started with "
+                            f"{saved.get('critic_warmup', 0)}; resume it without --critic-warmup.")
     settings = RunSettings(domain=domain.name, tasks=tasks, teacher=teacher_name, preset=preset, teacher_preset=teacher_preset,
                            seed=seed if seed is not None else saved.get("seed", 0), total_steps=steps,
                            checkpoint_every=checkpoint_every or saved.get("checkpoint_every", 10),
-                           init=init or saved.get("init", ""))
+                           init=init or saved.get("init", ""),
+                           critic_warmup=critic_warmup if critic_warmup is not None else saved.get("critic_warmup", 0))
     check_device(device)
     remote = executor_name != "local"
     if remote and workers < 1:

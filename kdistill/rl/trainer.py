@@ -60,6 +60,7 @@ class RunSettings:
     checkpoint_every: int = attrs.field(default=10, validator=_pos)
     teacher_preset: str = ""
     init: str = ""  # the teacher whose weights and observation statistics the run started from ("" = fresh weights)
+    critic_warmup: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # first iterations: the critic alone learns
 
     def to_dict(self) -> dict[str, Any]:
         d = attrs.asdict(self)
@@ -329,7 +330,15 @@ class PPOTrainer:
             batch, info = self.rollout()
             t1 = time.perf_counter()
             self.model.train()
-            stats = ppo_update(self.model, self.optimizer, batch, info["keys"], cfg, self.generator)
+            # an actor from elsewhere (--init) keeps its weights until the critic has learnt its values
+            frozen = self._actor_parameters() if self.iteration < self.settings.critic_warmup else []
+            for p in frozen:
+                p.requires_grad_(False)
+            try:
+                stats = ppo_update(self.model, self.optimizer, batch, info["keys"], cfg, self.generator)
+            finally:
+                for p in frozen:
+                    p.requires_grad_(True)
             t2 = time.perf_counter()
             self._check_finite(stats)
             self.iteration += 1
@@ -366,6 +375,13 @@ class PPOTrainer:
                 last["stopped_on_request"] = True
                 break
         return last
+
+    def _actor_parameters(self) -> list[torch.nn.Parameter]:
+        actor = getattr(self.model, "actor", None)
+        if not isinstance(actor, torch.nn.Module):
+            raise KdistillError(f"teacher {self.settings.teacher!r} has no separate actor module, so its critic cannot "
+                                f"be warmed up alone; drop --critic-warmup.")
+        return list(actor.parameters())
 
     def _check_finite(self, stats: dict[str, Any]) -> None:
         """Stop before a diverged model reaches a checkpoint: the newest checkpoint stays the last good one."""
