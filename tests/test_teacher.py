@@ -336,6 +336,16 @@ def test_teacher_train_command_starts_from_init_and_resumes_without_it(tmp_path,
     assert load_run_checkpoint(run)[1]["run"]["init"] == str(source)
     code, _, err = _cli([*base, "--out", str(run), "--resume", "--critic-warmup", "3"], monkeypatch, capsys)
     assert code == 2 and "--critic-warmup" in err and "Traceback" not in err
+    code, _, err = _cli([*base, "--out", str(run), "--resume", "--lr", "1e-3"], monkeypatch, capsys)
+    assert code == 2 and "preset's learning rate" in err and "Traceback" not in err
+    # --lr replaces the preset's peak learning rate, and the run keeps it on resume
+    code, _, err = _cli([*base, "--out", str(tmp_path / "slow"), "--lr", "2e-5", "--checkpoint-every", "1"], monkeypatch, capsys)
+    assert code == 0, err
+    assert load_run_checkpoint(tmp_path / "slow")[1]["ppo"]["lr"] == 2e-5
+    assert max(r["lr"] for r in read_jsonl(tmp_path / "slow" / "metrics.jsonl")) <= 2e-5
+    code, _, err = _cli([*base, "--out", str(tmp_path / "slow"), "--resume", "--steps", "8192"], monkeypatch, capsys)
+    assert code == 0, err
+    assert load_run_checkpoint(tmp_path / "slow")[1]["ppo"]["lr"] == 2e-5
     # --resume keeps the run's start; another --init is one line
     code, _, err = _cli([*base, "--out", str(run), "--resume", "--init", str(tmp_path)], monkeypatch, capsys)
     assert code == 2 and "started from" in err and "Traceback" not in err

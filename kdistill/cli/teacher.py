@@ -36,6 +36,8 @@ def teacher_group() -> None:
 @click.option("--critic-warmup", type=click.IntRange(0), default=None,
               help="First iterations in which only the critic learns, the actor kept as it is: for an --init actor "
                    "whose critic was never trained. [default: 0]")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak learning rate instead of the PPO preset's (e.g. smaller for an --init actor). [default: the preset's]")
 @click.option("--seed", type=int, default=None, help="Random seed. [default: 0]")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for the model: cpu or cuda.")
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
@@ -52,7 +54,7 @@ def teacher_group() -> None:
 @data_dir_option
 def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: str | None, teacher: str | None, task_names: str | None,
               split: str | None, num_tasks: int | None, steps: int | None, resume: bool, init: str | None,
-              critic_warmup: int | None, seed: int | None,
+              critic_warmup: int | None, lr: float | None, seed: int | None,
               device: str, workers: int, executor_name: str, address: str | None, threads: int | None,
               checkpoint_every: int | None, as_json: bool, data_dir: str | None) -> None:
     """Train a teacher for DOMAIN with PPO.
@@ -63,7 +65,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
       kdistill teacher train unimal --out runs/t1 --resume          # continue after an interruption
       kdistill teacher train unimal --split train --steps 5000000 --out runs/t2 --executor ray --workers 8
       kdistill teacher train unimal --split train --steps 5000000 --out runs/t3 \
-          --init domains/unimal/pretrained/teacher-universal --critic-warmup 20
+          --init domains/unimal/pretrained/teacher-universal --critic-warmup 20 --lr 3e-5
 
     A checkpoint is written every --checkpoint-every iterations and at the end; an interruption loses at
     most the work since the last one; SIGTERM or a first Ctrl-C instead stops after the current
@@ -104,11 +106,15 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
     if critic_warmup is not None and saved and saved.get("critic_warmup", 0) != critic_warmup:
         raise KdistillError(f"--critic-warmup {critic_warmup}: the run in {run_dir} was started with "
                             f"{saved.get('critic_warmup', 0)}; resume it without --critic-warmup.")
+    if lr is not None and saved and saved.get("lr") != lr:
+        started = f"a learning rate of {saved['lr']}" if saved.get("lr") else "its preset's learning rate"
+        raise KdistillError(f"--lr {lr}: the run in {run_dir} was started with {started}; resume it without --lr.")
     settings = RunSettings(domain=domain.name, tasks=tasks, teacher=teacher_name, preset=preset, teacher_preset=teacher_preset,
                            seed=seed if seed is not None else saved.get("seed", 0), total_steps=steps,
                            checkpoint_every=checkpoint_every or saved.get("checkpoint_every", 10),
                            init=init or saved.get("init", ""),
-                           critic_warmup=critic_warmup if critic_warmup is not None else saved.get("critic_warmup", 0))
+                           critic_warmup=critic_warmup if critic_warmup is not None else saved.get("critic_warmup", 0),
+                           lr=lr if lr is not None else saved.get("lr"))
     check_device(device)
     remote = executor_name != "local"
     if remote and workers < 1:
@@ -117,7 +123,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
     with open_executor(executor_name, workers if remote else 1, address) as executor:
         claim_folder(run_dir, "teacher-run", legacy=looks_like_run("teacher"))
         n_threads = set_torch_threads(threads, workers)
-        trainer = start_or_resume(domain, settings, spec, presets[teacher_preset], ppo_presets[preset], run_dir, resume,
+        trainer = start_or_resume(domain, settings, spec, presets[teacher_preset], settings.ppo_config(ppo_presets), run_dir, resume,
                                   device=device, workers=0 if remote else workers, executor=executor if remote else None)
         with StopRequest() as stop:
             try:

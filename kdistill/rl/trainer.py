@@ -61,6 +61,12 @@ class RunSettings:
     teacher_preset: str = ""
     init: str = ""  # the teacher whose weights and observation statistics the run started from ("" = fresh weights)
     critic_warmup: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # first iterations: the critic alone learns
+    lr: float | None = None  # the PPO preset's peak learning rate, replaced (None = the preset's)
+
+    def ppo_config(self, presets: dict[str, PPOConfig]) -> PPOConfig:
+        """The PPO config of this run: its preset, with the learning rate it was given."""
+        config = presets[self.preset]
+        return config if self.lr is None else attrs.evolve(config, lr=self.lr)
 
     def to_dict(self) -> dict[str, Any]:
         d = attrs.asdict(self)
