@@ -325,6 +325,33 @@ def test_critic_warmup_keeps_the_actor_until_its_iterations_are_done(toy, tmp_pa
     assert load_run_checkpoint(tmp_path / "run")[1]["run"]["critic_warmup"] == 2
 
 
+@pytest.mark.parametrize("rollout", ["learner", "executor"])
+def test_frozen_observation_statistics_stay_those_the_run_started_with(toy, tmp_path, rollout):
+    import attrs
+
+    from kdistill.executors import LocalExecutor
+    from kdistill.plugins import get_plugins
+
+    torch.set_num_threads(1)
+    trained_run(toy, tmp_path / "source")
+    start = load_run_checkpoint(tmp_path / "source")[1]["normalizer"]
+    spec = get_plugins().teachers.get("toy_tf")
+    base = make_trainer(toy, iterations=2)
+    base.close()
+    executor = LocalExecutor() if rollout == "executor" else None
+    for freeze in (True, False):
+        settings = attrs.evolve(base.settings, init=str(tmp_path / "source"), freeze_obs_norm=freeze)
+        run = tmp_path / f"run-{freeze}"
+        trainer = start_or_resume(toy, settings, spec, base.teacher_config, base.config, run, resume=False, executor=executor)
+        try:
+            trainer.train()
+        finally:
+            trainer.close()
+        saved = load_run_checkpoint(run)[1]["normalizer"]
+        same = saved["count"] == start["count"] and saved["mean"] == start["mean"] and saved["var"] == start["var"]
+        assert same == freeze
+
+
 def test_teacher_train_command_starts_from_init_and_resumes_without_it(tmp_path, monkeypatch, capsys):
     source, run = tmp_path / "source", tmp_path / "run"
     base = ["teacher", "train", "toy", "--steps", "4096", "--threads", "1", "--json"]

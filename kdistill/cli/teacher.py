@@ -38,6 +38,8 @@ def teacher_group() -> None:
                    "whose critic was never trained. [default: 0]")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Peak learning rate instead of the PPO preset's (e.g. smaller for an --init actor). [default: the preset's]")
+@click.option("--freeze-obs-norm", is_flag=True, default=None,
+              help="Keep the observation statistics the run starts with (an --init teacher's) instead of updating them.")
 @click.option("--seed", type=int, default=None, help="Random seed. [default: 0]")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for the model: cpu or cuda.")
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True,
@@ -54,7 +56,7 @@ def teacher_group() -> None:
 @data_dir_option
 def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: str | None, teacher: str | None, task_names: str | None,
               split: str | None, num_tasks: int | None, steps: int | None, resume: bool, init: str | None,
-              critic_warmup: int | None, lr: float | None, seed: int | None,
+              critic_warmup: int | None, lr: float | None, freeze_obs_norm: bool | None, seed: int | None,
               device: str, workers: int, executor_name: str, address: str | None, threads: int | None,
               checkpoint_every: int | None, as_json: bool, data_dir: str | None) -> None:
     """Train a teacher for DOMAIN with PPO.
@@ -65,7 +67,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
       kdistill teacher train unimal --out runs/t1 --resume          # continue after an interruption
       kdistill teacher train unimal --split train --steps 5000000 --out runs/t2 --executor ray --workers 8
       kdistill teacher train unimal --split train --steps 5000000 --out runs/t3 \
-          --init domains/unimal/pretrained/teacher-universal --critic-warmup 20 --lr 3e-5
+          --init domains/unimal/pretrained/teacher-universal --critic-warmup 20 --lr 3e-5 --freeze-obs-norm
 
     A checkpoint is written every --checkpoint-every iterations and at the end; an interruption loses at
     most the work since the last one; SIGTERM or a first Ctrl-C instead stops after the current
@@ -109,12 +111,16 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
     if lr is not None and saved and saved.get("lr") != lr:
         started = f"a learning rate of {saved['lr']}" if saved.get("lr") else "its preset's learning rate"
         raise KdistillError(f"--lr {lr}: the run in {run_dir} was started with {started}; resume it without --lr.")
+    if freeze_obs_norm and saved and not saved.get("freeze_obs_norm", False):
+        raise KdistillError(f"--freeze-obs-norm: the run in {run_dir} updates its observation statistics; resume it "
+                            f"without --freeze-obs-norm.")
     settings = RunSettings(domain=domain.name, tasks=tasks, teacher=teacher_name, preset=preset, teacher_preset=teacher_preset,
                            seed=seed if seed is not None else saved.get("seed", 0), total_steps=steps,
                            checkpoint_every=checkpoint_every or saved.get("checkpoint_every", 10),
                            init=init or saved.get("init", ""),
                            critic_warmup=critic_warmup if critic_warmup is not None else saved.get("critic_warmup", 0),
-                           lr=lr if lr is not None else saved.get("lr"))
+                           lr=lr if lr is not None else saved.get("lr"),
+                           freeze_obs_norm=bool(freeze_obs_norm or saved.get("freeze_obs_norm", False)))
     check_device(device)
     remote = executor_name != "local"
     if remote and workers < 1:

@@ -62,6 +62,7 @@ class RunSettings:
     init: str = ""  # the teacher whose weights and observation statistics the run started from ("" = fresh weights)
     critic_warmup: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # first iterations: the critic alone learns
     lr: float | None = None  # the PPO preset's peak learning rate, replaced (None = the preset's)
+    freeze_obs_norm: bool = False  # keep the observation statistics the run started with (from --init)
 
     def ppo_config(self, presets: dict[str, PPOConfig]) -> PPOConfig:
         """The PPO config of this run: its preset, with the learning rate it was given."""
@@ -118,6 +119,7 @@ class PPOTrainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, eps=config.adam_eps)
         self.generator = torch.Generator().manual_seed(settings.seed)  # action noise and minibatch order
         self.obs_norm = ObsNormalizer((self.layout.max_tokens, self.layout.obs_features), clip=config.obs_clip)
+        self.obs_norm.training = not settings.freeze_obs_norm
         self.reward_norm = RewardNormalizer(config.num_envs, gamma=config.gamma, clip=config.reward_clip)
         self.iteration = 0
         self.env_steps = 0
@@ -296,7 +298,8 @@ class PPOTrainer:
         buf = {k: torch.from_numpy(policy_norm.normalize(v[:s]) if k == "obs" else v[:s].copy())
                for k, v in obs.items() if k in keys}
         if job.reset:
-            self.obs_norm.rms.update(obs["obs"][0])
+            if self.obs_norm.training:
+                self.obs_norm.rms.update(obs["obs"][0])
             self.reward_norm.ret[:] = 0.0
         else:
             self.reward_norm.ret[got.fresh] = 0.0  # slices whose worker was replaced restarted their episodes
@@ -304,7 +307,8 @@ class PPOTrainer:
         rewards = np.empty_like(arrays["rewards"])
         for t in range(s):
             rewards[t] = self.reward_norm(arrays["rewards"][t], dones[t]) if cfg.normalize_reward else arrays["rewards"][t]
-            self.obs_norm.rms.update(obs["obs"][t + 1])
+            if self.obs_norm.training:
+                self.obs_norm.rms.update(obs["obs"][t + 1])
         for _t, _slot, task in got.unstable:
             self.unstable[task] += 1
         for _t, _slot, task, _return, length in got.episodes:
