@@ -51,9 +51,13 @@ def run_tasks(domain, saved: dict[str, Any], task_names: str | None, split: str 
 def agreeing(saved: dict[str, Any], given: Sequence[tuple[str, str, Any]]) -> None:
     """Refuse a resume where an option is given with another value than the run was started with.
 
-    ``given`` holds ``(option, key in saved, value)``; a value of None means the option was not given.
+    ``given`` holds ``(option, key in saved, value)``, or ``(option, key, value, default)`` for a setting that runs
+    saved before it existed lack (they ran with ``default``); a value of None means the option was not given.
     """
-    for option, key, value in given:
-        if saved and value is not None and key in saved and value != saved[key]:
-            raise KdistillError(f"the run was started with {option} {saved[key]}; resume without {option} "
+    for option, key, value, *default in given:
+        if not saved or value is None or (key not in saved and not default):
+            continue
+        started = saved.get(key, *default)
+        if value != started:
+            raise KdistillError(f"the run was started with {option} {started}; resume without {option} "
                                 f"(or with that value), or choose a new --out folder.")

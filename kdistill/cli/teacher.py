@@ -79,7 +79,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
     from kdistill.io import claim_folder, looks_like_run
     from kdistill.plugins import get_domain
     from kdistill.procs import StopRequest
-    from kdistill.resume import run_tasks, saved_run_settings
+    from kdistill.resume import agreeing, run_tasks, saved_run_settings
     from kdistill.rl.ppo import PPOConfig
     from kdistill.rl.trainer import RunSettings, start_or_resume
     from kdistill.teachers.lookup import find_teacher_spec
@@ -105,15 +105,11 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
     if init and saved and saved.get("init", "") != init:
         raise KdistillError(f"--init {init}: the run in {run_dir} started from "
                             f"{saved.get('init') or 'fresh weights'}; resume it without --init.")
-    if critic_warmup is not None and saved and saved.get("critic_warmup", 0) != critic_warmup:
-        raise KdistillError(f"--critic-warmup {critic_warmup}: the run in {run_dir} was started with "
-                            f"{saved.get('critic_warmup', 0)}; resume it without --critic-warmup.")
     if lr is not None and saved and saved.get("lr") != lr:
         started = f"a learning rate of {saved['lr']}" if saved.get("lr") else "its preset's learning rate"
         raise KdistillError(f"--lr {lr}: the run in {run_dir} was started with {started}; resume it without --lr.")
-    if freeze_obs_norm and saved and not saved.get("freeze_obs_norm", False):
-        raise KdistillError(f"--freeze-obs-norm: the run in {run_dir} updates its observation statistics; resume it "
-                            f"without --freeze-obs-norm.")
+    agreeing(saved, [("--critic-warmup", "critic_warmup", critic_warmup, 0),
+                     ("--freeze-obs-norm", "freeze_obs_norm", freeze_obs_norm, False)])
     settings = RunSettings(domain=domain.name, tasks=tasks, teacher=teacher_name, preset=preset, teacher_preset=teacher_preset,
                            seed=seed if seed is not None else saved.get("seed", 0), total_steps=steps,
                            checkpoint_every=checkpoint_every or saved.get("checkpoint_every", 10),
