@@ -112,3 +112,103 @@ def test_ppo_collects_and_updates_on_terrain(unimal_dir):
         assert not torch.equal(before, trainer.model.actor.extero.net[0].weight)  # the encoder learns
     finally:
         trainer.close()
+
+
+@pytest.mark.parametrize("build, cfg", [(build_transformer_teacher, TransformerTeacherConfig(d_model=32, num_layers=1, feedforward=64)),
+                                        (build_modumorph_teacher, ModuMorphTeacherConfig(d_model=32, num_layers=1, feedforward=64))])
+@pytest.mark.parametrize("hidden", [(), (16,)])
+def test_a_flat_teacher_grows_an_encoder_and_first_acts_as_before(build, cfg, hidden):
+    torch.manual_seed(0)
+    cfg = attrs.evolve(cfg, decoder_hidden=hidden)
+    flat = build(LAYOUT, cfg).eval()
+    for p in flat.parameters():  # trained-looking weights: no zero generator rows or zero biases left over from init
+        p.data.add_(0.05 * torch.randn_like(p))
+    terrain = build(TERRAIN_LAYOUT, cfg).eval()
+    fresh_encoder = {k: v.clone() for k, v in terrain.state_dict().items() if ".extero." in k}
+    terrain.load_state_adding_extero(flat.state_dict())
+    obs = obs_batch(TERRAIN_LAYOUT)
+    proprio = {k: v for k, v in obs.items() if k != "extero"}
+    with torch.no_grad():
+        for extero in (obs["extero"], obs["extero"] * 5 + 2):  # whatever the ground, the flat teacher's actions
+            seen = dict(obs, extero=extero)
+            torch.testing.assert_close(terrain.mu(seen), flat.mu(proprio), rtol=0, atol=1e-6)
+            torch.testing.assert_close(terrain.value(seen), flat.value(proprio), rtol=0, atol=1e-6)
+    for k, v in fresh_encoder.items():
+        assert torch.equal(terrain.state_dict()[k], v), k
+    # every other weight is the source's, the new inputs' part of the first decoder layer is zero
+    own = terrain.state_dict()
+    for k, v in flat.state_dict().items():
+        if own[k].shape == v.shape:
+            assert torch.equal(own[k], v), k
+        else:
+            grown = next(d for d in range(v.dim()) if own[k].shape[d] != v.shape[d])
+            assert torch.equal(own[k].narrow(grown, 0, v.shape[grown]), v)
+            assert not own[k].narrow(grown, v.shape[grown], own[k].shape[grown] - v.shape[grown]).any()
+    # and it learns to read the height field from there
+    opt = torch.optim.SGD(terrain.parameters(), lr=0.1)
+    terrain.train()
+    terrain.mu(obs).pow(2).sum().backward()
+    opt.step()
+    with torch.no_grad():
+        assert not torch.allclose(terrain.mu(dict(obs, extero=obs["extero"] * 5 + 2)), terrain.mu(obs))
+
+    with pytest.raises(ValueError, match="missing"):
+        terrain.load_state_adding_extero({k: v for k, v in flat.state_dict().items() if not k.startswith("critic.")})
+    with pytest.raises(ValueError, match="shape"):
+        other = build(LAYOUT, attrs.evolve(cfg, d_model=16, feedforward=32))
+        terrain.load_state_adding_extero(other.state_dict())
+
+
+def test_init_from_a_flat_run_starts_a_terrain_run(unimal_dir, tmp_path):
+    """``teacher train unimal:vt --init FLAT_RUN``: the vt run's first policy is the flat run's, on the same states."""
+    from kdistill.errors import CheckpointError
+    from kdistill.io import load_run_checkpoint
+    from kdistill.plugins import get_plugins
+    from kdistill.rl.trainer import start_or_resume
+
+    spec = get_plugins().teachers.get("metamorph")
+    config = PPOConfig(num_envs=2, num_steps=16, epochs=1, minibatch_size=16, sampling_warmup_iterations=1)
+    teacher_cfg = TransformerTeacherConfig(d_model=16, num_layers=1, num_heads=2, feedforward=32)
+    settings = RunSettings(domain="unimal", tasks=[SMALL], teacher="metamorph", preset="test", seed=0,
+                           total_steps=config.batch_size)
+    flat_domain = UnimalDomain(data_dir=unimal_dir)
+    flat = start_or_resume(flat_domain, settings, spec, teacher_cfg, config, tmp_path / "flat", resume=False)
+    try:
+        flat.train()
+    finally:
+        flat.close()
+    tensors, meta = load_run_checkpoint(tmp_path / "flat")
+    vt_domain = UnimalDomain(data_dir=unimal_dir, task_kind="vt")
+    vt = start_or_resume(vt_domain, attrs.evolve(settings, init=str(tmp_path / "flat")), spec, teacher_cfg, config,
+                         tmp_path / "vt", resume=False)
+    try:
+        np.testing.assert_array_equal(vt.obs_norm.rms.mean, np.asarray(meta["normalizer"]["mean"]))
+        env = vt_domain.make_env(SMALL)
+        raw, _ = env.reset(seed=3)
+        env.close()
+        obs = {k: torch.from_numpy(np.asarray(v))[None] for k, v in raw.items()}
+        obs["obs"] = torch.from_numpy(vt.obs_norm.normalize(raw["obs"][None]))
+        obs["extero"] = obs["extero"] + torch.rand(obs["extero"].shape)  # the start is flat: show it rough ground
+        vt.model.eval()
+        with torch.no_grad():
+            flat_model = spec.build(flat_domain.layout, teacher_cfg)
+            flat_model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+            flat_model.eval()
+            torch.testing.assert_close(vt.model.mu(obs), flat_model.mu({k: v for k, v in obs.items() if k != "extero"}),
+                                       rtol=0, atol=1e-6)
+    finally:
+        vt.close()
+    # the other way round (a terrain teacher on flat ground) has nowhere to put its encoder
+    obstacle = start_or_resume(UnimalDomain(data_dir=unimal_dir, task_kind="obstacle"), settings, spec, teacher_cfg,
+                               config, tmp_path / "obstacle", resume=False)
+    try:
+        obstacle.train()
+    finally:
+        obstacle.close()
+    back = PPOTrainer(flat_domain, settings, spec, teacher_cfg, config)
+    try:
+        o_tensors, o_meta = load_run_checkpoint(tmp_path / "obstacle")
+        with pytest.raises(CheckpointError, match="another layout"):
+            back.start_from(o_tensors, o_meta, "obstacle")
+    finally:
+        back.close()

@@ -32,7 +32,8 @@ def teacher_group() -> None:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its newest checkpoint (settings are taken from it).")
 @click.option("--init", "init", default=None, type=click.Path(exists=True, file_okay=False),
               help="Start from this teacher's weights and observation statistics (a distilled transformer or a "
-                   "PPO run, same --teacher and --teacher-preset) instead of fresh weights.")
+                   "PPO run, same --teacher and --teacher-preset) instead of fresh weights. A teacher made on a "
+                   "task without exteroception (flat ground) may start one with it (terrain): it first acts as before.")
 @click.option("--critic-warmup", type=click.IntRange(0), default=None,
               help="First iterations in which only the critic learns, the actor kept as it is: for an --init actor "
                    "whose critic was never trained. [default: 0]")

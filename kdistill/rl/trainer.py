@@ -40,7 +40,7 @@ from kdistill.rl.ppo import PPOConfig, compute_gae, learning_rate, ppo_update
 from kdistill.rl.rollout_workers import OBS_KEYS, RolloutJob, merge_slices, plan_slices, policy_weights
 from kdistill.rl.sampling import BalancedSampler, UniformSampler
 from kdistill.rl.vec import make_vec_env
-from kdistill.state import load_model_state, load_optimizer, model_tensors, optimizer_tensors
+from kdistill.state import MODEL_PREFIX, load_model_state, load_optimizer, model_tensors, optimizer_tensors
 
 _pos = attrs.validators.gt(0)
 
@@ -181,7 +181,11 @@ class PPOTrainer:
     def start_from(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], source: str) -> None:
         """Begin a new run from another teacher's weights and observation statistics: a transformer distilled from
         experts (``kdistill distill --student metamorph``) or an earlier PPO run. Everything else (optimiser,
-        counters, reward statistics, task sampler) starts fresh; the critic is trained on as it is."""
+        counters, reward statistics, task sampler) starts fresh; the critic is trained on as it is.
+
+        A teacher of the same domain made on a kind of task without exteroception (e.g. flat ground) may start a
+        run on a kind that has it (terrain): the architecture grows the exteroception encoder so that the new model
+        first acts exactly as the source (``load_state_adding_extero``)."""
         if meta.get("kind") != "teacher":
             raise CheckpointError(f"--init {source} is a {meta.get('kind')!r} policy, not a teacher; pass a teacher run or "
                                   f"a distilled transformer.")
@@ -189,10 +193,24 @@ class PPOTrainer:
             raise CheckpointError(f"--init {source} holds a {meta.get('arch')!r} teacher whose config differs from this run's "
                                   f"{self.settings.teacher!r} (preset {self.settings.teacher_preset or self.settings.preset!r}); "
                                   f"pass the --teacher and --teacher-preset it was made with.")
-        if _jsonable(meta.get("layout")) != _jsonable(self.layout.to_dict()):
-            raise CheckpointError(f"--init {source} was made for another layout of {meta.get('domain')!r} tasks than "
-                                  f"{self.settings.domain!r} has; pass a teacher of this domain.")
-        load_model_state(self.model, tensors)
+        saved, own = dict(_jsonable(meta.get("layout")) or {}), _jsonable(self.layout.to_dict())
+        adds_extero = (own.get("extero_features", 0) > 0 and not saved.get("extero_features")
+                       and {**saved, "extero_features": 0} == {**own, "extero_features": 0})
+        if not adds_extero:
+            if saved != own:
+                raise CheckpointError(f"--init {source} was made for another layout of {meta.get('domain')!r} tasks than "
+                                      f"{self.settings.domain!r} has; pass a teacher of this domain.")
+            check_task_kind(meta, self.domain, f"--init {source}")
+            load_model_state(self.model, tensors)
+        else:
+            grow = getattr(self.model, "load_state_adding_extero", None)
+            if grow is None:
+                raise CheckpointError(f"--init {source} reads no exteroception, and the {self.settings.teacher!r} teacher "
+                                      f"cannot add it to a trained model; pass a teacher made on this kind of task.")
+            try:
+                grow({k[len(MODEL_PREFIX):]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)})
+            except ValueError as e:
+                raise CheckpointError(f"--init {source}: {e}; it was saved with another architecture or config.") from None
         self.obs_norm.rms.load_state(meta["normalizer"])
 
     # training -------------------------------------------------------------------------------------
@@ -461,7 +479,6 @@ def start_or_resume(domain, settings: RunSettings, teacher_spec, teacher_config,
     try:
         if existing is None and settings.init:
             tensors, meta = load_checkpoint(latest_checkpoint(settings.init) or settings.init)
-            check_task_kind(meta, domain, f"--init {settings.init}")
             trainer.start_from(tensors, meta, settings.init)
         if existing is not None:
             tensors, meta = load_run_checkpoint(run_dir)

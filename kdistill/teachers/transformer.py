@@ -260,6 +260,37 @@ class TransformerActorCritic(nn.Module):
     def forward(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.mu(obs), self.value(obs)
 
+    def load_state_adding_extero(self, state: dict[str, torch.Tensor]) -> None:
+        """Load the weights of the same architecture built without exteroception, so that this model acts exactly as
+        that one until training teaches it to use the new input.
+
+        The exteroception encoders keep their fresh initialisation. The encoded exteroception is joined after the
+        token features, so it enters the decoder's first layer as trailing inputs: in that layer's weight (for
+        ModuMorph, in the rows of the generator that writes it) the source fills the leading slice and the trailing
+        part starts at zero."""
+        own = self.state_dict()
+        unexpected = sorted(set(state) - set(own))
+        if unexpected:
+            raise ValueError(f"weights {unexpected[:3]} have no place in this model")
+        loaded = {}
+        for key, target in own.items():
+            if key.startswith(("actor.extero.", "critic.extero.")):
+                loaded[key] = target
+                continue
+            if key not in state:
+                raise ValueError(f"weight {key} is missing")
+            source = state[key]
+            grown = [d for d in range(target.dim()) if source.dim() == target.dim() and source.shape[d] != target.shape[d]]
+            if source.shape == target.shape:
+                loaded[key] = source
+            elif len(grown) == 1 and source.shape[grown[0]] < target.shape[grown[0]]:
+                widened = torch.zeros_like(target)
+                widened.narrow(grown[0], 0, source.shape[grown[0]]).copy_(source)
+                loaded[key] = widened
+            else:
+                raise ValueError(f"weight {key} has shape {tuple(source.shape)}, not {tuple(target.shape)} or a slice of it")
+        self.load_state_dict(loaded)
+
 
 def build_transformer_teacher(layout: Layout, config: TransformerTeacherConfig) -> TransformerActorCritic:
     actor = TokenTransformer(layout.obs_features, layout.actions_per_token, config, layout.extero_features)
