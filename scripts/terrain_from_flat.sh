@@ -3,19 +3,20 @@
 # whose part of the decoder starts at zero (so it first acts exactly as on flat ground), fine-tuned by PPO on the
 # terrain task, then distilled into the HN-MLP and padded-MLP students and compared on training and test robots.
 # Every step is resumable: re-run the script after any interruption.
-#   1. PPO from the flat teacher on the terrain task; beside it the flat teacher unchanged (one critic-only iteration,
-#      so that it is a terrain checkpoint the other commands load)
+#   1. the flat teacher unchanged as a terrain checkpoint the other commands load (one critic-only iteration), and
+#      unless STEPS=0, PPO from it on the terrain task
 #   2. the fine-tuned teacher's data on the training robots
 #   3. HN-MLP and padded-MLP students
 #   4. the comparison on the training robots (16 episodes) and on all 102 test robots
 # Environment:
 #   TASK       vt or obstacle (required)
-#   NUM_TASKS  the first N training robots (default 20); STEPS, PPO env steps (default 2,000,000)
+#   NUM_TASKS  the first N training robots (default 20); STEPS, PPO env steps (default 2,000,000; 0: the teacher is
+#              the flat one unchanged)
 #   TEST_EPISODES  episodes per test robot (default 4); STUDENT_ROWS, rows per robot of the teacher's data (16,000)
 #   WORKERS    worker processes for the rollouts of collect and compare (default 1: this process)
 #   FLAT       the flat teacher (default domains/unimal/pretrained/teacher-cpu10); OUT, the run folder
-#              (default runs/from-flat-TASK); RUN, the PPO run (default OUT/teacher); KDISTILL, the command
-# As run on the 2-core VM: TASK=obstacle WORKERS=2 bash scripts/terrain_from_flat.sh (and TASK=vt)
+#              (default runs/from-flat-TASK, or runs/from-flat-TASK-STEPS with PPO); KDISTILL, the command
+# As run on the 2-core VM: TASK=obstacle STEPS=0 bash scripts/terrain_from_flat.sh (and TASK=vt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASK=${TASK:?set TASK=vt or TASK=obstacle}
@@ -24,8 +25,7 @@ STEPS=${STEPS:-2000000}
 TEST_EPISODES=${TEST_EPISODES:-4}
 STUDENT_ROWS=${STUDENT_ROWS:-16000}
 FLAT=${FLAT:-domains/unimal/pretrained/teacher-cpu10}
-OUT=${OUT:-runs/from-flat-$TASK}
-RUN=${RUN:-$OUT/teacher}
+if [ "$STEPS" -gt 0 ]; then OUT=${OUT:-runs/from-flat-$TASK-$STEPS}; RUN=$OUT/teacher; else OUT=${OUT:-runs/from-flat-$TASK}; RUN=$OUT/flat; fi
 K=${KDISTILL:-.venv/bin/kdistill}
 DOMAIN=unimal:$TASK
 POOL=()
@@ -34,17 +34,20 @@ SUBSET=(--split train --num-tasks "$NUM_TASKS")
 stamp() { echo "[from-flat $(date -u +%FT%TZ)] $*" >&2; }  # the wall time of each step, for the record
 mkdir -p "$OUT"
 
-stamp "PPO from the flat teacher"
-# 1. a small peak learning rate (the flat run ended at 8e-5) and a few critic-only iterations, for the new returns
-if [ -f "$RUN/latest.json" ]; then
-  $K teacher train $DOMAIN --out "$RUN" --resume
-else
-  $K teacher train $DOMAIN --preset cpu "${SUBSET[@]}" --steps "$STEPS" --init "$FLAT" --critic-warmup 5 --lr 1e-4 \
-    --out "$RUN"
-fi
+stamp "the flat teacher on the terrain task"
 if [ ! -f "$OUT/flat/latest.json" ]; then
   $K teacher train $DOMAIN --preset cpu "${SUBSET[@]}" --steps 4096 --init "$FLAT" --critic-warmup 1 \
     --freeze-obs-norm --out "$OUT/flat"
+fi
+if [ "$STEPS" -gt 0 ]; then
+  stamp "PPO from the flat teacher"
+  # a small peak learning rate (the flat run ended at 8e-5) and a few critic-only iterations, for the new returns
+  if [ -f "$RUN/latest.json" ]; then
+    $K teacher train $DOMAIN --out "$RUN" --resume
+  else
+    $K teacher train $DOMAIN --preset cpu "${SUBSET[@]}" --steps "$STEPS" --init "$FLAT" --critic-warmup 5 --lr 1e-4 \
+      --out "$RUN"
+  fi
 fi
 
 stamp "collect the teacher's data"
@@ -58,7 +61,8 @@ for s in hnmlp mlp; do
 done
 
 stamp "compare"
-POLICIES=teacher=$RUN,hnmlp=$OUT/hnmlp,mlp=$OUT/mlp,flat=$OUT/flat
+POLICIES=teacher=$RUN,hnmlp=$OUT/hnmlp,mlp=$OUT/mlp
+[ "$STEPS" -gt 0 ] && POLICIES=$POLICIES,flat=$OUT/flat
 if [ ! -f "$OUT/compare-train.json" ]; then
   $K compare $DOMAIN --policies "$POLICIES" "${SUBSET[@]}" --episodes 16 "${POOL[@]}" --out "$OUT/compare-train" \
     --json > "$OUT/compare-train.json.tmp" && mv "$OUT/compare-train.json.tmp" "$OUT/compare-train.json"

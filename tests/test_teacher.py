@@ -288,6 +288,16 @@ def test_init_starts_a_new_run_from_another_teachers_weights_and_statistics(toy,
                 other.start_from(src_tensors, meta, what)
         finally:
             other.close()
+    # a teacher saved before layouts had exteroception (no such key) has none, and starts this run
+    older = make_trainer(toy, iterations=2)
+    try:
+        assert src_meta["layout"]["extero_features"] == 0
+        older.start_from(src_tensors, {**src_meta, "layout": {k: v for k, v in src_meta["layout"].items()
+                                                               if k != "extero_features"}}, "older")
+        for k, v in older.model.state_dict().items():
+            assert torch.equal(v, src_tensors[f"model.{k}"]), k
+    finally:
+        older.close()
     paper = attrs.evolve(settings, teacher_preset="paper")
     with pytest.raises(CheckpointError, match="--teacher-preset"):
         start_or_resume(toy, paper, spec, spec.config_cls.presets()["paper"], source.config, tmp_path / "paper", resume=False)

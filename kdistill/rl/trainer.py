@@ -193,8 +193,10 @@ class PPOTrainer:
             raise CheckpointError(f"--init {source} holds a {meta.get('arch')!r} teacher whose config differs from this run's "
                                   f"{self.settings.teacher!r} (preset {self.settings.teacher_preset or self.settings.preset!r}); "
                                   f"pass the --teacher and --teacher-preset it was made with.")
-        saved, own = dict(_jsonable(meta.get("layout")) or {}), _jsonable(self.layout.to_dict())
-        adds_extero = (own.get("extero_features", 0) > 0 and not saved.get("extero_features")
+        # layouts saved before exteroception existed lack the key: they have none
+        saved = {"extero_features": 0, **(_jsonable(meta.get("layout")) or {})}
+        own = {"extero_features": 0, **_jsonable(self.layout.to_dict())}
+        adds_extero = (own["extero_features"] > 0 and not saved["extero_features"]
                        and {**saved, "extero_features": 0} == {**own, "extero_features": 0})
         if not adds_extero:
             if saved != own:
