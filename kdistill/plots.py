@@ -32,14 +32,19 @@ def save_figure(fig, path: str | os.PathLike) -> None:
 
 
 def learning_curve(records: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "PPO learning curve") -> None:
-    """Mean training-episode return (last 100 episodes, stochastic policy) against env steps."""
+    """Mean training-episode return (stochastic policy) against env steps: over the last 100 episodes, and, where the
+    run records it, over tasks (each task's last episodes), which the task sampler's preferences do not tilt."""
     plt = pyplot()
-    pts = [(r["env_steps"], r["mean_return"]) for r in records if r.get("mean_return") is not None]
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    if pts:
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], color="tab:blue", lw=1.6)
+    for key, label, color in (("mean_return", "last 100 episodes", "tab:blue"),
+                              ("task_mean_return", "mean over tasks (last 10 of each)", "tab:orange")):
+        pts = [(r["env_steps"], r[key]) for r in records if r.get(key) is not None]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, lw=1.6, label=label)
+    if any(r.get("task_mean_return") is not None for r in records):
+        ax.legend(loc="best", fontsize=8)
     ax.set_xlabel("env steps")
-    ax.set_ylabel("mean episode return (last 100)")
+    ax.set_ylabel("mean episode return (stochastic)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     save_figure(fig, path)

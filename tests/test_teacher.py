@@ -517,3 +517,35 @@ def test_unimal_paper_teacher_trains_an_iteration(unimal_dir, tmp_path):
     assert last["iteration"] == 1 and last["minibatches"] == 2 and np.isfinite(last["v_loss"])
     tensors, meta = load_run_checkpoint(tmp_path / "run")
     assert meta["arch"] == "metamorph" and Layout.from_dict(meta["layout"]) == domain.layout
+
+
+def test_task_mean_return_weighs_every_task_alike(toy):
+    """``task_mean_return``: the mean over tasks of each task's last 10 training returns, whichever tasks the sampler
+    favoured; recomputed here from the episodes each rollout reported."""
+    from kdistill.rl.trainer import RECENT_PER_TASK
+
+    torch.set_num_threads(1)
+    trainer = make_trainer(toy, iterations=6, config=small_config(num_steps=40), every=100)
+    episodes: list[list[tuple[str, float]]] = []
+    rollout = trainer.rollout
+
+    def spy():
+        batch, info = rollout()
+        episodes.append(list(zip(info["episode_tasks"], info["episode_returns"])))
+        return batch, info
+
+    trainer.rollout = spy
+    rows: list[dict] = []
+    try:
+        trainer.train(on_iteration=rows.append)
+    finally:
+        trainer.close()
+    by_task: dict[str, list[float]] = {}
+    for row, eps in zip(rows, episodes):
+        for task, ret in eps:
+            by_task.setdefault(task, []).append(ret)
+        want = np.mean([np.mean(r[-RECENT_PER_TASK:]) for r in by_task.values()]) if by_task else None
+        assert row["tasks_with_episodes"] == len(by_task)
+        assert (row["task_mean_return"] is None) if want is None else row["task_mean_return"] == pytest.approx(want)
+    assert set(by_task) <= set(trainer.settings.tasks) and len(by_task) > 1
+    assert max(len(r) for r in by_task.values()) > RECENT_PER_TASK  # the window, not every episode, counts

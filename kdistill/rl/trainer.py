@@ -75,6 +75,10 @@ class RunSettings:
         return d
 
 
+# episodes per task behind the metric task_mean_return
+RECENT_PER_TASK = 10
+
+
 def _reset_seed(seed: int, iteration: int) -> int:
     return int(np.random.SeedSequence([seed, iteration]).generate_state(1)[0])
 
@@ -126,6 +130,9 @@ class PPOTrainer:
         self.episodes = 0
         self.recent_returns: collections.deque = collections.deque(maxlen=100)
         self.recent_lengths: collections.deque = collections.deque(maxlen=100)
+        # the last episodes of each task: once the balanced sampler favours the hard tasks, the mean of the last 100
+        # episodes is mostly theirs, while the mean over tasks of each one's recent return weighs all tasks alike
+        self.recent_by_task: dict[str, collections.deque] = {}
         self.unstable: collections.Counter = collections.Counter()  # episodes ended unstable, per task, since this trainer started
         self._obs: dict[str, np.ndarray] | None = None
 
@@ -147,8 +154,12 @@ class PPOTrainer:
                                  for g in self.optimizer.state_dict()["param_groups"]],
             "counters": {"iteration": self.iteration, "env_steps": self.env_steps, "episodes": self.episodes,
                          "max_iterations": self.max_iterations},
-            "recent": {"returns": list(self.recent_returns), "lengths": list(self.recent_lengths)},
+            "recent": {"returns": list(self.recent_returns), "lengths": list(self.recent_lengths),
+                       "by_task": {t: list(r) for t, r in self.recent_by_task.items()}},
         }
+
+    def _task_returns(self, task: str) -> collections.deque:
+        return self.recent_by_task.setdefault(task, collections.deque(maxlen=RECENT_PER_TASK))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {**model_tensors(self.model), **optimizer_tensors(self.optimizer)}
@@ -175,6 +186,8 @@ class PPOTrainer:
         self.iteration, self.env_steps, self.episodes = counters["iteration"], counters["env_steps"], counters["episodes"]
         self.recent_returns.extend(meta["recent"]["returns"])
         self.recent_lengths.extend(meta["recent"]["lengths"])
+        for task, returns in meta["recent"].get("by_task", {}).items():  # absent from runs saved before it existed
+            self._task_returns(task).extend(returns)
         self._obs = None
         self._fresh = True
 
@@ -259,6 +272,7 @@ class PPOTrainer:
         buf["actions"] = torch.empty((s, n, self.layout.num_actions))
         returns: list[float] = []
         lengths: list[int] = []
+        tasks: list[str] = []
         std = self.model.action_std
         self.model.eval()
         for t in range(s):
@@ -285,10 +299,12 @@ class PPOTrainer:
                     self.sampler.update(ep["task"], ep["length"])
                     returns.append(ep["return"])
                     lengths.append(ep["length"])
+                    tasks.append(ep["task"])
             self._obs = self._normalise(raw)
         with torch.inference_mode():
             last_value = self.model.value(self._to_torch({k: self._obs[k] for k in keys})).float().cpu()
-        return self._batch(buf, last_value), {"episode_returns": returns, "episode_lengths": lengths, "keys": keys}
+        return self._batch(buf, last_value), {"episode_returns": returns, "episode_lengths": lengths,
+                                              "episode_tasks": tasks, "keys": keys}
 
     def _batch(self, buf: dict[str, torch.Tensor], last_value: torch.Tensor) -> dict[str, torch.Tensor]:
         """GAE returns added, then ``(steps, envs, ...)`` flattened onto the model's device."""
@@ -338,7 +354,7 @@ class PPOTrainer:
                    values=torch.from_numpy(arrays["values"]), logp=torch.from_numpy(arrays["logp"]),
                    actions=torch.from_numpy(arrays["actions"]))
         info = {"episode_returns": [e[3] for e in got.episodes], "episode_lengths": [e[4] for e in got.episodes],
-                "keys": keys}
+                "episode_tasks": [e[2] for e in got.episodes], "keys": keys}
         return self._batch(buf, torch.from_numpy(got.last_value)), info
 
     def train(self, on_iteration: Callable[[dict[str, Any]], None] | None = None,
@@ -376,6 +392,8 @@ class PPOTrainer:
             self.episodes += len(info["episode_returns"])
             self.recent_returns.extend(info["episode_returns"])
             self.recent_lengths.extend(info["episode_lengths"])
+            for task, ret in zip(info["episode_tasks"], info["episode_returns"]):
+                self._task_returns(task).append(ret)
             self.sampler.next_iteration()
             self._sync_sampler()
             probs = self.sampler.probs()
@@ -383,6 +401,9 @@ class PPOTrainer:
                 "iteration": self.iteration, "env_steps": self.env_steps, "episodes": self.episodes, "lr": lr,
                 "mean_return": float(np.mean(self.recent_returns)) if self.recent_returns else None,
                 "mean_length": float(np.mean(self.recent_lengths)) if self.recent_lengths else None,
+                "task_mean_return": (float(np.mean([np.mean(self.recent_by_task[t]) for t in sorted(self.recent_by_task)]))
+                                     if self.recent_by_task else None),
+                "tasks_with_episodes": len(self.recent_by_task),
                 "iteration_episodes": len(info["episode_returns"]),
                 "iteration_mean_return": float(np.mean(info["episode_returns"])) if info["episode_returns"] else None,
                 "rollout_s": t1 - t0, "update_s": t2 - t1, "steps_per_s": cfg.batch_size / (t2 - t0),
