@@ -12,18 +12,26 @@
 #   TASK       vt or obstacle (required)
 #   NUM_TASKS  the first N training robots (default 20); STEPS, PPO env steps (default 2,000,000; 0: the teacher is
 #              the flat one unchanged)
-#   TEST_EPISODES  episodes per test robot (default 4); STUDENT_ROWS, rows per robot of the teacher's data (16,000)
+#   TEST_EPISODES  episodes per test robot (default 4), TRAIN_EPISODES per training robot (16)
+#   STUDENT_ROWS  rows per robot of the teacher's data (16,000); EPOCHS, the students' epochs (default: distill's)
+#   STUDENTS   the students to distil (default "hnmlp mlp")
 #   WORKERS    worker processes for the rollouts of collect and compare (default 1: this process)
 #   FLAT       the flat teacher (default domains/unimal/pretrained/teacher-cpu10); OUT, the run folder
 #              (default runs/from-flat-TASK, or runs/from-flat-TASK-STEPS with PPO); KDISTILL, the command
-# As run on the 2-core VM: TASK=obstacle STEPS=0 bash scripts/terrain_from_flat.sh (and TASK=vt)
+# As run on the 2-core VM (docs/terrain.md):
+#   TASK=obstacle STEPS=0 bash scripts/terrain_from_flat.sh          (and TASK=vt)
+#   TASK=vt STEPS=0 NUM_TASKS=100 STUDENT_ROWS=8000 EPOCHS=25 TRAIN_EPISODES=4 STUDENTS=hnmlp OUT=runs/from-flat-vt-100 \
+#     bash scripts/terrain_from_flat.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASK=${TASK:?set TASK=vt or TASK=obstacle}
 NUM_TASKS=${NUM_TASKS:-20}
 STEPS=${STEPS:-2000000}
 TEST_EPISODES=${TEST_EPISODES:-4}
+TRAIN_EPISODES=${TRAIN_EPISODES:-16}
 STUDENT_ROWS=${STUDENT_ROWS:-16000}
+STUDENTS=${STUDENTS:-hnmlp mlp}
+EPOCHS_OPT=(); [ -n "${EPOCHS:-}" ] && EPOCHS_OPT=(--epochs "$EPOCHS")
 FLAT=${FLAT:-domains/unimal/pretrained/teacher-cpu10}
 if [ "$STEPS" -gt 0 ]; then OUT=${OUT:-runs/from-flat-$TASK-$STEPS}; RUN=$OUT/teacher; else OUT=${OUT:-runs/from-flat-$TASK}; RUN=$OUT/flat; fi
 K=${KDISTILL:-.venv/bin/kdistill}
@@ -55,16 +63,17 @@ $K expert collect $DOMAIN --teacher "$RUN" "${SUBSET[@]}" --samples-per-task "$S
   --out "$OUT/data"
 
 stamp "students"
-for s in hnmlp mlp; do
+POLICIES=teacher=$RUN
+for s in $STUDENTS; do
   resume=(); [ -f "$OUT/$s/latest.json" ] && resume=(--resume)
-  $K distill $DOMAIN --data "$OUT/data" --student $s --out "$OUT/$s" "${resume[@]}"
+  $K distill $DOMAIN --data "$OUT/data" --student $s "${EPOCHS_OPT[@]}" --out "$OUT/$s" "${resume[@]}"
+  POLICIES=$POLICIES,$s=$OUT/$s
 done
 
 stamp "compare"
-POLICIES=teacher=$RUN,hnmlp=$OUT/hnmlp,mlp=$OUT/mlp
 [ "$STEPS" -gt 0 ] && POLICIES=$POLICIES,flat=$OUT/flat
 if [ ! -f "$OUT/compare-train.json" ]; then
-  $K compare $DOMAIN --policies "$POLICIES" "${SUBSET[@]}" --episodes 16 "${POOL[@]}" --out "$OUT/compare-train" \
+  $K compare $DOMAIN --policies "$POLICIES" "${SUBSET[@]}" --episodes "$TRAIN_EPISODES" "${POOL[@]}" --out "$OUT/compare-train" \
     --json > "$OUT/compare-train.json.tmp" && mv "$OUT/compare-train.json.tmp" "$OUT/compare-train.json"
 fi
 if [ ! -f "$OUT/compare-test.json" ]; then

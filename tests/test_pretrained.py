@@ -35,13 +35,14 @@ def _first_obs(domain, task: str) -> dict:
 @pytest.mark.parametrize("name, domain_name, kind, tasks", [
     ("experts-flat", "unimal", "experts", 100), ("teacher-universal", "unimal", "teacher", 100),
     ("hnmlp-universal", "unimal", "student", 100), ("teacher-vt", "unimal:vt", "teacher", 20),
-    ("teacher-obstacle", "unimal:obstacle", "teacher", 20)])
+    ("teacher-obstacle", "unimal:obstacle", "teacher", 20), ("teacher-vt-from-flat", "unimal:vt", "teacher", 20),
+    ("teacher-obstacle-from-flat", "unimal:obstacle", "teacher", 20)])
 def test_shipped_models_load_and_act_on_their_robots_and_on_unseen_ones(unimal_dir, name, domain_name, kind, tasks):
     unimal = _domain(domain_name, unimal_dir)
     policy = load_policy(PRETRAINED / name, domain=unimal)
     assert policy.kind == kind
     meta = policy.meta
-    trained_on = meta.get("train_tasks") or [t["name"] for t in meta["tasks"]]
+    trained_on = meta.get("train_tasks") or meta.get("run", {}).get("tasks") or [t["name"] for t in meta["tasks"]]
     assert len(trained_on) == tasks and set(trained_on) == set(unimal.tasks("train")[:tasks])
     for split in ("train", "test") if kind != "experts" else ("train",):  # experts have no unseen robots
         task = unimal.tasks(split)[-1]
@@ -51,7 +52,7 @@ def test_shipped_models_load_and_act_on_their_robots_and_on_unseen_ones(unimal_d
 
 
 def test_the_demo_teacher_of_each_task_kind_is_a_shipped_teacher_of_that_kind(unimal_dir):
-    expected = {"ft": "teacher-cpu10", "vt": "teacher-vt", "obstacle": "teacher-obstacle"}
+    expected = {"ft": "teacher-cpu10", "vt": "teacher-vt-from-flat", "obstacle": "teacher-obstacle-from-flat"}
     for kind, name in expected.items():
         domain = _domain(f"unimal:{kind}", unimal_dir)
         teacher = domain.pretrained_teacher()
@@ -113,3 +114,22 @@ def test_a_float16_shipped_checkpoint_loads_as_float32_and_acts_like_the_origina
     for policy in (a, b):
         policy.prepare(task, domain.context(task))
     np.testing.assert_allclose(b.act(obs), a.act(obs), rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["vt", "obstacle"])
+def test_the_terrain_teachers_grown_from_the_flat_one_keep_its_actor(kind):
+    """``teacher-KIND-from-flat`` is ``teacher-cpu10`` grown a height-field encoder: every actor weight the two share
+    is the flat teacher's, and the decoder's inputs from the encoder start at zero."""
+    from kdistill.io import latest_checkpoint, load_checkpoint
+
+    flat, _ = load_checkpoint(latest_checkpoint(PRETRAINED / "teacher-cpu10"))
+    grown, meta = load_checkpoint(latest_checkpoint(PRETRAINED / f"teacher-{kind}-from-flat"))
+    assert meta["task_kind"] == kind and meta["layout"]["extero_features"] > 0
+    actor = [k for k in flat if k.startswith("model.actor.")]
+    assert actor and any(k.startswith("model.actor.extero.") for k in grown)
+    for k in actor:
+        if grown[k].shape == flat[k].shape:
+            assert np.array_equal(grown[k].numpy(), flat[k].numpy()), k
+        else:  # the first decoder layer: the flat weights, then zeros for the encoded height field
+            d = flat[k].shape[-1]
+            assert np.array_equal(grown[k][..., :d].numpy(), flat[k].numpy()) and not grown[k][..., d:].any(), k
