@@ -454,6 +454,7 @@ def test_teacher_train_command_writes_a_run_and_resumes(tmp_path, monkeypatch, c
     assert code == 0, err
     first = json.loads(out)
     assert first["env_steps"] == 8192 and first["iterations"] == 2 and first["tasks"] == 4
+    assert first["task_mean_return"] == read_jsonl(run / "metrics.jsonl")[-1]["task_mean_return"] is not None
     assert (run / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [r["iteration"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2]
     # an existing run is not overwritten by accident

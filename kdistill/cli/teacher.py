@@ -152,7 +152,8 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
             worst = ", ".join(f"{t} ({n})" for t, n in sorted(unstable.items(), key=lambda kv: -kv[1])[:5])
             err_console.print(f"{sum(unstable.values())} episode(s) ended because the simulation went unstable: {worst}; "
                               f"check these tasks with `kdistill env check {domain.name} --tasks NAMES`.")
-        err_console.print(f"done: {summary['env_steps']:,} env steps, mean return {summary['mean_return']}, "
+        err_console.print(f"done: {summary['env_steps']:,} env steps, mean return {summary['mean_return']} "
+                          f"(over tasks {summary['task_mean_return']}), "
                           f"{summary['steps_per_s']:.0f} env steps/s; checkpoint {summary['checkpoint']}")
     if stopped:
         raise click.exceptions.Exit(stop.exit_code)
@@ -180,8 +181,10 @@ def _train_with_progress(trainer, run_dir: Path, quiet: bool, should_stop=None) 
         def on_iteration(m: dict[str, Any]) -> None:
             timings.append((m["rollout_s"], m["update_s"]))
             ret = "-" if m["mean_return"] is None else f"{m['mean_return']:.1f}"
+            per_task = "-" if m.get("task_mean_return") is None else f"{m['task_mean_return']:.1f}"
             progress.update(bar, completed=m["env_steps"],
-                            status=f"{m['steps_per_s']:.0f} steps/s  return {ret}  kl {m.get('approx_kl', 0):.4f}")
+                            status=f"{m['steps_per_s']:.0f} steps/s  return {ret}  over tasks {per_task}  "
+                                   f"kl {m.get('approx_kl', 0):.4f}")
             if m.get("checkpoint"):
                 plot()
 
@@ -195,6 +198,7 @@ def _train_with_progress(trainer, run_dir: Path, quiet: bool, should_stop=None) 
         "run": str(run_dir), "checkpoint": str(ckpt) if ckpt else None, "env_steps": trainer.env_steps,
         "iterations": trainer.iteration, "wall_s": wall, "steps_per_s": done / wall if wall > 0 and done else 0.0,
         "mean_return": last.get("mean_return") if last else None,
+        "task_mean_return": last.get("task_mean_return") if last else None,
         "rollout_s_mean": sum(t[0] for t in timings) / len(timings) if timings else None,
         "update_s_mean": sum(t[1] for t in timings) / len(timings) if timings else None,
         "learning_curve": str(run_dir / "learning_curve.png"),
