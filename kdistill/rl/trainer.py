@@ -30,7 +30,7 @@ import attrs
 import numpy as np
 import torch
 
-from kdistill.domain import check_task_kind, task_kind_meta
+from kdistill.domain import Layout, check_task_kind, task_kind_meta
 from kdistill.errors import CheckpointError, KdistillError
 from kdistill.executors import DomainRef
 from kdistill.io import NonFiniteError, append_jsonl, latest_checkpoint, load_checkpoint, load_run_checkpoint, save_run_checkpoint, truncate_jsonl
@@ -206,13 +206,14 @@ class PPOTrainer:
             raise CheckpointError(f"--init {source} holds a {meta.get('arch')!r} teacher whose config differs from this run's "
                                   f"{self.settings.teacher!r} (preset {self.settings.teacher_preset or self.settings.preset!r}); "
                                   f"pass the --teacher and --teacher-preset it was made with.")
-        # layouts saved before exteroception existed lack the key: they have none
-        saved = {"extero_features": 0, **(_jsonable(meta.get("layout")) or {})}
-        own = {"extero_features": 0, **_jsonable(self.layout.to_dict())}
-        adds_extero = (own["extero_features"] > 0 and not saved["extero_features"]
-                       and {**saved, "extero_features": 0} == {**own, "extero_features": 0})
+        try:
+            saved = Layout.from_dict(meta["layout"])  # a layout saved before exteroception existed has none
+        except (KeyError, TypeError, ValueError):
+            saved = None
+        adds_extero = (saved is not None and self.layout.extero_features > 0 and saved.extero_features == 0
+                       and attrs.evolve(saved, extero_features=self.layout.extero_features) == self.layout)
         if not adds_extero:
-            if saved != own:
+            if saved != self.layout:
                 raise CheckpointError(f"--init {source} was made for another layout of {meta.get('domain')!r} tasks than "
                                       f"{self.settings.domain!r} has; pass a teacher of this domain.")
             check_task_kind(meta, self.domain, f"--init {source}")
