@@ -550,3 +550,47 @@ def test_task_mean_return_weighs_every_task_alike(toy):
         assert (row["task_mean_return"] is None) if want is None else row["task_mean_return"] == pytest.approx(want)
     assert set(by_task) <= set(trainer.settings.tasks) and len(by_task) > 1
     assert max(len(r) for r in by_task.values()) > RECENT_PER_TASK  # the window, not every episode, counts
+
+
+def test_teacher_status_reports_a_run_while_it_is_unfinished(tmp_path, monkeypatch, capsys):
+    """`teacher status`: counters and per-task record of the newest checkpoint, the rate from metrics.jsonl and the
+    time left, recomputed here from the files the run wrote; one clear line for a folder that is not a teacher run."""
+    from kdistill.io import load_run_checkpoint, save_checkpoint
+    from kdistill.procs import StopRequest
+
+    enter = StopRequest.__enter__
+
+    def signalled(self):
+        enter(self)
+        self.signal = "SIGTERM"
+        return self
+
+    monkeypatch.setattr(StopRequest, "__enter__", signalled)
+    run = tmp_path / "run"
+    code, _, err = _cli(["teacher", "train", "toy", "--out", str(run), "--steps", "40960", "--threads", "1"],
+                        monkeypatch, capsys)
+    assert code == 143, err
+    monkeypatch.setattr(StopRequest, "__enter__", enter)
+    code, out, err = _cli(["teacher", "status", str(run), "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    s = json.loads(out)
+    _, meta = load_run_checkpoint(run, as_torch=False)
+    [m] = read_jsonl(run / "metrics.jsonl")
+    assert (s["env_steps"], s["total_steps"], s["iteration"], s["done"]) == (4096, 40960, 1, False)
+    assert s["steps_per_s"] == pytest.approx(4096 / (m["rollout_s"] + m["update_s"]))
+    assert s["eta_s"] == pytest.approx((40960 - 4096) / s["steps_per_s"])
+    assert [t["task"] for t in s["per_task"]] == meta["run"]["tasks"]
+    assert sum(t["episodes"] for t in s["per_task"]) == meta["counters"]["episodes"] > 0
+    for t in s["per_task"]:
+        returns = meta["recent"]["by_task"].get(t["task"], [])
+        assert t["recent_episodes"] == len(returns)
+        assert t["recent_return"] == (pytest.approx(np.mean(returns)) if returns else None)
+    assert s["task_mean_return"] == m["task_mean_return"]
+    code, out, _ = _cli(["teacher", "status", str(run)], monkeypatch, capsys)
+    assert code == 0 and "4,096 of 40,960 env steps (10.0%)" in out and meta["run"]["tasks"][0] in out
+    # not a teacher run: one line, exit code 2
+    code, _, err = _cli(["teacher", "status", str(tmp_path)], monkeypatch, capsys)
+    assert code == 2 and "no teacher checkpoint" in err and len(err.strip().splitlines()) == 1
+    save_checkpoint(tmp_path / "student" / "ckpt-000000000001", {}, {"kind": "student"})
+    code, _, err = _cli(["teacher", "status", str(tmp_path / "student")], monkeypatch, capsys)
+    assert code == 2 and "kind 'student', not a teacher run" in err

@@ -205,3 +205,43 @@ def _train_with_progress(trainer, run_dir: Path, quiet: bool, should_stop=None) 
         "unstable_episodes": dict(getattr(trainer, "unstable", {})),
         "stopped_on_request": bool(last.get("stopped_on_request")),
     }
+
+
+@teacher_group.command("status")
+@click.argument("run", type=click.Path())
+@json_option
+def status_cmd(run: str, as_json: bool) -> None:
+    """Where teacher run RUN stands: env steps, rate and time left, latest returns, and per task its
+    episodes, mean episode length, sampling probability and recent training return.
+
+    Reads only the newest complete checkpoint's meta.json and metrics.jsonl, so it is safe while the run
+    trains. Training returns are under the PPO action noise; `kdistill eval` measures the mean action.
+    """
+    from rich.table import Table
+
+    from kdistill.cli.options import console
+    from kdistill.rl.trainer import run_status
+
+    s = run_status(run)
+    if as_json:
+        print_json(s)
+        return
+
+    def num(x, fmt=",.0f"):
+        return "-" if x is None else format(x, fmt)
+
+    table = Table(title=f"{s['teacher']} on {s['domain']}, {s['tasks']} tasks: checkpoint {s['checkpoint']}")
+    for col in ("task", "episodes", "mean length", "sampled", "recent return"):
+        table.add_column(col, justify="left" if col == "task" else "right", overflow="fold")
+    for t in s["per_task"]:
+        table.add_row(t["task"], num(t["episodes"]), num(t["mean_length"]),
+                      "-" if t["sampling_prob"] is None else f"{100 * t['sampling_prob']:.1f}%",
+                      "-" if t["recent_return"] is None else f"{t['recent_return']:,.0f} ({t['recent_episodes']})")
+    console.print(table)
+    fraction = s["logged_env_steps"] / s["total_steps"] if s["total_steps"] else 0.0
+    eta = "done" if s["done"] else ("-" if s["eta_s"] is None else f"{s['eta_s'] / 3600:.1f} h left")
+    console.print(f"{s['logged_env_steps']:,} of {s['total_steps']:,} env steps ({100 * fraction:.1f}%), "
+                  f"{num(s['steps_per_s'])} env steps/s, {eta}; lr {num(s['lr'], '.2e')}", markup=False)
+    console.print(f"training return: last 100 episodes {num(s['mean_return'], ',.1f')}, over tasks "
+                  f"{num(s['task_mean_return'], ',.1f')} ({s['tasks_with_episodes']} of {s['tasks']} tasks with "
+                  f"episodes)", markup=False)

@@ -516,3 +516,58 @@ def start_or_resume(domain, settings: RunSettings, teacher_spec, teacher_config,
         trainer.close()
         raise
     return trainer
+
+
+# progress of a run, read while it trains ---------------------------------------------------------------
+
+STATUS_RATE_WINDOW = 20  # iterations whose mean rate gives the status's steps/s and time left
+
+
+def run_status(run_dir) -> dict[str, Any]:
+    """Where teacher run ``run_dir`` stands: its newest complete checkpoint's counters and per-task episode
+    record, with the rate and the latest metrics from ``metrics.jsonl``. Reads JSON only (never the weights), so
+    it is safe while the run trains."""
+    from kdistill.io import read_json_object, read_jsonl
+
+    run_dir = Path(run_dir)
+    ckpt = latest_checkpoint(run_dir) if run_dir.is_dir() else None
+    if ckpt is None:
+        raise KdistillError(f"{run_dir} holds no teacher checkpoint yet; pass a teacher run folder "
+                            f"(or wait for its first checkpoint).")
+    meta = read_json_object(ckpt / "meta.json")
+    if meta.get("kind") != "teacher":
+        raise KdistillError(f"{run_dir} holds a checkpoint of kind {meta.get('kind')!r}, not a teacher run; pass the "
+                            f"folder of a `kdistill teacher train` run.")
+    counters, run, sampler = meta.get("counters", {}), meta.get("run", {}), meta.get("sampler", {})
+    if not counters or not run:
+        raise KdistillError(f"{run_dir} holds a teacher without a PPO run record (a distilled or shipped one); "
+                            f"`kdistill eval` measures it.")
+    metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if "env_steps" in m]
+    last = metrics[-1] if metrics else {}
+    window = [m for m in metrics[-STATUS_RATE_WINDOW:] if m.get("steps_per_s")]
+    spent = sum(m["rollout_s"] + m["update_s"] for m in window)
+    rate = sum(m["steps_per_s"] * (m["rollout_s"] + m["update_s"]) for m in window) / spent if spent > 0 else None
+    env_steps = int(counters["env_steps"])
+    logged = int(last.get("env_steps", env_steps))
+    total = int(run.get("total_steps") or 0)
+    recent = meta.get("recent", {}).get("by_task", {})
+    sampled = dict(zip(sampler.get("tasks", []), zip(sampler.get("episodes", []), sampler.get("mean_length", []),
+                                                   sampler.get("probs", []))))
+    per_task = []
+    for task in run.get("tasks", []):
+        returns = recent.get(task, [])
+        episodes, mean_length, prob = sampled.get(task, (None, None, None))
+        per_task.append({"task": task, "episodes": episodes, "mean_length": mean_length, "sampling_prob": prob,
+                         "recent_return": float(np.mean(returns)) if returns else None, "recent_episodes": len(returns)})
+    return {
+        "run": str(run_dir), "checkpoint": ckpt.name, "domain": meta.get("domain"), "teacher": meta.get("arch"),
+        "preset": run.get("preset"), "teacher_preset": run.get("teacher_preset"), "init": run.get("init") or None,
+        "tasks": len(run.get("tasks", [])), "env_steps": env_steps, "logged_env_steps": logged, "total_steps": total,
+        "iteration": counters.get("iteration"), "max_iterations": counters.get("max_iterations"),
+        "episodes": counters.get("episodes"), "done": bool(total) and env_steps >= total,
+        "steps_per_s": rate, "eta_s": (total - logged) / rate if rate and total > logged else (0.0 if total else None),
+        "lr": last.get("lr"), "mean_return": last.get("mean_return"), "task_mean_return": last.get("task_mean_return"),
+        "tasks_with_episodes": sum(t["recent_episodes"] > 0 for t in per_task),
+        "per_task": per_task,
+    }
+
