@@ -594,3 +594,8 @@ def test_teacher_status_reports_a_run_while_it_is_unfinished(tmp_path, monkeypat
     save_checkpoint(tmp_path / "student" / "ckpt-000000000001", {}, {"kind": "student"})
     code, _, err = _cli(["teacher", "status", str(tmp_path / "student")], monkeypatch, capsys)
     assert code == 2 and "kind 'student', not a teacher run" in err
+    # a distilled teacher has epochs, not a PPO run's counters
+    save_checkpoint(tmp_path / "distilled" / "ckpt-000000000001", {},
+                    {"kind": "teacher", "counters": {"epoch": 1, "step": 2, "samples": 3}, "run": {"epochs": 1}})
+    code, _, err = _cli(["teacher", "status", str(tmp_path / "distilled")], monkeypatch, capsys)
+    assert code == 2 and "without a PPO run record" in err

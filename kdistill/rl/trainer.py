@@ -539,7 +539,7 @@ def run_status(run_dir) -> dict[str, Any]:
         raise KdistillError(f"{run_dir} holds a checkpoint of kind {meta.get('kind')!r}, not a teacher run; pass the "
                             f"folder of a `kdistill teacher train` run.")
     counters, run, sampler = meta.get("counters", {}), meta.get("run", {}), meta.get("sampler", {})
-    if not counters or not run:
+    if "env_steps" not in counters or not run:
         raise KdistillError(f"{run_dir} holds a teacher without a PPO run record (a distilled or shipped one); "
                             f"`kdistill eval` measures it.")
     metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if "env_steps" in m]
