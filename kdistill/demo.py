@@ -59,8 +59,13 @@ class Steps:
 
     def __call__(self, name: str, args: list[str], title: str) -> dict[str, Any]:
         record = self.out / "steps" / f"{name}.json"
+        pinned = [a for a in args if a != "--resume"]  # what the step computes from, whichever run of the demo did it
         if record.exists():
             result = json.loads(record.read_text())
+            if "_args" in result and result["_args"] != pinned:
+                raise KdistillError(f"demo step {name!r} in {self.out} was done with other options (kdistill "
+                                    f"{' '.join(result['_args'])}); re-run the demo with the same options, or pass "
+                                    f"--fresh or another --out.")
             self.timings[name] = result.get("_wall_s", 0.0)
             self._say(f"- {title}: done earlier ({record})")
             return result
@@ -80,7 +85,7 @@ class Steps:
             result = json.loads(proc.stdout)
         except json.JSONDecodeError:
             raise KdistillError(f"demo step {name!r} printed no JSON result; run `kdistill {' '.join(args)} --json` alone.") from None
-        result["_wall_s"] = wall
+        result["_wall_s"], result["_args"] = wall, pinned
         self.timings[name] = wall
         atomic_write_json(record, result)
         return result

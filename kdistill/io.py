@@ -378,24 +378,27 @@ def check_writable(folder: str | os.PathLike, option: str = "--out") -> None:
         raise KdistillError(f"{option} {folder} is not writable ({exc.strerror}); choose a folder you can write to.") from None
 
 
-def prepare_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
-    """Create ``path`` if needed and check that files can be written there (before any long work)."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise KdistillError(f"{option} {path} is a file, not a folder; choose a folder.")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise KdistillError(f"{option} {path} cannot be created ({exc.strerror}); choose another folder.") from None
-    check_writable(path, option)
-    return path
+def check_can_create(folder: str | os.PathLike, option: str = "--out") -> Path:
+    """Raise a one-line error unless ``folder`` exists as a writable folder or could be created (its nearest
+    existing ancestor is a writable folder). Creates nothing: for checking an output path before the rest of
+    a command's inputs; the writer creates the folder."""
+    folder = Path(folder)
+    for existing in (folder, *folder.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                raise KdistillError(f"{option} {folder}: {existing} is a file, not a folder; choose another path.")
+            check_writable(existing, option)
+            return folder
+    return folder
 
 
-def claim_folder(path: str | os.PathLike, kind: str, option: str = "--out", legacy=None) -> Path:
+def claim_folder(path: str | os.PathLike, kind: str, option: str = "--out", legacy=None, check_only: bool = False) -> Path:
     """Make ``path`` a folder of ``kind`` that this command may write into, or raise a one-line error.
 
     A new or empty folder gets the mark. A marked folder must be of the same kind. An unmarked folder with
     files is taken only if ``legacy(path)`` says it is a folder of this kind (and then gets the mark).
+    ``check_only``: raise the same errors but create and mark nothing, for a command that checks the rest of
+    its inputs before it claims the folder.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -415,7 +418,9 @@ def claim_folder(path: str | os.PathLike, kind: str, option: str = "--out", lega
         if entries and not (legacy is not None and legacy(path)):
             raise KdistillError(f"{option} {path} already holds files that are not kdistill {_kind_words(kind)}; "
                                 f"choose a new or empty folder (kdistill overwrites only what it wrote).")
-    else:
+    if check_only:
+        return path
+    if not path.is_dir():
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -425,6 +430,15 @@ def claim_folder(path: str | os.PathLike, kind: str, option: str = "--out", lega
     except OSError as exc:
         raise KdistillError(f"{option} {path} is not writable ({exc.strerror}); choose a folder you can write to.") from None
     return path
+
+
+def claim_results_folder(path: str | os.PathLike, kind: str, files: set[str], option: str = "--out") -> Path:
+    """``claim_folder`` for a folder of result ``files`` (eval, compare, bench): an unmarked folder that holds
+    nothing but those files, an earlier result written before folders were marked, is taken too."""
+    def only_results(folder: Path) -> bool:
+        return all(p.name in files or p.name == OWNER_FILE for p in folder.iterdir())
+
+    return claim_folder(path, kind, option, legacy=only_results)
 
 
 def looks_like_run(kind: str):

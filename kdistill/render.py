@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from kdistill.errors import KdistillError
-from kdistill.io import file_mode, prepare_output_dir
+from kdistill.io import check_can_create, file_mode
 
 FORMATS = (".gif", ".mp4")
 
@@ -33,7 +33,7 @@ def check_video_path(out: str | Path, overwrite: bool = False, option: str = "--
         raise KdistillError(f"{option} {out} is a folder; give a file name such as {path / 'clip.gif'}.")
     if path.exists() and not overwrite:
         raise KdistillError(f"{option} {out} already exists; choose another name or pass --overwrite.")
-    prepare_output_dir(path.parent if str(path.parent) else Path("."), option)
+    check_can_create(path.parent if str(path.parent) else Path("."), option)  # created when the video is written
     return path
 
 
@@ -59,6 +59,7 @@ def write_video(frames: list[np.ndarray], path: str | Path, fps: float = 25.0) -
     if not frames:
         raise KdistillError("no frames to write.")
     iio = _writer_modules(suffix)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:

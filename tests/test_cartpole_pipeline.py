@@ -189,3 +189,10 @@ def test_demo_runs_the_pipeline_writes_a_report_and_continues(tiny):
     again = kd(*args)
     assert again["returns"] == first["returns"]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "steps").iterdir()} == stamps
+    # a re-run with other options does not pass the earlier steps off as its own
+    from kdistill.errors import KdistillError
+
+    other = [a if a != "500" else "400" for a in args]
+    with pytest.raises(KdistillError, match="demo step 'collect' .* other options"):
+        CliRunner().invoke(app, [*other, "--json"], catch_exceptions=False)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "steps").iterdir()} == stamps

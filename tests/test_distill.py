@@ -130,3 +130,24 @@ def test_logp_loss_trains_towards_the_mean_too(data):
     mse_zero = mse_loss(torch.zeros_like(batch["mu"]), batch).item()
     assert mse_after < 0.2 * mse_zero
     assert json.dumps({k: v for k, v in result.items() if k != "model"})  # the summary is JSON-able
+
+
+def test_unreadable_data_leaves_no_run_folder_and_a_restart_drops_stale_metrics(data, tmp_path):
+    """The run folder is made only once the data has been read; a run restarted before its first checkpoint logs
+    its epochs once, not after the lines of the start that was cut short."""
+    import shutil
+
+    from kdistill.io import append_jsonl, claim_folder
+
+    broken = tmp_path / "broken"
+    shutil.copytree(data, broken)
+    shard = broken / next(iter(json.loads((broken / "meta.json").read_text())["tasks"].values()))["shard"]
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(KdistillError):
+        distill(broken, "mlp", {"hidden": 16}, DistillConfig(epochs=1, batch_size=500), out=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+    run = claim_folder(tmp_path / "cut", "student-run")
+    append_jsonl(run / "metrics.jsonl", {"epoch": 1, "train_loss": 123.0})  # a start killed before its checkpoint
+    distill(data, "mlp", {"hidden": 16}, DistillConfig(epochs=2, batch_size=500, checkpoint_every=2), out=run)
+    records = read_jsonl(run / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2] and 123.0 not in [r["train_loss"] for r in records]

@@ -134,6 +134,38 @@ def test_eval_command_json_table_and_chart(tmp_path, monkeypatch, capsys, toy):
     assert code == 2 and "does not exist" in err
 
 
+def test_result_folders_hold_only_what_kdistill_wrote(tmp_path, monkeypatch, capsys, toy):
+    """eval and compare --out write into a new folder, their own, or an unmarked one holding only their files;
+    a folder with anything else, or another command's results, is refused before any evaluation and left as it was."""
+    trained_run(toy, tmp_path / "run", iterations=1)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "eval.json").write_text('{"precious": true}')
+    (mine / "notes.txt").write_text("mine")
+    args = ["--split", "all", "--episodes", "1", "--no-random", "--json"]
+    code, _, err = _cli(["eval", "toy", "--policy", str(tmp_path / "run"), *args, "--out", str(mine)], monkeypatch, capsys)
+    assert code == 2 and "not kdistill" in err and len(err.strip().splitlines()) == 1
+    assert (mine / "eval.json").read_text() == '{"precious": true}' and sorted(p.name for p in mine.iterdir()) == [
+        "eval.json", "notes.txt"]
+    # an earlier eval's folder (unmarked) is taken and rewritten; it then belongs to eval, not to compare
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "eval.json").write_text("{}")
+    code, out, err = _cli(["eval", "toy", "--policy", str(tmp_path / "run"), *args, "--out", str(earlier)], monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads((earlier / "eval.json").read_text())["summary"] == json.loads(out)["summary"]
+    code, _, err = _cli(["compare", "toy", "--policies", f"a={tmp_path / 'run'}", *args, "--out", str(earlier)],
+                        monkeypatch, capsys)
+    assert code == 2 and "holds a kdistill eval" in err
+    code, _, err = _cli(["compare", "toy", "--policies", f"a={tmp_path / 'run'}", *args, "--out", str(tmp_path / "cmp")],
+                        monkeypatch, capsys)
+    assert code == 0 and (tmp_path / "cmp" / "compare.json").exists(), err
+    # a bad executor is refused before the folder exists
+    code, _, err = _cli(["eval", "toy", "--policy", str(tmp_path / "run"), *args, "--executor", "nope",
+                         "--out", str(tmp_path / "never")], monkeypatch, capsys)
+    assert code == 2 and not (tmp_path / "never").exists()
+
+
 def test_comparison_markdown_lists_means_fractions_and_every_task():
     result = {"domain": "toy", "episodes": 4, "deterministic": True, "tasks": {"train": ["a", "b"], "test": ["c"]},
               "returns": {"train": {"teacher": 100.0, "random": 1.0, "hnmlp": 95.0},

@@ -168,6 +168,23 @@ def test_rerun_with_other_settings_is_refused(collected):
         collect_expert_data(domain, teacher, teacher.normalizer.state(), tasks, data, SETTINGS, teacher_ref="other")
 
 
+def test_the_same_teacher_checkpoint_under_another_path_resumes(tmp_path):
+    """The teacher's weights hash, not the spelling of its path, decides whether a rerun adds to a folder."""
+    domain = ToyTokenDomain(num_train=2, num_test=1)
+    tasks = domain.tasks("train")
+    teacher = ToyTeacher()
+    teacher.meta = {"weights_sha256": "a" * 64}
+    collect_expert_data(domain, teacher, teacher.normalizer.state(), tasks[:1], tmp_path / "d", SETTINGS,
+                        teacher_ref="runs/teacher/")
+    again = collect_expert_data(domain, teacher, teacher.normalizer.state(), tasks, tmp_path / "d", SETTINGS,
+                                teacher_ref="../here/runs/teacher")
+    assert again["collected"] == tasks[1:] and again["skipped"] == tasks[:1]
+    teacher.meta = {"weights_sha256": "b" * 64}
+    with pytest.raises(DataError, match="another teacher checkpoint"):
+        collect_expert_data(domain, teacher, teacher.normalizer.state(), tasks, tmp_path / "d", SETTINGS,
+                            teacher_ref="runs/teacher/")
+
+
 def test_normaliser_of_another_shape_is_refused(tmp_path):
     from kdistill.rl.normalise import ObsNormalizer
 

@@ -491,6 +491,7 @@ def test_exported_experts_act_like_their_best_actors(cartpole, tmp_path, one_tor
 
 def test_snapshot_continues_in_a_new_folder(cartpole, tmp_path, one_torch_thread):
     from kdistill.errors import KdistillError
+    from kdistill.io import latest_checkpoint
     from kdistill.rl.experts import snapshot_run
 
     tasks = cartpole.tasks("train")[:2]
@@ -511,6 +512,16 @@ def test_snapshot_continues_in_a_new_folder(cartpole, tmp_path, one_torch_thread
     assert cont.evals == first.evals and (tmp_path / "b" / "tasks").is_dir()
     cont.train(stop_after_updates=2)
     assert cont.updates == 4 and latest_updates(tmp_path / "b") == 4
+    # a snapshot never lands in a training run, its own or another, and leaves that run's checkpoints as they were
+    before = {p.name for p in (tmp_path / "b").glob("ckpt-*")}
+    for out in (tmp_path / "a", tmp_path / "b", tmp_path / "a" / "sub"):
+        with pytest.raises(KdistillError, match="own|holds a kdistill experts run"):
+            snapshot_run(tmp_path / "a", out)
+    assert {p.name for p in (tmp_path / "b").glob("ckpt-*")} == before and latest_updates(tmp_path / "b") == 4
+    assert not (tmp_path / "a" / "sub").exists()
+    # a newer snapshot into the same snapshot folder replaces the older one
+    assert snapshot_run(tmp_path / "b", tmp_path / "snap")["updates"] == 4
+    assert [p.name for p in (tmp_path / "snap").glob("ckpt-*")] == [latest_checkpoint(tmp_path / "b").name]
 
 
 def latest_updates(run):

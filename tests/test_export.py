@@ -207,8 +207,9 @@ def test_cli_collect_distill_export_compare(tmp_path):
 
     # bad input: one clear line, exit code 2
     r = kdistill("export", "toytokens", "--student", str(tmp_path / "teacher"), "--robot", "toy-1",
-                 "--out", str(tmp_path / "x"), env=env)
+                 "--out", str(tmp_path / "x" / "sub" / "policy"), env=env)
     assert r.returncode == 2 and "teacher" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()  # the export's folders are made when it is written, not before the checks
 
 
 def test_compare_policy_list_parsing():

@@ -392,6 +392,12 @@ def test_teacher_train_command_starts_from_init_and_resumes_without_it(tmp_path,
     assert json.loads(out)["env_steps"] == 8192 and saved["init"] == str(source) and saved["critic_warmup"] == 1
     code, _, err = _cli([*base, "--out", str(tmp_path / "x"), "--init", str(tmp_path / "missing")], monkeypatch, capsys)
     assert code == 2 and "missing" in err
+    # an --init that is not a teacher is refused before the new run's folder is made
+    from kdistill.io import save_checkpoint
+
+    save_checkpoint(tmp_path / "student" / "ckpt-000000000001", {}, {"kind": "student"})
+    code, _, err = _cli([*base, "--out", str(tmp_path / "y"), "--init", str(tmp_path / "student")], monkeypatch, capsys)
+    assert code == 2 and "not a teacher" in err and not (tmp_path / "y").exists()
 
 
 _SAVER = textwrap.dedent("""

@@ -244,6 +244,8 @@ def install(target: Path, source: str | os.PathLike | None = None, progress: Pro
     manifest = load_manifest()
     target = Path(target).expanduser().absolute()
     _check_install_target(target)
+    if source is not None and not Path(source).expanduser().exists():
+        raise DataError(f"--from {Path(source).expanduser()}: no such file or folder.")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.fetch-", dir=target.parent))
     try:
@@ -257,8 +259,6 @@ def install(target: Path, source: str | os.PathLike | None = None, progress: Pro
             origin = url
         else:
             src = Path(source).expanduser()
-            if not src.exists():
-                raise DataError(f"--from {src}: no such file or folder.")
             work = staging / "robots"
             work.mkdir()
             if src.is_dir():

@@ -142,6 +142,8 @@ def _os_error_message(exc: OSError) -> str:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("KDISTILL_DEBUG") == "1"
+    if "--debug" in argv:  # an option of the top command, taken wherever it is written (as the error lines say)
+        argv = ["--debug", *(a for a in argv if a != "--debug")]
     as_json = "--json" in argv
     from kdistill.procs import kill_children_with_parent
 

@@ -96,7 +96,7 @@ def bench_cmd(domain_name: str, teacher_run: str | None, student_run: str | None
     from kdistill.bench.bench import STUDENT_ROWS, TEACHER, BenchConfig, build_subjects, plot_latency, run_bench
     from kdistill.domain import domain_label
     from kdistill.errors import KdistillError
-    from kdistill.io import atomic_write_json, prepare_output_dir
+    from kdistill.io import atomic_write_json, claim_results_folder
     from kdistill.plugins import get_domain
 
     config = BenchConfig.presets()[bench_preset]
@@ -118,14 +118,13 @@ def bench_cmd(domain_name: str, teacher_run: str | None, student_run: str | None
         subjects = build_subjects(domain, teacher_run, student_run, task, teacher_arch=teacher_arch,
                                   teacher_preset=teacher_preset, student_arch=student_arch,
                                   student_preset=student_preset, seed=seed)
-    prepare_output_dir(out)
+    claim_results_folder(out, "bench", {"bench.json", "bench.png"})
     with Progress(TextColumn("[bold]bench[/bold]"), BarColumn(), TextColumn("{task.description}", markup=False),
                   TimeElapsedColumn(),
                   console=err_console, disable=as_json) as progress:
         bar = progress.add_task("counting", total=2 + len(config.batches))
         result = run_bench(subjects, config,
                            progress=lambda what, done, total: progress.update(bar, description=what, completed=done))
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "bench.json", result)
     plot_latency(result, out / "bench.png")
     result["files"] = [str(out / "bench.json"), str(out / "bench.png")]

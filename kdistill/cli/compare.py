@@ -55,7 +55,7 @@ def compare_cmd(domain_name: str, policies_spec: str, split_spec: str, num_tasks
     from kdistill.devices import check_device, set_torch_threads
     from kdistill.errors import KdistillError
     from kdistill.evaluate import compare_policies, comparison_markdown
-    from kdistill.io import atomic_write_json, atomic_write_text, prepare_output_dir
+    from kdistill.io import atomic_write_json, atomic_write_text, claim_results_folder
     from kdistill.loading import load_policy
     from kdistill.plots import plot_comparison
     from kdistill.plugins import get_domain
@@ -80,13 +80,13 @@ def compare_cmd(domain_name: str, policies_spec: str, split_spec: str, num_tasks
         split_names.append(label)
     device = check_device(device)
     policies = {name: load_policy(path, domain=domain, device=device, seed=seed) for name, path in paths.items()}
-    if out_dir is not None:
-        prepare_output_dir(out_dir)  # before the evaluations, so their results cannot be lost to a bad --out
     total = sum(len(t) for t in splits.values()) * len(policies)
     with open_executor(executor_name, workers, address) as executor, \
             Progress(TextColumn("[bold]compare[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("task evaluations"),
                      TimeElapsedColumn(), TextColumn("{task.fields[last]}", markup=False), console=err_console,
                      disable=as_json) as progress:
+        if out_dir is not None:  # before the evaluations, so their results cannot be lost to a bad --out
+            claim_results_folder(out_dir, "comparison", {"compare.json", "compare.md", "compare.png"})
         bar = progress.add_task("compare", total=total, last="")
         result = compare_policies(
             domain, policies, splits, episodes=episodes, seed=seed, deterministic=not stochastic,

@@ -55,7 +55,7 @@ def eval_cmd(domain_name: str, policy_path: str, task_names: str | None, split: 
     from kdistill.domain import domain_label
     from kdistill.errors import KdistillError
     from kdistill.evaluate import evaluate_policy
-    from kdistill.io import atomic_write_json, prepare_output_dir
+    from kdistill.io import atomic_write_json, claim_results_folder
     from kdistill.loading import load_policy
     from kdistill.plots import task_bars
     from kdistill.plugins import get_domain
@@ -68,12 +68,12 @@ def eval_cmd(domain_name: str, policy_path: str, task_names: str | None, split: 
     tasks = resolve_tasks(domain, task_names, split or (None if task_names or tasks_dir else "train"), num_tasks, tasks_dir,
                           progress=progress_lines())
     policy = load_policy(policy_path, domain=domain, device=check_device(device), seed=seed)
-    if out_dir is not None:
-        prepare_output_dir(out_dir)  # before the evaluation, so its results cannot be lost to a bad --out
     with open_executor(executor_name, workers, address) as executor, \
             Progress(TextColumn("[bold]eval[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("tasks"),
                      TimeElapsedColumn(), TextColumn("{task.fields[last]}", markup=False), console=err_console,
                      disable=as_json) as progress:
+        if out_dir is not None:  # before the evaluation, so its results cannot be lost to a bad --out
+            claim_results_folder(out_dir, "eval", {"eval.json", "eval.png"})
         bar = progress.add_task("eval", total=len(tasks), last="")
         result = evaluate_policy(
             domain, policy, tasks, episodes=episodes, seed=seed, deterministic=not stochastic,

@@ -79,6 +79,10 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
     run_dir = Path(out)
     from kdistill.rl.experts import is_sharded
 
+    for name, value in (("--workers", workers), ("--threads", threads), ("--checkpoint-every", checkpoint_every),
+                        ("--steps-per-task", steps_per_task), ("--max-updates", max_updates)):
+        if value is not None and value < (0 if name == "--workers" else 1):
+            raise KdistillError(f"{name} must be {'non-negative' if name == '--workers' else 'positive'}, got {value}.")
     if executor_name != "local" or is_sharded(run_dir):
         _train_sharded(domain_name, run_dir, preset, task_names, split, num_tasks, steps_per_task, resume, resume_from,
                        seed, workers, threads, checkpoint_every, max_updates, as_json, data_dir, executor_name, address)
@@ -88,10 +92,6 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
     saved: dict[str, Any] = {}
     if resume or resume_from:
         saved = saved_run_settings(Path(resume_from) if resume_from else run_dir, domain_name, required=True)
-    for name, value in (("--workers", workers), ("--threads", threads), ("--checkpoint-every", checkpoint_every),
-                        ("--steps-per-task", steps_per_task), ("--max-updates", max_updates)):
-        if value is not None and value < (0 if name == "--workers" else 1):
-            raise KdistillError(f"{name} must be {'non-negative' if name == '--workers' else 'positive'}, got {value}.")
     domain = get_domain(domain_name, data_dir=data_dir)
     tasks = run_tasks(domain, saved, task_names, split, num_tasks, run_dir, progress=progress_lines())
     preset = preset or saved.get("preset") or "sb3"
@@ -127,7 +127,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
                           f"{summary['checkpoint']} written; continue with: kdistill experts train {domain_name} "
                           f"--out {run_dir} --resume", markup=False)
     else:
-        err_console.print(f"[green]done[/green]: {summary['env_steps']:,} env steps over {len(tasks)} tasks "
+        err_console.print(f"done: {summary['env_steps']:,} env steps over {len(tasks)} tasks "
                           f"({summary['active_tasks']} still training); {summary['steps_per_s']:.0f} env steps/s "
                           f"against {raw_rate:.0f} stepping randomly ({summary['ratio_to_raw']:.2f}); "
                           f"mean best evaluation {summary['mean_best_return']}")

@@ -124,10 +124,16 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
         raise KdistillError(f"--executor {executor_name} needs --workers N (rollout workers), got {workers}.")
     # the local executor's --workers are env processes of the learner's own rollout, not executor workers
     with open_executor(executor_name, workers if remote else 1, address) as executor:
-        claim_folder(run_dir, "teacher-run", legacy=looks_like_run("teacher"))
+        # the folder is marked only once the run could start: a refused --init leaves nothing behind
+        claim_folder(run_dir, "teacher-run", legacy=looks_like_run("teacher"), check_only=True)
         n_threads = set_torch_threads(threads, workers)
         trainer = start_or_resume(domain, settings, spec, presets[teacher_preset], settings.ppo_config(ppo_presets), run_dir, resume,
                                   device=device, workers=0 if remote else workers, executor=executor if remote else None)
+        try:
+            claim_folder(run_dir, "teacher-run", legacy=looks_like_run("teacher"))
+        except BaseException:
+            trainer.close()
+            raise
         with StopRequest() as stop:
             try:
                 summary = _train_with_progress(trainer, run_dir, as_json, lambda: stop.requested)

@@ -27,7 +27,7 @@ from kdistill.deploy.runtime import FORMAT, export_paths
 from kdistill.distill.students import StudentPolicy, context_tensors, load_student_policy
 from kdistill.domain import TaskContext
 from kdistill.errors import CheckpointError, KdistillError
-from kdistill.io import NonFiniteError, atomic_write_bytes, atomic_write_json, first_non_finite, load_run_checkpoint, malformed, prepare_output_dir
+from kdistill.io import NonFiniteError, atomic_write_bytes, atomic_write_json, check_can_create, first_non_finite, load_run_checkpoint, malformed
 
 
 def fold_policy(policy: StudentPolicy, context: TaskContext) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -91,7 +91,7 @@ def check_export_target(out: str | Path, option: str = "--out") -> tuple[Path, P
         if p.exists() and not ours:
             raise KdistillError(f"{option} {out}: {p} already exists and is not a kdistill export; choose another "
                                 f"--out (kdistill overwrites only exports it wrote).")
-    prepare_output_dir(json_path.parent, option)
+    check_can_create(json_path.parent, option)  # created when the export is written
     return weights_path, json_path
 
 
@@ -286,7 +286,7 @@ def check_onnx_target(out: str | Path, option: str = "--out") -> Path:
     if path.exists() and not _is_onnx_export(path):
         raise KdistillError(f"{option} {out}: {path} already exists and is not a kdistill ONNX export; choose another "
                             f"--out (kdistill overwrites only exports it wrote).")
-    prepare_output_dir(path.parent, option)
+    check_can_create(path.parent, option)  # created when the export is written
     return path
 
 

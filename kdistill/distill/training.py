@@ -273,8 +273,8 @@ def train_student(data_path: str | Path, student: str = "hnmlp", student_config:
     run = Path(out) if out is not None else None
     # the run folder that this process writes: only rank 0's in a data-parallel run
     writes = run if parallel is None or parallel.is_main else None
-    if writes is not None:
-        claim_folder(run, "student-run", legacy=looks_like_run("student"))
+    if writes is not None:  # marked below, once the checkpoint and the data have been read
+        claim_folder(run, "student-run", legacy=looks_like_run("student"), check_only=True)
     start_epoch, step, samples_seen = 0, 0, 0
     if run is not None and latest_checkpoint(run) is not None:
         if not resume:
@@ -289,8 +289,6 @@ def train_student(data_path: str | Path, student: str = "hnmlp", student_config:
         load_optimizer(optimizer, tensors)
         counters = ck_meta["counters"]
         start_epoch, step, samples_seen = counters["epoch"], counters["step"], counters["samples"]
-        if writes is not None:
-            truncate_jsonl(run / "metrics.jsonl", lambda r: r.get("epoch", 0) <= start_epoch)
     elif init_from is not None:
         tensors, init_meta = load_checkpoint(latest_checkpoint(init_from) or init_from)
         if init_meta.get("arch") != student or init_meta.get("config") != cfg_dict:
@@ -302,6 +300,10 @@ def train_student(data_path: str | Path, student: str = "hnmlp", student_config:
     train = TorchData(load_expert_sets([data_path, *extra_data], train_tasks, config.samples_per_task, with_static), device)
     val = (TorchData(load_expert_sets([data_path, *extra_data], val_tasks, config.samples_per_task, with_static), device)
            if val_tasks and (parallel is None or parallel.is_main) else None)
+    if writes is not None:
+        claim_folder(run, "student-run", legacy=looks_like_run("student"))
+        # metrics logged after the newest checkpoint (or, without one, by an earlier start) belong to redone work
+        truncate_jsonl(run / "metrics.jsonl", lambda r: r.get("epoch", 0) <= start_epoch)
 
     def checkpoint_meta(epoch: int) -> dict:
         out_meta = {

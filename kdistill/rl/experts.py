@@ -43,6 +43,7 @@ from kdistill.errors import CheckpointError, KdistillError
 from kdistill.io import (
     NonFiniteError,
     append_jsonl,
+    atomic_write_bytes,
     atomic_write_json,
     claim_folder,
     latest_checkpoint,
@@ -803,21 +804,30 @@ def snapshot_run(run: str | Path, out: str | Path) -> dict[str, Any]:
     import shutil
 
     run, out = Path(run), Path(out)
+    if out.resolve() == run.resolve() or run.resolve() in out.resolve().parents:
+        raise KdistillError(f"--out {out} is the run {run} or inside it; a snapshot goes to a folder of its own.")
     tensors, meta = load_run_checkpoint(run, as_torch=False)
     if meta.get("kind") != "experts":
         raise CheckpointError(f"{run} is a {meta.get('kind')!r} run, not a per-task expert run; pass an experts run folder.")
-    claim_folder(out, "experts-run")
+    # its own kind, so that a snapshot never lands in (and clears the checkpoints of) a training run
+    claim_folder(out, "experts-snapshot")
     keep = {k: v for k, v in tensors.items() if not k.startswith(OPTIM_PREFIX)}
     meta = {**meta, "snapshot_of": str(run)}
-    for old in out.glob("ckpt-*"):
-        shutil.rmtree(old)
-    save_run_checkpoint(out, meta["counters"]["updates"], keep, meta, keep=1)
-    for rel in ["metrics.jsonl", *(f"tasks/{p.name}" for p in sorted((run / "tasks").glob("*.jsonl")))]:
-        if (run / rel).exists():
-            (out / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(run / rel, out / rel)
+    newest = save_run_checkpoint(out, meta["counters"]["updates"], keep, meta, keep=1)
+    for old in out.glob("ckpt-*"):  # an earlier snapshot into this folder
+        if old.name != newest.name:
+            shutil.rmtree(old)
+    _copy_logs(run, out)
     return {"out": str(out), "updates": meta["counters"]["updates"], "env_steps": meta["counters"]["env_steps"],
             "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())}
+
+
+def _copy_logs(src: Path, dst: Path) -> None:
+    """The metrics logs of an expert run (``metrics.jsonl`` and ``tasks/*.jsonl``), each written atomically."""
+    for rel in ["metrics.jsonl", *(f"tasks/{p.name}" for p in sorted((src / "tasks").glob("*.jsonl")))]:
+        if (src / rel).exists():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(dst / rel, (src / rel).read_bytes())
 
 
 def start_or_resume(domain, settings: ExpertRunSettings, config: ExpertConfig, run_dir, resume: bool,
@@ -839,11 +849,12 @@ def start_or_resume(domain, settings: ExpertRunSettings, config: ExpertConfig, r
                                 f"(use --resume to continue {run_dir}).")
         check_expert_compatible(read_json_object(source / "meta.json"), settings, config)
         claim_folder(run_dir, "experts-run")
-        shutil.copytree(source, run_dir / source.name)
-        for rel in ["metrics.jsonl", *(f"tasks/{p.name}" for p in sorted((Path(resume_from) / "tasks").glob("*.jsonl")))]:
-            if (Path(resume_from) / rel).exists():
-                (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(Path(resume_from) / rel, run_dir / rel)
+        # copied under a temporary name, so that an interrupted copy is never taken for a checkpoint
+        partial = run_dir / f".partial-{source.name}"
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(source, partial)
+        partial.rename(run_dir / source.name)
+        _copy_logs(Path(resume_from), run_dir)
         atomic_write_json(run_dir / "latest.json", {"checkpoint": source.name,
                                                     "step": int(read_json_object(source / "meta.json")["counters"]["updates"])})
         existing, resume = latest_checkpoint(run_dir), True

@@ -213,6 +213,8 @@ def test_an_unexpected_exception_is_still_one_line(cli, pipeline, monkeypatch):
         from kdistill.cli.app import main
 
         main(["--debug", "eval", "cartpole", "--policy", str(pipeline["teacher"]), "--num-tasks", "1"])
+    with pytest.raises(ZeroDivisionError):  # where the error line's advice puts it: after the command
+        main(["eval", "cartpole", "--policy", str(pipeline["teacher"]), "--num-tasks", "1", "--debug"])
 
 
 @pytest.mark.parametrize("damage", ["weights truncated", "header corrupt", "offsets past the end", "tensor missing",
