@@ -23,9 +23,13 @@ setup() {
   if ! .venv/bin/python -c 'import numpy' >/dev/null 2>&1; then
     $pip install --disable-pip-version-check -q "numpy>=1.26" 2>&1 | grep -v '^WARNING: Location' || true
   fi
-  # The CPU wheel of torch: an unpinned torch would pull a multi-GB CUDA build.
+  # The CPU wheel of torch (2.13.0+cpu): PyPI's plain torch==2.13.0 is a multi-GB CUDA build. A local wheel or
+  # index that has the CPU build is used first; otherwise it comes from PyTorch's CPU index.
   if ! .venv/bin/python -c 'import torch' >/dev/null 2>&1; then
-    $pip install --disable-pip-version-check -q "torch==2.13.0" 2>&1 | grep -v '^WARNING: Location' || true
+    $pip install --disable-pip-version-check -q "torch==2.13.0+cpu" 2>&1 | grep -v '^WARNING: Location' || true
+    .venv/bin/python -c 'import torch' >/dev/null 2>&1 || \
+      $pip install --disable-pip-version-check -q --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
+        2>&1 | grep -v '^WARNING: Location' || true
     .venv/bin/python -c 'import torch' || { echo "error: installing torch==2.13.0 failed." >&2; exit 2; }
   fi
   # Reinstall the project only when its metadata changed.

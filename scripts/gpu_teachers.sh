@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Teacher training on a lent many-core GPU machine (see docs/teacher.md, "Runs on a GPU machine").
+# Teacher training on a lent many-core GPU machine (see docs/teacher.md, "The shipped teacher").
 # Trains, side by side for SECONDS: the shipped cpu-preset teacher on 10 training robots and the paper-preset
 # teacher on all 100, resuming both from .gpu/runs when present, then packs the newest checkpoints into $OUT.
 # Expects (ignored, carried): .gpu/whl (mujoco + gymnasium wheels), .gpu/unimal (the robots), optional .gpu/runs.

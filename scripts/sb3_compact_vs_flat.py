@@ -1,8 +1,9 @@
 """Stable-Baselines3 PPO on one UNIMAL robot: the compact env against a hand-made flat view of the padded env.
 
-    python scripts/sb3_compact_vs_flat.py --view compact --steps 200000 --out runs/sb3/compact.json
-    python scripts/sb3_compact_vs_flat.py --view flat --steps 200000 --out runs/sb3/flat.json
-    python scripts/sb3_compact_vs_flat.py --plot runs/sb3/compact.json runs/sb3/flat.json --png docs/img/sb3_compact_vs_flat.png
+    python scripts/sb3_compact_vs_flat.py --view compact --steps 200000 --seed 0 --out runs/sb3/compact-0.json
+    python scripts/sb3_compact_vs_flat.py --view flat --steps 200000 --seed 0 --out runs/sb3/flat-0.json
+    (and the same with --seed 1)
+    python scripts/sb3_compact_vs_flat.py --plot runs/sb3/*.json --png docs/img/sb3-compact-vs-flat.png
 
 ``compact`` is ``kdistill/Unimal-ft-compact-v0`` (the robot's own features and actuators). ``flat`` is what a user
 would write by hand around ``kdistill/Unimal-ft-v0``: every key of the padded Dict observation concatenated into one
