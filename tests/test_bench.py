@@ -107,11 +107,11 @@ def test_bench_result_on_cartpole_hangs_together(cartpole, tmp_path):
     if compiled:  # the kernel reads biases and the weight rows of non-zero inputs, at most every padded row
         padded = sum(4 * -(-w.shape[1] // kernel.ALIGN) * kernel.ALIGN * (w.shape[0] + 1) for w, _ in s.layers)
         env = result["environment"]
-        assert 0 < env["kernel_read_bytes"] <= padded and env["read_bytes_per_s"] > 1e8
+        assert 0 < env["kernel_read_bytes"] <= padded and 0 < env["read_bytes_per_s"] < float("inf")
         assert ratios["vs_read_limit_b1"] == pytest.approx(
             lat[ratios["fastest_student"]["1"]]["1"]["min_s"] * env["read_bytes_per_s"] / env["kernel_read_bytes"])
     peak = result["environment"]["gemm_flops_per_s"]
-    assert peak > 1e8 and ratios["student_flop_limit_s"] == pytest.approx(mlp_flops / peak)
+    assert 0 < peak < float("inf") and ratios["student_flop_limit_s"] == pytest.approx(mlp_flops / peak)
     for b in QUICK.batches:
         students = {n: rows[str(b)]["min_s"] for n, rows in lat.items() if n != "teacher" and str(b) in rows}
         assert ratios[f"vs_limit_b{b}"] == pytest.approx(min(students.values()) / (mlp_flops / peak * b))

@@ -107,10 +107,20 @@ def test_cli_export_onnx(tmp_path):
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["format"] == ONNX_FORMAT and info["task"] == "toy-test-1"
-    assert info["check"] == {"samples": 256, "max_abs_diff": pytest.approx(info["check"]["max_abs_diff"]),
-                             "tolerance": 1e-5, "runtime": "onnxruntime"}
-    assert 0 <= info["check"]["max_abs_diff"] <= 1e-5
+    check = info["check"]
+    assert (check["samples"], check["tolerance"], check["runtime"]) == (256, 1e-5, "onnxruntime")
+    assert 0 <= check["max_abs_diff"] <= 1e-5
     assert (tmp_path / "exp" / "robot.onnx").is_file() and not (tmp_path / "exp" / "robot.json").exists()
+    # the file itself, not only the command's own check: it acts as the student on the robot's real observations
+    from kdistill.loading import load_policy
+
+    student = load_policy(tmp_path / "hn", domain=domain)
+    student.prepare("toy-test-1", domain.context("toy-test-1"))
+    obs = rollout_obs(domain.make_env("toy-test-1"), 30, seed=1)
+    export_policy(student, "toy-test-1", domain.context("toy-test-1"), tmp_path / "np")
+    flat = runtime.load(tmp_path / "np").flat_observation(obs).astype(np.float32)
+    got = onnx_session((tmp_path / "exp" / "robot.onnx").read_bytes()).run(["mu"], {"obs": flat})[0]
+    np.testing.assert_allclose(got, student.act(obs), atol=1e-5, rtol=0)
     # its own export may be written over; a foreign file is refused in one line, exit 2
     from kdistill.deploy.export import check_onnx_target
 

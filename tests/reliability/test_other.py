@@ -187,3 +187,18 @@ def test_pipeline_files_are_not_private(pipeline):
     os.umask(umask)
     for name in ("teacher", "expert", "student"):
         assert _modes(pipeline[name]) == {0o666 & ~umask}, name
+
+
+def test_a_torn_metrics_line_is_skipped(tmp_path):
+    """A process killed while appending to metrics.jsonl leaves half a line: readers skip it and keep the rest, and
+    a resume, which rewrites the log with the records up to its checkpoint, appends after whole lines only."""
+    from kdistill.io import append_jsonl, read_jsonl, truncate_jsonl
+
+    log = tmp_path / "metrics.jsonl"
+    append_jsonl(log, {"iteration": 1, "loss": 0.5})
+    with open(log, "a") as f:
+        f.write('{"iteration": 2, "lo')  # the kill
+    assert read_jsonl(log) == [{"iteration": 1, "loss": 0.5}]
+    truncate_jsonl(log, lambda r: r["iteration"] <= 1)  # what a resume from iteration 1's checkpoint does
+    append_jsonl(log, {"iteration": 2, "loss": 0.25})
+    assert read_jsonl(log) == [{"iteration": 1, "loss": 0.5}, {"iteration": 2, "loss": 0.25}]
