@@ -194,6 +194,8 @@ def test_cli_sigterm_stops_after_an_update_with_a_checkpoint(tmp_path):
                               "--max-updates", "1", "--json"], capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["updates"] == updates + 1
+    # --max-updates ends the call with a checkpoint of its last update, so the run goes on from there
+    assert int(latest_checkpoint(out).name.split("-")[-1]) == updates + 1
 
 
 def test_resume_refuses_other_settings(unimal, tmp_path, one_torch_thread):

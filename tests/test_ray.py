@@ -276,10 +276,16 @@ def test_teacher_train_command_takes_executor_options(cluster, toy_plugins, tmp_
     first = json.loads(out)
     assert first["iterations"] == 1 and first["executor"]["executor"] == "ray" and first["executor"]["workers"] == 2
     assert [r["rollout_workers"] for r in read_jsonl(run / "metrics.jsonl")] == [2]
-    # the rollout options are not run settings: a resume may take the learner's own rollout
-    code, out, err = _cli([*args, "--resume", "--steps", "8192"], monkeypatch, capsys)
+    # rollout workers seed every env slot alike: a resume may use another number of them, while the learner's own
+    # rollout continues the run only on purpose (--new-split)
+    code, _, err = _cli([*args, "--resume", "--steps", "8192"], monkeypatch, capsys)
+    assert code == 2 and "rollout-workers" in err and "--new-split" in err
+    code, out, err = _cli([*args, "--resume", "--steps", "8192", "--executor", "ray", "--workers", "1"], monkeypatch, capsys)
+    assert code == 0 and json.loads(out)["env_steps"] == 8192, err
+    code, out, err = _cli([*args, "--resume", "--steps", "12288", "--new-split"], monkeypatch, capsys)
     assert code == 0, err
-    assert json.loads(out)["env_steps"] == 8192 and "executor" not in json.loads(out)
+    assert json.loads(out)["env_steps"] == 12288 and "executor" not in json.loads(out)
     for bad, words in ((["--workers", "0"], "needs --workers N"), (["--workers", "17"], "exceeds the 16 envs")):
-        code, _, err = _cli([*args, "--resume", "--steps", "12288", "--executor", "ray", *bad], monkeypatch, capsys)
+        code, _, err = _cli([*args, "--resume", "--steps", "16384", "--executor", "ray", "--new-split", *bad], monkeypatch,
+                            capsys)
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err

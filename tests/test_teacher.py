@@ -466,11 +466,20 @@ def test_teacher_train_command_writes_a_run_and_resumes(tmp_path, monkeypatch, c
     # an existing run is not overwritten by accident
     code, _, err = _cli(["teacher", "train", "toy", "--out", str(run), "--steps", "8192"], monkeypatch, capsys)
     assert code == 2 and "--resume" in err
+    # the checkpoint interval decides where episodes restart: a resume keeps the run's
+    code, _, err = _cli(["teacher", "train", "toy", "--out", str(run), "--resume", "--steps", "12288",
+                         "--checkpoint-every", "2"], monkeypatch, capsys)
+    assert code == 2 and "--checkpoint-every 1" in err
+    # so does the envs' split over processes, which seeds them; --new-split accepts another one on purpose
+    code, _, err = _cli(["teacher", "train", "toy", "--out", str(run), "--resume", "--steps", "12288", "--workers", "1"],
+                        monkeypatch, capsys)
+    assert code == 2 and "env-processes:0" in err and "--new-split" in err
+    assert load_run_checkpoint(run)[1]["run"]["rollout"] == "env-processes:0"
     # --resume takes the run's settings and extends it to the new total
     code, out, err = _cli(["teacher", "train", "toy", "--out", str(run), "--resume", "--steps", "12288", "--threads", "1",
-                           "--json"], monkeypatch, capsys)
+                           "--workers", "1", "--new-split", "--json"], monkeypatch, capsys)
     assert code == 0, err
-    assert json.loads(out)["env_steps"] == 12288
+    assert json.loads(out)["env_steps"] == 12288 and load_run_checkpoint(run)[1]["run"]["rollout"] == "env-processes:1"
     assert [r["iteration"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]
     # a bad preset is one clear line
     code, _, err = _cli(["teacher", "train", "toy", "--out", str(tmp_path / "x"), "--steps", "10", "--preset", "papper", "--teacher-preset", "cpu"],

@@ -73,7 +73,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
     from kdistill.errors import unknown_name
     from kdistill.plugins import get_domain
     from kdistill.procs import StopRequest
-    from kdistill.resume import run_tasks, saved_run_settings
+    from kdistill.resume import agreeing, run_tasks, saved_run_settings
     from kdistill.rl.experts import ExpertConfig, ExpertRunSettings, random_step_rate, start_or_resume
 
     run_dir = Path(out)
@@ -92,6 +92,8 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
     saved: dict[str, Any] = {}
     if resume or resume_from:
         saved = saved_run_settings(Path(resume_from) if resume_from else run_dir, domain_name, required=True)
+    # every checkpoint restarts the episodes, so the interval is part of what the run computes
+    agreeing(saved, [("--checkpoint-every", "checkpoint_every", checkpoint_every)])
     domain = get_domain(domain_name, data_dir=data_dir)
     tasks = run_tasks(domain, saved, task_names, split, num_tasks, run_dir, progress=progress_lines())
     preset = preset or saved.get("preset") or "sb3"
@@ -117,7 +119,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
                    ratio_to_raw=(summary["steps_per_s"] / raw_rate) if raw_rate else None,
                    steps_per_task=settings.steps_per_task, budget_raised_from=trainer.budget_raised_from)
     # a signal that came after the last update (while plotting or closing) does not make a finished run a stop
-    stopped = bool(summary["last_update"].get("stopped_on_request"))
+    stopped = bool(summary["last_update"].get("stopped_on_request")) and stop.signal is not None  # not --max-updates
     if stopped:
         summary["stopped_by"] = stop.signal
     if as_json:
@@ -196,6 +198,7 @@ def _train_with_progress(trainer, run_dir: Path, quiet: bool, max_updates: int |
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from kdistill.io import latest_checkpoint
+    from kdistill.rl.experts import stop_after
 
     budget = trainer.settings.steps_per_task * len(trainer.tasks)
     start_steps, t_start = int(trainer.env_steps.sum()), time.perf_counter()
@@ -211,7 +214,7 @@ def _train_with_progress(trainer, run_dir: Path, quiet: bool, max_updates: int |
             if m.get("checkpoint"):
                 write_curves(trainer, run_dir)
 
-        last = trainer.train(on_update=on_update, stop_after_updates=max_updates, should_stop=should_stop)
+        last = trainer.train(on_update=on_update, should_stop=stop_after(max_updates, should_stop))
     wall = time.perf_counter() - t_start
     done = int(trainer.env_steps.sum()) - start_steps
     ckpt = latest_checkpoint(run_dir)

@@ -53,13 +53,17 @@ def teacher_group() -> None:
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="Torch CPU threads. [default: 1 on machines of up to 4 cores, else cores minus workers, at most 8]")
 @click.option("--checkpoint-every", type=click.IntRange(1), default=None, help="Iterations between checkpoints. [default: 10]")
+@click.option("--new-split", is_flag=True,
+              help="On --resume, accept another --executor/--workers than the run used (e.g. to move it to a larger "
+                   "machine): the envs are then split and seeded anew, so the run goes on validly but not bit for bit "
+                   "as it would have.")
 @json_option
 @data_dir_option
 def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: str | None, teacher: str | None, task_names: str | None,
               split: str | None, num_tasks: int | None, steps: int | None, resume: bool, init: str | None,
               critic_warmup: int | None, lr: float | None, freeze_obs_norm: bool | None, seed: int | None,
               device: str, workers: int, executor_name: str, address: str | None, threads: int | None,
-              checkpoint_every: int | None, as_json: bool, data_dir: str | None) -> None:
+              checkpoint_every: int | None, new_split: bool, as_json: bool, data_dir: str | None) -> None:
     """Train a teacher for DOMAIN with PPO.
 
     \b
@@ -73,7 +77,8 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
     A checkpoint is written every --checkpoint-every iterations and at the end; an interruption loses at
     most the work since the last one; SIGTERM or a first Ctrl-C instead stops after the current
     iteration with a checkpoint (exit code 143 or 130). --steps on --resume may raise the total (the learning-rate
-    schedule then stretches to the new end). --executor, --workers and --address may change on --resume.
+    schedule then stretches to the new end). --address and --threads may change on --resume; --executor and
+    --workers only with --new-split, since they decide how the envs are seeded.
     """
     from kdistill.cli.options import open_executor
     from kdistill.devices import check_device, set_torch_threads
@@ -109,7 +114,17 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
     if lr is not None and saved and saved.get("lr") != lr:
         started = f"a learning rate of {saved['lr']}" if saved.get("lr") else "its preset's learning rate"
         raise KdistillError(f"--lr {lr}: the run in {run_dir} was started with {started}; resume it without --lr.")
-    agreeing(saved, [("--critic-warmup", "critic_warmup", critic_warmup, 0),
+    # every checkpoint restarts the episodes, so the interval is part of what the run computes
+    remote = executor_name != "local"
+    # rollout workers seed every env slot alike, however many there are; the learner's own env processes split the
+    # seeds between them
+    rollout = "rollout-workers" if remote else f"env-processes:{workers}"
+    if saved.get("rollout") and rollout != saved["rollout"] and not new_split:
+        raise KdistillError(f"the run's envs ran as {saved['rollout']}, not {rollout} (--executor, --workers); pass "
+                            f"the run's own to continue it exactly, or add --new-split to continue it this way "
+                            f"(valid, not bit for bit).")
+    agreeing(saved, [("--checkpoint-every", "checkpoint_every", checkpoint_every),
+                     ("--critic-warmup", "critic_warmup", critic_warmup, 0),
                      ("--freeze-obs-norm", "freeze_obs_norm", freeze_obs_norm, False)])
     settings = RunSettings(domain=domain.name, tasks=tasks, teacher=teacher_name, preset=preset, teacher_preset=teacher_preset,
                            seed=seed if seed is not None else saved.get("seed", 0), total_steps=steps,
@@ -117,9 +132,9 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
                            init=init or saved.get("init", ""),
                            critic_warmup=critic_warmup if critic_warmup is not None else saved.get("critic_warmup", 0),
                            lr=lr if lr is not None else saved.get("lr"),
-                           freeze_obs_norm=bool(freeze_obs_norm or saved.get("freeze_obs_norm", False)))
+                           freeze_obs_norm=bool(freeze_obs_norm or saved.get("freeze_obs_norm", False)),
+                           rollout=rollout)
     check_device(device)
-    remote = executor_name != "local"
     if remote and workers < 1:
         raise KdistillError(f"--executor {executor_name} needs --workers N (rollout workers), got {workers}.")
     # the local executor's --workers are env processes of the learner's own rollout, not executor workers

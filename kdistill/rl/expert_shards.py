@@ -30,6 +30,7 @@ from kdistill.rl.experts import (
     read_shard_plan,
     shard_dir,
     start_or_resume,
+    stop_after,
 )
 
 FORMAT = "kdistill-expert-shards/1"
@@ -66,7 +67,7 @@ class ShardJob:
         resume = run_dir.is_dir() and latest_checkpoint(run_dir) is not None
         trainer = start_or_resume(domain, settings, ExpertConfig.presets()[settings.preset], run_dir, resume)
         try:
-            last = trainer.train(stop_after_updates=self.max_updates)
+            last = trainer.train(should_stop=stop_after(self.max_updates))
             return {"shard": k, "tasks": trainer.task_table(), "env_steps": int(trainer.env_steps.sum()),
                     "updates": trainer.updates, "wall_s": trainer.wall_s, "active_tasks": int(trainer.active.sum()),
                     "steps_per_s": last.get("steps_per_s")}

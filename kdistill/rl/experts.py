@@ -784,6 +784,20 @@ def check_expert_compatible(meta: dict[str, Any], settings: ExpertRunSettings, c
                                   f"or write to a new --out folder.")
 
 
+def stop_after(updates: int | None, should_stop: Callable[[], bool] | None = None) -> Callable[[], bool] | None:
+    """A ``should_stop`` for ``ExpertTrainer.train`` that also asks to stop after ``updates`` updates of this call: a
+    stop request writes a checkpoint, so a run limited this way (``--max-updates``) stays resumable."""
+    if updates is None:
+        return should_stop
+    done = [0]
+
+    def ask() -> bool:
+        done[0] += 1
+        return done[0] >= updates or (should_stop is not None and should_stop())
+
+    return ask
+
+
 def check_budget(saved: int | None, wanted: int) -> int | None:
     """A resume may raise a run's env steps per task (the tasks that stopped on the old budget continue), never lower
     them; returns the old budget when it is raised."""

@@ -63,6 +63,9 @@ class RunSettings:
     critic_warmup: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # first iterations: the critic alone learns
     lr: float | None = None  # the PPO preset's peak learning rate, replaced (None = the preset's)
     freeze_obs_norm: bool = False  # keep the observation statistics the run started with (from --init)
+    # how the envs ran ("env-processes:N", N = 0 in this process; "rollout-workers" of an executor, any number): it
+    # decides their seeds, so a run continues exactly only the same way ("" = not recorded)
+    rollout: str = ""
 
     def ppo_config(self, presets: dict[str, PPOConfig]) -> PPOConfig:
         """The PPO config of this run: its preset, with the learning rate it was given."""
