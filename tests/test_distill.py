@@ -151,3 +151,25 @@ def test_unreadable_data_leaves_no_run_folder_and_a_restart_drops_stale_metrics(
     distill(data, "mlp", {"hidden": 16}, DistillConfig(epochs=2, batch_size=500, checkpoint_every=2), out=run)
     records = read_jsonl(run / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [1, 2] and 123.0 not in [r["train_loss"] for r in records]
+
+
+def test_resume_refuses_data_collected_again_under_the_same_path(tmp_path):
+    import shutil
+
+    domain, teacher = ToyTokenDomain(num_train=3, num_test=0), ToyTeacher()
+    data = tmp_path / "data"
+
+    def collect(seed: int) -> None:
+        collect_expert_data(domain, teacher, teacher.normalizer.state(), domain.tasks("train"), data,
+                            CollectSettings(samples_per_task=200, num_envs=4, seed=seed), teacher_ref="toy")
+
+    collect(0)
+    config = DistillConfig(epochs=2, batch_size=256, checkpoint_every=1, val_tasks=0)
+    distill(data, "mlp", {"hidden": 16}, DistillConfig(epochs=1, batch_size=256, checkpoint_every=1, val_tasks=0),
+            out=tmp_path / "run")
+    assert distill(data, "mlp", {"hidden": 16}, config, out=tmp_path / "run", resume=True)["resumed_from_epoch"] == 1
+    shutil.rmtree(data)
+    collect(5)  # the same path, other rows
+    with pytest.raises(CheckpointError, match="other rows"):
+        distill(data, "mlp", {"hidden": 16}, DistillConfig(epochs=3, batch_size=256, checkpoint_every=1, val_tasks=0),
+                out=tmp_path / "run", resume=True)

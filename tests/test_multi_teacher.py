@@ -80,6 +80,19 @@ def test_the_fitted_normaliser_is_pinned_on_resume(cartpole, experts, expert_dat
                             CollectSettings(samples_per_task=600, num_envs=4, seed=2), teacher_ref=str(path))
 
 
+def test_tasks_outside_the_fitted_normaliser_are_refused(cartpole, experts, tmp_path):
+    """The folder's normaliser is fitted on the tasks of its first collection: adding others later would give their
+    rows another normaliser than a single collection of all of them, so it is refused."""
+    tasks, path = experts
+    teacher = load_policy(path, domain="cartpole")
+    settings = CollectSettings(samples_per_task=64, num_envs=2, seed=1)
+    collect_expert_data(cartpole, teacher, None, tasks[:1], tmp_path / "d", settings, teacher_ref=str(path))
+    assert read_expert_meta(tmp_path / "d")["normalizer_tasks"] == tasks[:1]
+    with pytest.raises(KdistillError, match="fitted on the 1 tasks"):
+        collect_expert_data(cartpole, teacher, None, tasks, tmp_path / "d", settings, teacher_ref=str(path))
+    assert sorted(read_expert_meta(tmp_path / "d")["tasks"]) == tasks[:1]
+
+
 def test_a_teacher_architecture_distils_into_an_ordinary_teacher(cartpole, expert_data, tmp_path):
     from kdistill.evaluate import evaluate_policy
 

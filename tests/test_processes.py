@@ -149,6 +149,15 @@ def test_distill_takes_the_executor_options_for_dagger_only(experts, tmp_path, m
                           monkeypatch, capsys)
     assert code == 0, err
     assert [r["train_rows"] for r in json.loads(out)["rounds"]] == [192, 192 + 3 * 32]
+    # a DAgger run resumes from its own pinned settings, --resume or not (its newest checkpoint is a round's, trained
+    # with --dagger-epochs, not the preset's --epochs)
+    dagger = ["distill", "cartpole", "--data", str(data), "--student", "mlp", "--batch", "64", "--json", "--out",
+              str(tmp_path / "d2"), "--dagger", "1", "--dagger-samples", "32", "--dagger-epochs", "1", "--teacher", str(path)]
+    code, out, err = _cli(dagger, monkeypatch, capsys)
+    assert code == 0, err
+    code, again, err = _cli([*dagger, "--resume"], monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads(again)["rounds"] == json.loads(out)["rounds"]
 
 
 def test_a_job_error_is_raised_here_and_leaving_on_an_error_stops_the_workers_at_once():

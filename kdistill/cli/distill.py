@@ -106,7 +106,9 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "loss": loss, "val_tasks": val_tasks,
                  "samples_per_task": samples_per_task, "seed": seed, "checkpoint_every": checkpoint_every}
     base = presets[preset]
-    saved = _saved_run(out) if resume else None
+    # a DAgger run resumes by itself, from the settings pinned in its dagger.json (its newest checkpoint is a round's,
+    # trained with --dagger-epochs)
+    saved = _saved_run(out) if resume and dagger_rounds is None else None
     student_config = None
     if saved is not None:
         # --resume continues the run as it was started: its settings, unless an option is given explicitly

@@ -286,6 +286,16 @@ def _check_existing(meta: dict, expected: dict, out: Path) -> None:
             f"another --out folder.")
 
 
+def _check_fitted_on(meta: dict, tasks: Sequence[str], out: Path) -> None:
+    """Refuse tasks outside those a folder's own normaliser was fitted on (the order of commands would shape rows)."""
+    fitted_on = meta.get("normalizer_tasks")  # absent from folders collected before it was recorded
+    others = sorted(set(tasks) - set(fitted_on)) if fitted_on is not None else []
+    if others:
+        raise DataError(f"{out}'s normaliser was fitted on the {len(fitted_on)} tasks first collected into it; "
+                        f"adding {len(others)} others ({others[0]}, ...) would make its rows depend on the order "
+                        f"of commands: collect every task in one command, into a new --out folder.")
+
+
 def _is_expert_folder(path: Path) -> bool:
     try:
         meta = json.loads((path / "meta.json").read_text())
@@ -332,17 +342,20 @@ def collect_expert_data(domain, teacher, normalizer_state: dict | None, tasks: S
         _check_existing(meta, expected, out)
         claim_folder(out, "expert-data", legacy=_is_expert_folder)
         if normalizer is None:
+            _check_fitted_on(meta, tasks, out)
             normalizer = ObsNormalizer.from_state(meta["normalizer"])
         elif meta.get("normalizer") != normalizer.state():
             raise DataError(f"{out} was collected with another normaliser; collect into another --out folder.")
     else:
         claim_folder(out, "expert-data")
+        fitted_on = None
         if normalizer is None:
+            fitted_on = sorted(fit_tasks or tasks)
             normalizer = fit_normalizer(domain, teacher, list(fit_tasks or tasks), seed=settings.seed,
                                         executor=executor, threads=threads)
         meta = {**expected, "normalizer": normalizer.state(),
                 "student_normalizer": slice_normalizer_state(normalizer.state(), layout.student_features),
-                "tasks": {}}
+                **({"normalizer_tasks": fitted_on} if fitted_on is not None else {}), "tasks": {}}
     done = {t for t, info in meta["tasks"].items() if (out / info["shard"]).exists()}
     todo = [t for t in tasks if t not in done]
     skipped = [t for t in tasks if t in done]

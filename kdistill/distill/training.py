@@ -197,6 +197,22 @@ def plot_loss_curve(records: list[dict], path: Path, title: str = "") -> None:
     save_figure(fig, path)
 
 
+def data_fingerprint(paths: Sequence[str | Path], tasks: Sequence[str]) -> str:
+    """A hash of what the rows of ``tasks`` in these data folders come from and hold: each folder's teacher
+    checkpoint, seed, env count, rows per task and normaliser, and per task its row count, episodes and mean
+    return. A resume compares it, so a folder collected again under the same path is not taken for the old one."""
+    import hashlib
+
+    keys = ("teacher_sha256", "actor_sha256", "beta", "seed", "num_envs", "samples_per_task", "normalizer")
+    parts = []
+    for path in paths:
+        meta = read_expert_meta(path)
+        per_task = {t: {k: meta["tasks"][t].get(k) for k in ("samples", "episodes", "mean_return")}
+                    for t in tasks if t in meta["tasks"]}
+        parts.append({**{k: meta.get(k) for k in keys}, "tasks": per_task})
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _check_resume(meta: dict, arch: str, student_config: dict, config: DistillConfig, data_path: str, run: Path,
                   kind: str = "student", extra: dict | None = None) -> None:
     if meta.get("kind") != kind or "distill" not in meta:
@@ -270,6 +286,7 @@ def train_student(data_path: str | Path, student: str = "hnmlp", student_config:
     extra_refs = [str(Path(p).resolve()) for p in extra_data]
     init_ref = str(Path(init_from).resolve()) if init_from is not None else None
 
+    fingerprint = data_fingerprint([data_path, *extra_data], all_tasks)
     run = Path(out) if out is not None else None
     # the run folder that this process writes: only rank 0's in a data-parallel run
     writes = run if parallel is None or parallel.is_main else None
@@ -282,6 +299,9 @@ def train_student(data_path: str | Path, student: str = "hnmlp", student_config:
         tensors, ck_meta = load_checkpoint(latest_checkpoint(run))
         _check_resume(ck_meta, student, cfg_dict, config, data_ref, run, kind,
                       {"extra_data": extra_refs, "init_from": init_ref})
+        if ck_meta.get("data_fingerprint") not in (None, fingerprint):  # runs saved before it lack it
+            raise CheckpointError(f"{run} was distilled from other rows than {data_path} now holds (collected again, "
+                                  f"or with other settings); distill into another --out.")
         if ck_meta.get("train_tasks") != train_tasks:
             raise CheckpointError(f"{run} was distilled on other tasks than {data_path} now holds "
                                   f"({len(ck_meta.get('train_tasks', []))} vs {len(train_tasks)}); pass another --out.")
@@ -312,6 +332,7 @@ def train_student(data_path: str | Path, student: str = "hnmlp", student_config:
             "layout": layout.to_dict(), "normalizer": meta["normalizer" if spec is not None else "student_normalizer"],
             "action_std": model.action_std,
             "distill": config.to_dict(), "data": data_ref, "extra_data": extra_refs, "init_from": init_ref,
+            "data_fingerprint": fingerprint,
             "teacher": meta.get("teacher", ""), "train_tasks": train_tasks, "val_tasks": val_tasks,
             "counters": {"epoch": epoch, "step": step, "samples": samples_seen},
         }
