@@ -160,6 +160,14 @@ def test_result_folders_hold_only_what_kdistill_wrote(tmp_path, monkeypatch, cap
     code, _, err = _cli(["compare", "toy", "--policies", f"a={tmp_path / 'run'}", *args, "--out", str(tmp_path / "cmp")],
                         monkeypatch, capsys)
     assert code == 0 and (tmp_path / "cmp" / "compare.json").exists(), err
+    # named tasks are one group, as in eval; with --split as well, one line
+    code, out, err = _cli(["compare", "toy", "--policies", f"a={tmp_path / 'run'}", "--tasks", "two,three", "--episodes",
+                           "1", "--no-random", "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads(out)["tasks"] == {"tasks": ["two", "three"]}
+    code, _, err = _cli(["compare", "toy", "--policies", f"a={tmp_path / 'run'}", "--tasks", "two", "--split", "train"],
+                        monkeypatch, capsys)
+    assert code == 2 and "either --tasks" in err
     # a bad executor is refused before the folder exists
     code, _, err = _cli(["eval", "toy", "--policy", str(tmp_path / "run"), *args, "--executor", "nope",
                          "--out", str(tmp_path / "never")], monkeypatch, capsys)

@@ -62,7 +62,14 @@ def app(debug: bool) -> None:
 @app.command("plugins")
 @json_option
 def plugins_cmd(as_json: bool) -> None:
-    """List loaded plugins, their versions and what each registers."""
+    """List loaded plugins, their versions and what each registers.
+
+    \b
+    Example:
+      kdistill plugins
+      kdistill plugins --json          # for scripts
+      KDISTILL_PLUGINS=my_plugin kdistill plugins   # load a plugin module without installing it
+    """
     from kdistill.plugins import get_plugins
 
     plugins = get_plugins()
@@ -84,7 +91,13 @@ def plugins_cmd(as_json: bool) -> None:
 @json_option
 @data_dir_option
 def domains_cmd(as_json: bool, data_dir: str | None) -> None:
-    """List domains with their splits and task counts."""
+    """List domains with their splits and task counts.
+
+    \b
+    Example:
+      kdistill domains
+      kdistill domains --data-dir ~/robots --json
+    """
     from kdistill.plugins import get_plugins
 
     rows = []
@@ -157,6 +170,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except getattr(click.exceptions, "NoArgsIsHelpError", ()) as exc:  # a group called without a command: its help
+        click.echo(exc.ctx.get_help(), err=True)
+        sys.exit(2)
     except click.ClickException as exc:
         if debug:
             raise

@@ -18,6 +18,7 @@ from kdistill.cli.options import (
     print_json,
     progress_lines,
     tasks_dir_option,
+    tasks_option,
 )
 
 
@@ -28,6 +29,7 @@ from kdistill.cli.options import (
                    "A policy named 'teacher' is the reference for the fraction column.")
 @click.option("--split", "split_spec", default="train,test", show_default=True, help="Comma-separated splits.")
 @click.option("--num-tasks", type=click.IntRange(1), default=None, help="Only the first N tasks of each split.")
+@tasks_option("Comma-separated tasks, compared as one group named 'tasks' (instead of --split).")
 @evaluation_options
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Also write compare.json, compare.md (markdown tables, per task too) and compare.png into this folder.")
@@ -35,7 +37,8 @@ from kdistill.cli.options import (
 @json_option
 @data_dir_option
 @tasks_dir_option
-def compare_cmd(domain_name: str, policies_spec: str, split_spec: str, num_tasks: int | None, episodes: int, seed: int,
+def compare_cmd(domain_name: str, policies_spec: str, split_spec: str, num_tasks: int | None, task_names: str | None,
+                episodes: int, seed: int,
                 stochastic: bool, no_random: bool, device: str, threads: int | None, out_dir: str | None, as_json: bool,
                 data_dir: str | None, tasks_dir: str | None, executor_name: str = "local", workers: int = 1,
                 address: str | None = None) -> None:
@@ -48,6 +51,7 @@ def compare_cmd(domain_name: str, policies_spec: str, split_spec: str, num_tasks
     Example:
       kdistill compare unimal --policies teacher=runs/t,hnmlp=runs/h,mlp=runs/m --split train,test --out runs/cmp
       kdistill compare unimal --policies teacher=runs/t,hnmlp=runs/h --tasks-dir mutants    # the folder only
+      kdistill compare unimal --policies teacher=runs/t,hnmlp=runs/h --tasks floor-1409-0-3-01-15-56-55
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -59,25 +63,15 @@ def compare_cmd(domain_name: str, policies_spec: str, split_spec: str, num_tasks
     from kdistill.loading import load_policy
     from kdistill.plots import plot_comparison
     from kdistill.plugins import get_domain
-    from kdistill.tasks import resolve_tasks
 
     if episodes <= 0:
         raise KdistillError(f"--episodes must be positive, got {episodes}.")
     paths = parse_policies(policies_spec)
     set_torch_threads(threads)
     domain = get_domain(domain_name, data_dir=data_dir)
-    split_names = [s.strip() for s in split_spec.split(",") if s.strip()]
-    if tasks_dir is not None and click.get_current_context().get_parameter_source("split_spec").name == "DEFAULT":
-        split_names = []  # --tasks-dir alone: the folder's tasks only (add --split to compare with splits too)
-    elif not split_names:
-        raise KdistillError("--split is empty; pass e.g. train,test.")
-    splits = {s: resolve_tasks(domain, None, s, num_tasks, progress=progress_lines()) for s in split_names}
-    if tasks_dir is not None:
-        label = Path(tasks_dir).name or "tasks-dir"
-        if label in splits:
-            label = f"{label} (folder)"
-        splits[label] = resolve_tasks(domain, None, None, num_tasks, tasks_dir)
-        split_names.append(label)
+    split_given = click.get_current_context().get_parameter_source("split_spec").name != "DEFAULT"
+    splits = _task_groups(domain, split_spec, split_given, task_names, tasks_dir, num_tasks)
+    split_names = list(splits)
     device = check_device(device)
     policies = {name: load_policy(path, domain=domain, device=device, seed=seed) for name, path in paths.items()}
     total = sum(len(t) for t in splits.values()) * len(policies)
@@ -122,3 +116,27 @@ def compare_cmd(domain_name: str, policies_spec: str, split_spec: str, num_tasks
     console.print(table)
     if out_dir is not None:
         console.print(f"wrote compare.json, compare.md (per-task tables) and compare.png into {out_dir}")
+
+
+def _task_groups(domain, split_spec: str, split_given: bool, task_names: str | None, tasks_dir: str | None,
+                 num_tasks: int | None) -> dict[str, list[str]]:
+    """The groups of tasks compared, in order: the splits, or the --tasks named, and a --tasks-dir folder."""
+    from kdistill.errors import KdistillError
+    from kdistill.tasks import resolve_tasks
+
+    split_names = [s.strip() for s in split_spec.split(",") if s.strip()]
+    if task_names is not None:
+        if split_given or tasks_dir is not None:
+            raise KdistillError("pass either --tasks or --split/--tasks-dir, not both.")
+        return {"tasks": resolve_tasks(domain, task_names, None, num_tasks, progress=progress_lines())}
+    if tasks_dir is not None and not split_given:
+        split_names = []  # --tasks-dir alone: the folder's tasks only (add --split to compare with splits too)
+    elif not split_names:
+        raise KdistillError("--split is empty; pass e.g. train,test.")
+    groups = {s: resolve_tasks(domain, None, s, num_tasks, progress=progress_lines()) for s in split_names}
+    if tasks_dir is not None:
+        label = Path(tasks_dir).name or "tasks-dir"
+        if label in groups:
+            label = f"{label} (folder)"
+        groups[label] = resolve_tasks(domain, None, None, num_tasks, tasks_dir)
+    return groups

@@ -56,7 +56,7 @@ from kdistill.cli.options import (
                    "(--epochs and --checkpoint-every may be changed; other options must match the run).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device: cpu or cuda.")
 @click.option("--threads", type=click.IntRange(1), default=None,
-              help="Torch CPU threads. [default: 1 on machines of up to 4 cores, else cores minus workers, at most 8]")
+              help="Torch CPU threads. [default: 1 on machines of up to 4 cores, else the cores, at most 8]")
 @executor_options
 @json_option
 @data_dir_option

@@ -76,6 +76,8 @@ def env_check_cmd(domain: str, split: str, names: tuple[str, ...], steps: int, t
 
     dom = _domain(domain, data_dir, task_kind)
     wanted = _split_names(names)
+    if wanted and click.get_current_context().get_parameter_source("split").name != "DEFAULT":
+        raise KdistillError("pass either --tasks or --split, not both.")
     if tasks_dir is not None:
         pairs = [(t, None) for t in select_tasks(dom, tasks=wanted, tasks_dir=tasks_dir, progress=progress_lines())]
     elif wanted:

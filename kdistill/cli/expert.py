@@ -34,13 +34,13 @@ def expert_group() -> None:
               help="Data folder: shards/<task>.safetensors and meta.json. Re-running skips finished tasks.")
 @tasks_option()
 @click.option("--split", default=None, help="Collect a split's tasks: train, test or all. [default: train]")
-@click.option("--num-tasks", type=int, default=None, help="Only the first N tasks of the selection.")
-@click.option("--samples-per-task", "--samples-per-robot", "samples", cls=AliasOption, type=int, default=16000, show_default=True,
+@click.option("--num-tasks", type=click.IntRange(1), default=None, help="Only the first N tasks of the selection.")
+@click.option("--samples-per-task", "--samples-per-robot", "samples", cls=AliasOption, type=click.IntRange(1), default=16000, show_default=True,
               help="Rows stored per task (time-major over the envs).")
-@click.option("--envs", type=int, default=16, show_default=True, help="Envs of the task stepped together per task.")
+@click.option("--envs", type=click.IntRange(1), default=16, show_default=True, help="Envs of the task stepped together per task.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the resets and the sampled actions.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for the teacher: cpu or cuda.")
-@click.option("--threads", type=int, default=1, show_default=True,
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
               help="Torch CPU threads. More threads are much slower while the envs step on the same cores "
                    "(measured 7-13x slower with 2 on 2 cores): the batches here are small.")
 @executor_options

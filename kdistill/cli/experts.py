@@ -24,7 +24,7 @@ def experts_group() -> None:
 @click.option("--preset", default=None, help="Config preset: sb3 (Stable-Baselines3's PPO defaults) or tiny. [default: sb3]")
 @tasks_option()
 @click.option("--split", default=None, help="Train on a split's tasks: train, test or all. [default: train]")
-@click.option("--num-tasks", type=int, default=None, help="Only the first N tasks of the selection.")
+@click.option("--num-tasks", type=click.IntRange(1), default=None, help="Only the first N tasks of the selection.")
 @click.option("--steps-per-task", type=int, default=None,
               help="Env steps per task at most; with --resume, a larger value than the run's raises its budget and "
                    "the tasks that stopped on the old one train on. [default: 1,500,000]")
@@ -281,6 +281,11 @@ def status_cmd(run: str, as_json: bool) -> None:
     """Per-task progress of expert RUN (or exported experts): env steps, best evaluation, status.
 
     Reads only the newest complete checkpoint's meta.json, so it is safe while the run trains.
+
+    \b
+    Example:
+      kdistill experts status runs/experts
+      kdistill experts status domains/unimal/pretrained/experts-flat --json
     """
     import numpy as np
     from rich.table import Table

@@ -48,7 +48,8 @@ def teacher_group() -> None:
                    "machines). --executor ray: rollout workers, each stepping its share of the envs with a CPU copy "
                    "of the policy.")
 @click.option("--executor", "executor_name", default="local", show_default=True,
-              help="Where the rollouts run: local (this process and its env workers) or ray (kdistill[ray]).")
+              help="Where the rollouts run: local (this process and its env workers), or on rollout workers of "
+                   "processes (this machine) or ray (kdistill[ray]).")
 @click.option("--address", default=None, help="With --executor ray: the Ray cluster to join (host:port, or auto).")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="Torch CPU threads. [default: 1 on machines of up to 4 cores, else cores minus workers, at most 8]")
@@ -71,7 +72,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
       kdistill teacher train unimal --preset cpu --split train --num-tasks 10 --steps 5000000 --out runs/t1
       kdistill teacher train unimal --out runs/t1 --resume          # continue after an interruption
       kdistill teacher train unimal --split train --steps 5000000 --out runs/t2 --executor ray --workers 8
-      kdistill teacher train unimal --split train --steps 5000000 --out runs/t3 \
+      kdistill teacher train unimal --split train --steps 5000000 --out runs/t3 \\
           --init domains/unimal/pretrained/teacher-universal --critic-warmup 20 --lr 3e-5 --freeze-obs-norm
 
     A checkpoint is written every --checkpoint-every iterations and at the end; an interruption loses at
@@ -237,12 +238,19 @@ def status_cmd(run: str, as_json: bool) -> None:
 
     Reads only the newest complete checkpoint's meta.json and metrics.jsonl, so it is safe while the run
     trains. Training returns are under the PPO action noise; `kdistill eval` measures the mean action.
+
+    \b
+    Example:
+      kdistill teacher status runs/t1
+      kdistill teacher status runs/t1 --json | jq '.per_task | sort_by(.recent_return) | .[:5]'   # weakest tasks
     """
     from rich.table import Table
 
     from kdistill.cli.options import console
     from kdistill.rl.trainer import run_status
 
+    if not Path(run).exists():
+        raise KdistillError(f"{run} does not exist; pass the --out folder of a `kdistill teacher train` run.")
     s = run_status(run)
     if as_json:
         print_json(s)

@@ -207,6 +207,7 @@ def test_an_unexpected_exception_is_still_one_line(cli, pipeline, monkeypatch):
         raise ZeroDivisionError("boom")
 
     monkeypatch.setattr(ev, "evaluate_policy", broken)
+    monkeypatch.setenv("KDISTILL_DEBUG", "0")  # --debug below sets it to 1 for child processes: undone after the test
     res = cli("eval", "cartpole", "--policy", pipeline["teacher"], "--num-tasks", "1", "--json")
     assert_one_line_error(res, "ZeroDivisionError", "--debug", as_json=True)
     with pytest.raises(ZeroDivisionError):
