@@ -34,6 +34,7 @@ def _first_obs(domain, task: str) -> dict:
 
 @pytest.mark.parametrize("name, domain_name, kind, tasks", [
     ("experts-flat", "unimal", "experts", 100), ("teacher-universal", "unimal", "teacher", 100),
+    ("teacher-universal-ppo", "unimal", "teacher", 100),
     ("hnmlp-universal", "unimal", "student", 100), ("teacher-vt", "unimal:vt", "teacher", 20),
     ("teacher-obstacle", "unimal:obstacle", "teacher", 20), ("teacher-vt-from-flat", "unimal:vt", "teacher", 20),
     ("teacher-obstacle-from-flat", "unimal:obstacle", "teacher", 20)])
@@ -52,7 +53,7 @@ def test_shipped_models_load_and_act_on_their_robots_and_on_unseen_ones(unimal_d
 
 
 def test_the_demo_teacher_of_each_task_kind_is_a_shipped_teacher_of_that_kind(unimal_dir):
-    expected = {"ft": "teacher-cpu10", "vt": "teacher-vt-from-flat", "obstacle": "teacher-obstacle-from-flat"}
+    expected = {"ft": "teacher-universal-ppo", "vt": "teacher-vt-from-flat", "obstacle": "teacher-obstacle-from-flat"}
     for kind, name in expected.items():
         domain = _domain(f"unimal:{kind}", unimal_dir)
         teacher = domain.pretrained_teacher()

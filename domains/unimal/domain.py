@@ -164,15 +164,16 @@ class UnimalDomain(kdistill.Domain):
 
     # kdistill demo -------------------------------------------------------------------------------------
     def pretrained_teacher(self):
-        """The demo's teacher. Flat terrain: the PPO MetaMorph teacher of 10 robots (`cpu` preset, docs/teacher.md);
-        the universal transformer distilled from the 100 experts (`teacher-universal`, docs/experts.md) is weaker on
-        these 10 robots and fails on unseen ones, so it is not the default (pass it with --teacher). Variable terrain
+        """The demo's teacher. Flat terrain: the universal PPO MetaMorph teacher (`teacher-universal-ppo`, `cpu`
+        preset, all 100 training robots, started from the 10-robot `teacher-cpu10`; docs/experts.md), which beats
+        `teacher-cpu10` over the 100 training and the 102 test robots; the transformer distilled from the 100
+        experts (`teacher-universal`) fails on unseen robots. Variable terrain
         and obstacles: that flat teacher grown a height-field encoder (`teacher-vt-from-flat`,
         `teacher-obstacle-from-flat`), which scores 1.6-3.7x the transformers distilled from 20 robots' experts
         (`teacher-vt`, `teacher-obstacle`) on those robots and walks on some unseen ones (docs/terrain.md)."""
         from pathlib import Path
 
-        name = {"ft": "teacher-cpu10", "vt": "teacher-vt-from-flat", "obstacle": "teacher-obstacle-from-flat"}.get(self.task_kind)
+        name = {"ft": "teacher-universal-ppo", "vt": "teacher-vt-from-flat", "obstacle": "teacher-obstacle-from-flat"}.get(self.task_kind)
         if name is None:
             return None
         path = Path(__file__).resolve().parent / "pretrained" / name
