@@ -177,9 +177,11 @@ def _run_distill(data_path, student, student_config, config, out, resume, domain
                  student_preset) -> dict | None:
     """One distillation, as one process or as this process's rank under torchrun (None on ranks other than 0)."""
     from kdistill.devices import check_device
+    from kdistill.distill.expert_data import read_expert_meta
     from kdistill.distill.training import distill
     from kdistill.distributed import close_data_parallel, data_parallel_from_env, rank_device
 
+    read_expert_meta(data_path)  # a missing or damaged data folder is reported before the progress display opens
     device = check_device(rank_device(device))
     parallel = data_parallel_from_env(device)
     try:
