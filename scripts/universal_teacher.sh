@@ -20,6 +20,9 @@
 #              (default runs/experts-NAME)
 #   EXPERTS    the exported experts (default: the shipped domains/unimal/pretrained/experts-NAME where it exists, as
 #              on flat terrain, else OUT/experts); KDISTILL, the command
+#   TEACHER    a universal teacher made another way (a PPO run, e.g. domains/unimal/pretrained/teacher-universal-ppo):
+#              steps 1-4 and the experts' HN-MLP are skipped, the students learn from TEACHER's data (default
+#              OUT runs/universal-teacher); STUDENT_EPOCHS, the students' epochs (default: distill's, 50)
 # The terrain tasks on 20 robots, as run on the 2-core VM (docs/terrain.md):
 #   TASK=vt NUM_TASKS=20 STEPS=400000 TEST_EPISODES=4 WORKERS=2 DAGGER_ROUNDS=2 RUN=runs/experts-vt-400k \
 #     bash scripts/universal_teacher.sh
@@ -27,6 +30,9 @@
 #     EXPERTS=runs/experts-obstacle-400k-export bash scripts/universal_teacher.sh
 # On a machine with a GPU and 16 cores (how the shipped transformer was made, docs/experts.md):
 #   DEVICE=cuda WORKERS=15 EXPERT_ROWS=16000 bash scripts/universal_teacher.sh
+# The students of the PPO teacher on all 100 robots, as run on the 2-core VM (docs/experts.md):
+#   TEACHER=domains/unimal/pretrained/teacher-universal-ppo STUDENT_ROWS=8000 STUDENT_EPOCHS=20 WORKERS=2 \
+#     bash scripts/universal_teacher.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASK=${TASK:-ft}
@@ -41,8 +47,12 @@ DAGGER_ROWS=${DAGGER_ROWS:-4000}
 K=${KDISTILL:-.venv/bin/kdistill}
 POOL=()
 [ "${WORKERS:-1}" -gt 1 ] && POOL=(--executor processes --workers "$WORKERS")
+TEACHER=${TEACHER:-}
+EPOCHS=()
+[ -n "${STUDENT_EPOCHS:-}" ] && EPOCHS=(--epochs "$STUDENT_EPOCHS")
 if [ "$TASK" = ft ]; then
-  DOMAIN=unimal NAME=flat OUT=${OUT:-runs/universal}
+  DOMAIN=unimal NAME=flat
+  if [ -n "$TEACHER" ]; then OUT=${OUT:-runs/universal-teacher}; else OUT=${OUT:-runs/universal}; fi
 else
   DOMAIN=unimal:$TASK NAME=$TASK OUT=${OUT:-runs/universal-$TASK}
 fi
@@ -55,6 +65,9 @@ if [ -f $SHIPPED/meta.json ]; then EXPERTS=${EXPERTS:-$SHIPPED}; else EXPERTS=${
 resume() { [ -f "$1/latest.json" ] && echo --resume || true; }
 stamp() { echo "[route $(date -u +%FT%TZ)] $*" >&2; }  # the wall time of each step, for the record
 
+mkdir -p $OUT
+DATA=$OUT/data-transformer
+if [ -z "$TEACHER" ]; then  # steps 1-4: the teacher is the transformer distilled from the experts
 stamp "experts"
 # 1. experts
 if [ ! -f "$EXPERTS/meta.json" ]; then
@@ -67,7 +80,6 @@ if [ ! -f "$EXPERTS/meta.json" ]; then
   $K experts export $RUN --out $EXPERTS
 fi
 stamp "evaluate the experts"
-mkdir -p $OUT
 if [ ! -f $OUT/experts-eval-train.json ]; then
   $K eval $DOMAIN --policy $EXPERTS --split train "${SUBSET[@]}" --episodes 16 "${POOL[@]}" --out $OUT/experts-eval-train \
     --json > $OUT/experts-eval-train.json.tmp && mv $OUT/experts-eval-train.json.tmp $OUT/experts-eval-train.json
@@ -85,22 +97,31 @@ stamp "the transformer, with DAgger"
 $K distill $DOMAIN --data $OUT/data-experts --student metamorph --student-preset cpu --epochs $TF_EPOCHS \
   --device $DEVICE --dagger $DAGGER_ROUNDS --dagger-samples $DAGGER_ROWS --dagger-epochs 4 --teacher $EXPERTS \
   --checkpoint-every 1 "${POOL[@]}" --out $OUT/transformer $(resume $OUT/transformer)
+TEACHER=$OUT/transformer
+else
+DATA=$OUT/data-teacher
+fi
 
 stamp "students"
-# 5. students: from the transformer's own data, and straight from the experts
-$K expert collect $DOMAIN --teacher $OUT/transformer --split train "${SUBSET[@]}" --samples-per-task $STUDENT_ROWS \
-  --envs 16 "${POOL[@]}" --out $OUT/data-transformer
+# 5. students: from the teacher's own data, and straight from the experts
+$K expert collect $DOMAIN --teacher $TEACHER --split train "${SUBSET[@]}" --samples-per-task $STUDENT_ROWS \
+  --envs 16 "${POOL[@]}" --out $DATA
 for s in hnmlp mlp; do
-  $K distill $DOMAIN --data $OUT/data-transformer --student $s --device $DEVICE --out $OUT/$s $(resume $OUT/$s)
+  $K distill $DOMAIN --data $DATA --student $s "${EPOCHS[@]}" --device $DEVICE --out $OUT/$s \
+    $(resume $OUT/$s)
 done
-$K distill $DOMAIN --data $OUT/data-experts --student hnmlp --device $DEVICE --out $OUT/hnmlp-from-experts \
-  $(resume $OUT/hnmlp-from-experts)
+STUDENTS=teacher=$TEACHER,hnmlp=$OUT/hnmlp,mlp=$OUT/mlp
+EXPERT_POLICIES=
+if [ "$TEACHER" = "$OUT/transformer" ]; then
+  $K distill $DOMAIN --data $OUT/data-experts --student hnmlp --device $DEVICE --out $OUT/hnmlp-from-experts \
+    $(resume $OUT/hnmlp-from-experts)
+  STUDENTS=$STUDENTS,hnmlp-experts=$OUT/hnmlp-from-experts EXPERT_POLICIES=,experts=$EXPERTS
+fi
 
 stamp "compare"
-# 6. the comparison; the transformer is named teacher, the reference of the fraction column
-STUDENTS=teacher=$OUT/transformer,hnmlp=$OUT/hnmlp,mlp=$OUT/mlp,hnmlp-experts=$OUT/hnmlp-from-experts
+# 6. the comparison; the teacher is the reference of the fraction column
 if [ ! -f $OUT/compare-train.json ]; then
-  $K compare $DOMAIN --policies $STUDENTS,experts=$EXPERTS --split train "${SUBSET[@]}" --episodes 16 "${POOL[@]}" \
+  $K compare $DOMAIN --policies $STUDENTS$EXPERT_POLICIES --split train "${SUBSET[@]}" --episodes 16 "${POOL[@]}" \
     --out $OUT/compare-train --json > $OUT/compare-train.json.tmp && mv $OUT/compare-train.json.tmp $OUT/compare-train.json
 fi
 # the experts have no expert for an unseen robot
