@@ -1,7 +1,7 @@
 """Copy a run's newest checkpoint into a folder that ships with the repo: the model's weights only (no optimiser
 state), optionally stored as float16 to halve its size (they load back as float32; compute stays float32).
 
-    python scripts/ship_checkpoint.py runs/universal/hnmlp domains/unimal/pretrained/hnmlp-universal --float16
+    python scripts/ship_checkpoint.py runs/universal-teacher/hnmlp domains/unimal/pretrained/hnmlp-universal-ppo --float16
 
 The folder gets the checkpoint, latest.json and the run's metrics.jsonl and PNGs; an existing OUT is refused."""
 
