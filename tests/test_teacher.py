@@ -400,6 +400,35 @@ def test_teacher_train_command_starts_from_init_and_resumes_without_it(tmp_path,
     assert code == 2 and "not a teacher" in err and not (tmp_path / "y").exists()
 
 
+
+def test_action_std_replaces_the_presets_and_an_init_may_differ_in_it(tmp_path, monkeypatch, capsys):
+    from kdistill.loading import load_policy
+    from kdistill.plugins import get_domain
+
+    source, run = tmp_path / "source", tmp_path / "run"
+    base = ["teacher", "train", "toy", "--steps", "4096", "--threads", "1", "--json"]
+    code, _, err = _cli([*base, "--out", str(source)], monkeypatch, capsys)
+    assert code == 0, err
+    preset_std = load_run_checkpoint(source)[1]["config"]["action_std"]
+    code, _, err = _cli([*base, "--out", str(run), "--init", str(source), "--action-std", "0.25"], monkeypatch, capsys)
+    assert code == 0, err
+    src_tensors = load_run_checkpoint(source)[0]
+    meta = load_run_checkpoint(run)[1]
+    assert preset_std != 0.25 and meta["config"]["action_std"] == 0.25 and meta["run"]["action_std"] == 0.25
+    # the rest of the config is the source's, and the run's teacher samples with the new std
+    assert {k: v for k, v in meta["config"].items() if k != "action_std"} == \
+        {k: v for k, v in load_run_checkpoint(source)[1]["config"].items() if k != "action_std"}
+    assert load_policy(run, get_domain("toy")).std == 0.25
+    assert set(load_run_checkpoint(run)[0]) == set(src_tensors)
+    # a resume keeps it and refuses another
+    code, _, err = _cli([*base, "--out", str(run), "--resume", "--action-std", "0.5"], monkeypatch, capsys)
+    assert code == 2 and "action std of 0.25" in err and "Traceback" not in err
+    code, _, err = _cli([*base, "--out", str(source), "--resume", "--action-std", "0.5"], monkeypatch, capsys)
+    assert code == 2 and "preset's action std" in err
+    code, _, err = _cli([*base, "--out", str(run), "--resume", "--steps", "8192"], monkeypatch, capsys)
+    assert code == 0, err
+    assert load_run_checkpoint(run)[1]["config"]["action_std"] == 0.25
+
 _SAVER = textwrap.dedent("""
     import sys
     import numpy as np

@@ -39,6 +39,9 @@ def teacher_group() -> None:
                    "whose critic was never trained. [default: 0]")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Peak learning rate instead of the PPO preset's (e.g. smaller for an --init actor). [default: the preset's]")
+@click.option("--action-std", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="The fixed action std PPO samples with instead of the teacher preset's (e.g. the noise an --init "
+                   "actor tolerates: a distilled one never acted under the presets' 0.9). [default: the preset's]")
 @click.option("--freeze-obs-norm", is_flag=True, default=None,
               help="Keep the observation statistics the run starts with (an --init teacher's) instead of updating them.")
 @click.option("--seed", type=int, default=None, help="Random seed. [default: 0]")
@@ -62,7 +65,7 @@ def teacher_group() -> None:
 @data_dir_option
 def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: str | None, teacher: str | None, task_names: str | None,
               split: str | None, num_tasks: int | None, steps: int | None, resume: bool, init: str | None,
-              critic_warmup: int | None, lr: float | None, freeze_obs_norm: bool | None, seed: int | None,
+              critic_warmup: int | None, lr: float | None, action_std: float | None, freeze_obs_norm: bool | None, seed: int | None,
               device: str, workers: int, executor_name: str, address: str | None, threads: int | None,
               checkpoint_every: int | None, new_split: bool, as_json: bool, data_dir: str | None) -> None:
     """Train a teacher for DOMAIN with PPO.
@@ -109,12 +112,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
     teacher_preset = teacher_preset or saved.get("teacher_preset") or default_teacher_preset(spec, preset)
     if teacher_preset not in presets:
         raise unknown_name(f"{teacher_name} preset", teacher_preset, presets)
-    if init and saved and saved.get("init", "") != init:
-        raise KdistillError(f"--init {init}: the run in {run_dir} started from "
-                            f"{saved.get('init') or 'fresh weights'}; resume it without --init.")
-    if lr is not None and saved and saved.get("lr") != lr:
-        started = f"a learning rate of {saved['lr']}" if saved.get("lr") else "its preset's learning rate"
-        raise KdistillError(f"--lr {lr}: the run in {run_dir} was started with {started}; resume it without --lr.")
+    _refuse_other_start(saved, run_dir, init, lr, action_std)
     # every checkpoint restarts the episodes, so the interval is part of what the run computes
     remote = executor_name != "local"
     # rollout workers seed every env slot alike, however many there are; the learner's own env processes split the
@@ -133,6 +131,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
                            init=init or saved.get("init", ""),
                            critic_warmup=critic_warmup if critic_warmup is not None else saved.get("critic_warmup", 0),
                            lr=lr if lr is not None else saved.get("lr"),
+                           action_std=action_std if action_std is not None else saved.get("action_std"),
                            freeze_obs_norm=bool(freeze_obs_norm or saved.get("freeze_obs_norm", False)),
                            rollout=rollout)
     check_device(device)
@@ -143,7 +142,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
         # the folder is marked only once the run could start: a refused --init leaves nothing behind
         claim_folder(run_dir, "teacher-run", legacy=looks_like_run("teacher"), check_only=True)
         n_threads = set_torch_threads(threads, workers)
-        trainer = start_or_resume(domain, settings, spec, presets[teacher_preset], settings.ppo_config(ppo_presets), run_dir, resume,
+        trainer = start_or_resume(domain, settings, spec, settings.teacher_config(presets), settings.ppo_config(ppo_presets), run_dir, resume,
                                   device=device, workers=0 if remote else workers, executor=executor if remote else None)
         try:
             claim_folder(run_dir, "teacher-run", legacy=looks_like_run("teacher"))
@@ -179,6 +178,21 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
                           f"{summary['steps_per_s']:.0f} env steps/s; checkpoint {summary['checkpoint']}")
     if stopped:
         raise click.exceptions.Exit(stop.exit_code)
+
+
+
+def _refuse_other_start(saved: dict, run_dir: Path, init: str | None, lr: float | None, action_std: float | None) -> None:
+    """On --resume, refuse a start (--init, --lr, --action-std) other than the run's own."""
+    if init and saved and saved.get("init", "") != init:
+        raise KdistillError(f"--init {init}: the run in {run_dir} started from "
+                            f"{saved.get('init') or 'fresh weights'}; resume it without --init.")
+    if action_std is not None and saved and saved.get("action_std") != action_std:
+        started = f"an action std of {saved['action_std']}" if saved.get("action_std") else "its teacher preset's action std"
+        raise KdistillError(f"--action-std {action_std}: the run in {run_dir} was started with {started}; resume it "
+                            f"without --action-std.")
+    if lr is not None and saved and saved.get("lr") != lr:
+        started = f"a learning rate of {saved['lr']}" if saved.get("lr") else "its preset's learning rate"
+        raise KdistillError(f"--lr {lr}: the run in {run_dir} was started with {started}; resume it without --lr.")
 
 
 def _train_with_progress(trainer, run_dir: Path, quiet: bool, should_stop=None) -> dict[str, Any]:

@@ -63,6 +63,9 @@ class RunSettings:
     critic_warmup: int = attrs.field(default=0, validator=attrs.validators.ge(0))  # first iterations: the critic alone learns
     lr: float | None = None  # the PPO preset's peak learning rate, replaced (None = the preset's)
     freeze_obs_norm: bool = False  # keep the observation statistics the run started with (from --init)
+    # the fixed action std PPO samples with, replaced (None = the teacher preset's); an --init actor that never acted
+    # under noise loses most of its return under the presets' 0.9
+    action_std: float | None = attrs.field(default=None, validator=attrs.validators.optional(_pos))
     # how the envs ran ("env-processes:N", N = 0 in this process; "rollout-workers" of an executor, any number): it
     # decides their seeds, so a run continues exactly only the same way ("" = not recorded)
     rollout: str = ""
@@ -71,6 +74,11 @@ class RunSettings:
         """The PPO config of this run: its preset, with the learning rate it was given."""
         config = presets[self.preset]
         return config if self.lr is None else attrs.evolve(config, lr=self.lr)
+
+    def teacher_config(self, presets: dict[str, Any]) -> Any:
+        """The teacher config of this run: its preset, with the action std it was given."""
+        config = presets[self.teacher_preset or self.preset]
+        return config if self.action_std is None else attrs.evolve(config, action_std=self.action_std)
 
     def to_dict(self) -> dict[str, Any]:
         d = attrs.asdict(self)
@@ -205,7 +213,9 @@ class PPOTrainer:
         if meta.get("kind") != "teacher":
             raise CheckpointError(f"--init {source} is a {meta.get('kind')!r} policy, not a teacher; pass a teacher run or "
                                   f"a distilled transformer.")
-        if meta.get("arch") != self.settings.teacher or _jsonable(meta.get("config")) != _jsonable(self.teacher_config.to_dict()):
+        # the action std is a setting of the run (--action-std), not of the weights
+        if (meta.get("arch") != self.settings.teacher
+                or _without(_jsonable(meta.get("config")), "action_std") != _without(_jsonable(self.teacher_config.to_dict()), "action_std")):
             raise CheckpointError(f"--init {source} holds a {meta.get('arch')!r} teacher whose config differs from this run's "
                                   f"{self.settings.teacher!r} (preset {self.settings.teacher_preset or self.settings.preset!r}); "
                                   f"pass the --teacher and --teacher-preset it was made with.")
