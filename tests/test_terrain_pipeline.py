@@ -51,7 +51,7 @@ def test_domain_argument_names_the_kind_of_task():
     assert vt.task_kind == "vt" and vt.layout.extero_features == E and domain_label(vt) == "unimal:vt"
     flat = get_domain("unimal")
     assert flat.task_kind == "ft" and flat.layout.extero_features == 0 and domain_label(flat) == "unimal"
-    assert get_domain("unimal", task_kind="obstacle").task_kind == "obstacle"  # env check's --task KIND
+    assert get_domain("unimal", task_kind="obstacle").task_kind == "obstacle"  # env check's --kind KIND
     for bad, words in (("unimal:", "ends with ':'"), ("unimal:hills", "unknown kind"), ("cartpole:vt", "one kind")):
         with pytest.raises(KdistillError, match=words):
             get_domain(bad)

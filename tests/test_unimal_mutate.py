@@ -86,10 +86,12 @@ def test_mutate_command(unimal_dir, tmp_path):
     assert json.loads((out / "mutations.json").read_text()) == doc
     res = CliRunner().invoke(app, ["env", "check", "unimal", "--robots-dir", str(out), "--steps", "50", "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["passed"] == 2
-    # a split works too; bad input is one line
-    res = CliRunner().invoke(app, ["unimal", "mutate", "--from", "train", "--robots", MEDIAN, "--out", str(tmp_path / "m2"),
-                                   "--operators", "gear", "--per-robot", "1", "--steps", "50", "--data-dir", str(unimal_dir)])
+    # a split works too, selected with the generic commands' --tasks as well; bad input is one line
+    res = CliRunner().invoke(app, ["unimal", "mutate", "--from", "train", "--tasks", MEDIAN, "--out", str(tmp_path / "m2"),
+                                   "--operators", "gear", "--per-robot", "1", "--steps", "50", "--data-dir", str(unimal_dir),
+                                   "--json"])
     assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["parents"] == [MEDIAN]
     res = CliRunner().invoke(app, args[:-2] + ["--operators", "shrink"])
     assert isinstance(res.exception, UnknownNameError) and "grow-limb" in str(res.exception)
     (tmp_path / "theirs").mkdir()

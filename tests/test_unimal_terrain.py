@@ -241,14 +241,15 @@ def test_layouts():
         UnimalDomain(task_kind="hills")
 
 
-def test_env_check_task_option(unimal_dir):
+def test_env_check_kind_option(unimal_dir):
     runner = CliRunner()
-    res = runner.invoke(app, ["env", "check", "unimal", "--task", "obstacle", "--tasks", SMALL, "--steps", "30",
+    res = runner.invoke(app, ["env", "check", "unimal", "--kind", "obstacle", "--tasks", SMALL, "--steps", "30",
                               "--data-dir", str(unimal_dir), "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["task_kind"] == "obstacle" and doc["passed"] == 1 and doc["tasks"][0]["task_kind"] == "obstacle"
+    # --task, the option's name before --kind, still works
     bad = runner.invoke(app, ["env", "check", "unimal", "--task", "hills", "--data-dir", str(unimal_dir)])
     assert isinstance(bad.exception, UnknownNameError) and "ft, obstacle, vt" in str(bad.exception)
-    flat_only = runner.invoke(app, ["env", "check", "cartpole", "--task", "vt"])
+    flat_only = runner.invoke(app, ["env", "check", "cartpole", "--kind", "vt"])
     assert "one kind of task" in str(flat_only.exception)

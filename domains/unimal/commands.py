@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from kdistill.cli.options import console, data_dir_option, err_console, json_option, print_json, progress_lines
+from kdistill.cli.options import AliasOption, console, data_dir_option, err_console, json_option, print_json, progress_lines
 
 
 @click.group("unimal")
@@ -21,8 +21,11 @@ def unimal_group() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every draw.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="Folder for xml/, metadata/ and mutations.json (usable as --robots-dir).")
-@click.option("--robots", default=None, help="Only these robots of --from (comma-separated).")
-@click.option("--num-robots", type=click.IntRange(1), default=None, help="Only the first N robots of --from.")
+# the generic commands' --tasks and --num-tasks name the same selections
+@click.option("--robots", "--tasks", "robots", cls=AliasOption, default=None,
+              help="Only these robots of --from (comma-separated).")
+@click.option("--num-robots", "--num-tasks", "num_robots", cls=AliasOption, type=click.IntRange(1), default=None,
+              help="Only the first N robots of --from.")
 @click.option("--operators", default=",".join(__import__("kdistill_unimal.mutate", fromlist=["OPERATORS"]).OPERATORS),
               show_default=True, help="Mutation operators to draw from (comma-separated).")
 @click.option("--steps", type=click.IntRange(1), default=1000, show_default=True,

@@ -69,7 +69,7 @@ def env_check_cmd(domain: str, split: str, names: tuple[str, ...], steps: int, t
     \b
     Examples:
       kdistill env check unimal --split test --json
-      kdistill env check unimal --task vt --split all
+      kdistill env check unimal --kind vt --split all
       kdistill env check unimal --tasks-dir my-tasks
     """
     from kdistill.tasks import ensure_data, select_tasks

@@ -55,8 +55,9 @@ def task_option(help: str, **kwargs):
     return click.option("--task", "--robot", "task", cls=AliasOption, help=help, **kwargs)
 
 
+# ``--task`` elsewhere names one task; here it stays an alias for scripts written before ``--kind``
 task_kind_option = click.option(
-    "--task", "task_kind", default=None, metavar="KIND",
+    "--kind", "--task", "task_kind", cls=AliasOption, default=None, metavar="KIND",
     help="The kind of task, for a domain that offers several (its task_kinds in `kdistill domains`), the same as "
          "DOMAIN:KIND (e.g. unimal:vt, which every command takes); default: the domain's own.")
 
