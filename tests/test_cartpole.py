@@ -236,6 +236,24 @@ def test_vec_env_contract_auto_reset_and_episode_info(domain):
     assert finished and all(ep["length"] <= 200 for ep in finished)
 
 
+
+def test_every_vector_env_reports_its_slots_tasks(domain):
+    from kdistill.rl.vec import SubprocVecEnv, SyncVecEnv
+
+    tasks = domain.tasks("train")[:3]
+    for venv in (SubprocVecEnv.from_domain(domain, tasks, 6, workers=2, seed=1),
+                 SyncVecEnv.from_domain(domain, tasks, 4, seed=1)):
+        with venv:
+            obs, seen = venv.reset(seed=3), set()
+            for _ in range(120):  # episodes end and slots draw new tasks
+                slots = venv.slot_tasks
+                assert len(slots) == venv.num_envs and set(slots) <= set(tasks)
+                seen.update(slots)
+                for i, task in enumerate(slots):
+                    np.testing.assert_array_equal(obs["context"][i], domain.context(task).tokens)
+                obs = venv.step(np.full((venv.num_envs, 1), 0.8, np.float32))[0]
+            assert seen == set(tasks)
+
 def test_vec_env_is_deterministic_and_matches_the_single_env(domain):
     tasks = domain.tasks("test")
     a, b = domain.make_vec_env(tasks, 4, seed=0), domain.make_vec_env(tasks, 4, seed=0)

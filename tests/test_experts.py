@@ -390,7 +390,7 @@ def test_pinned_slots_play_their_task_independently(unimal):
         seeds = [11, 12, 21, 22, 31, 32]
         envs.reset(seed=seeds)
         first = [envs.step(np.zeros((6, 24), np.float32))[0]["obs"] for _ in range(3)]
-        assert envs.task_names() == [t for t in tasks for _ in range(2)]
+        assert envs.slot_tasks == [t for t in tasks for _ in range(2)]
     finally:
         envs.close()
     alone = pinned_vec_env(unimal, tasks[1:2], 2)

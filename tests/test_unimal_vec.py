@@ -51,7 +51,7 @@ def test_contract_shapes_and_autoreset(domain):
         lengths += 1
         returns += rewards
         for i, info in enumerate(infos):
-            task = vec.task_names()[i]
+            task = vec.slot_tasks[i]
             # the observation always belongs to the robot the slot plays now
             assert (~obs["obs_mask"][i]).sum() == domain.library.get(task).num_bodies
             np.testing.assert_array_equal(obs["context"][i], domain.context(task).tokens)
@@ -110,7 +110,7 @@ def test_sampler_drives_robot_choice(domain):
     sampler = FixedProbsSampler(TASKS, probs=[0.0, 0.0, 1.0])  # only the large robot
     vec = domain.make_vec_env(TASKS, num_envs=3, seed=0, sampler=sampler, threads=1)
     vec.reset()
-    assert vec.task_names() == [LARGE] * 3
+    assert vec.slot_tasks == [LARGE] * 3
 
 
 def test_bad_use(domain):

@@ -181,7 +181,8 @@ class UnimalVecEnv(VecEnv):
                 f.result()
         return self._pack(obs, extero), rewards, terminated, truncated, infos
 
-    def task_names(self) -> list[str]:
+    @property
+    def slot_tasks(self) -> list[str]:
         """The robot each sub-env is playing now."""
         return [s.robot.name if s is not None else None for s in self.sims]
 

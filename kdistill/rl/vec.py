@@ -59,6 +59,11 @@ class VecEnv:
     def step(self, actions: np.ndarray):
         raise NotImplementedError
 
+    @property
+    def slot_tasks(self) -> list[str]:
+        """The task each slot is playing now (after an auto-reset: the next episode's)."""
+        raise NotImplementedError(f"{type(self).__name__} does not report its slots' tasks")
+
     def sync_sampler(self) -> None:
         """Make the sub-envs use the sampler's current probabilities (no-op when they share it)."""
 
@@ -180,6 +185,8 @@ def _worker(conn, make_chunk: Callable[[int, int, TaskSampler], VecEnv], index: 
                 conn.send(("ok", env.step(arg)))
             elif cmd == "reset":
                 conn.send(("ok", env.reset(seed=arg)))
+            elif cmd == "slot_tasks":
+                conn.send(("ok", env.slot_tasks))
             elif cmd == "probs":
                 sampler.set_probs(arg)
                 conn.send(("ok", None))
@@ -274,6 +281,10 @@ class SubprocVecEnv(VecEnv):
         rewards, terminated, truncated = (np.concatenate([p[j] for p in parts]) for j in (1, 2, 3))
         infos = [info for p in parts for info in p[4]]
         return obs, rewards, terminated, truncated, infos
+
+    @property
+    def slot_tasks(self) -> list[str]:
+        return [t for part in self._broadcast("slot_tasks", [None] * len(self._conns)) for t in part]
 
     def sync_sampler(self) -> None:
         probs = self.sampler.probs()
