@@ -236,3 +236,98 @@ def test_cli_collect_from_experts_and_distill_a_transformer_on_robots(tmp_path, 
                 "--dagger-samples", "32", "--dagger-epochs", "1", "--teacher", str(tmp_path / "experts"), "--json")
     assert [r["train_rows"] for r in dagger["rounds"]] == [128, 128 + 2 * 32]
     assert load_policy(tmp_path / "tf-dagger", domain="unimal").kind == "teacher"
+
+
+def _kick_trainer(cartpole, tasks, experts_path, coef, tmp_path=None, executor=None, **kw):
+    from kdistill.plugins import get_plugins
+    from kdistill.rl.ppo import PPOConfig
+    from kdistill.rl.trainer import PPOTrainer, RunSettings
+
+    spec = get_plugins().teachers.get(cartpole.default_teacher)
+    config = PPOConfig(num_envs=6, num_steps=64, epochs=2, minibatch_size=128, lr=3e-3, kl_target_coef=None)
+    settings = RunSettings(domain="cartpole", tasks=tasks, teacher=cartpole.default_teacher, preset="cpu", seed=0,
+                           total_steps=10 * config.num_envs * config.num_steps, teacher_preset="small",
+                           kickstart=str(experts_path) if coef else "", kickstart_coef=coef, freeze_obs_norm=True, **kw)
+    return PPOTrainer(cartpole, settings, spec, spec.config_cls.presets()["small"], config, run_dir=tmp_path,
+                      executor=executor)
+
+
+def test_kickstarting_labels_each_visited_state_by_its_tasks_expert_and_pulls_the_actor_to_them(cartpole, experts):
+    tasks, path = experts
+    policy = load_policy(path, domain="cartpole")
+    kicked = _kick_trainer(cartpole, tasks, path, 10.0)
+    try:
+        batch, _ = kicked.rollout()
+        # the labels, recomputed: each row's task from its context, its raw observation from the frozen statistics
+        rms = kicked.obs_norm.rms
+        raw = batch["obs"].numpy() * np.sqrt(rms.var + kicked.obs_norm.epsilon) + rms.mean
+        contexts = {t: cartpole.context(t).tokens for t in tasks}
+        rows = np.array([next(policy.task_row(t) for t, c in contexts.items() if np.allclose(c, ctx))
+                         for ctx in batch["context"].numpy()])
+        assert len(set(rows.tolist())) == len(tasks)
+        want = policy.act_tasks({"obs": raw.astype(np.float32), "obs_mask": batch["obs_mask"].numpy(),
+                                 "act_mask": batch["act_mask"].numpy()}, rows)
+        np.testing.assert_allclose(batch["expert_mu"].numpy(), want, atol=1e-4)
+        kicked.train(stop_at_iteration=6)
+    finally:
+        kicked.close()
+    plain = _kick_trainer(cartpole, tasks, path, 0.0)
+    try:
+        plain.rollout()  # the same draws as the kickstarted run's first rollout
+        plain.train(stop_at_iteration=6)
+    finally:
+        plain.close()
+
+    def gap(trainer) -> float:  # mean squared distance to the experts' actions on the experts' labelled states
+        obs = {k: batch[k] for k in ("obs", "obs_mask", "act_mask", "context")}
+        with torch.no_grad():
+            mu = trainer.model(obs)[0]
+        return float(((mu - batch["expert_mu"]) ** 2).mean())
+
+    assert gap(kicked) < 0.1 * gap(plain)
+
+
+def test_kickstart_options_are_checked(tmp_path, experts, cartpole, capsys):
+    from kdistill.cli.app import main
+    from kdistill.executors import LocalExecutor
+
+    tasks, path = experts
+    args = ["teacher", "train", "cartpole", "--steps", "4096", "--out", str(tmp_path / "r"), "--kickstart-coef", "0.5"]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2 and "pass --kickstart too" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    # the labels need each slot's task, which rollout workers do not report
+    with pytest.raises(KdistillError, match="drop --executor"):
+        _kick_trainer(cartpole, tasks, path, 1.0, executor=LocalExecutor())
+    # a set of experts only: one teacher does not label by task
+    teacher = _kick_trainer(cartpole, tasks, path, 0.0, tmp_path=tmp_path / "teacher")
+    try:
+        teacher.save()
+    finally:
+        teacher.close()
+    with pytest.raises(KdistillError, match="per-task experts"):
+        _kick_trainer(cartpole, tasks, tmp_path / "teacher", 1.0)
+
+
+def test_a_kickstarted_run_resumes_with_its_own_experts_only(cartpole, experts, tmp_path):
+    from kdistill.errors import CheckpointError
+    from kdistill.io import load_run_checkpoint
+
+    tasks, path = experts
+    run = _kick_trainer(cartpole, tasks, path, 1.0, tmp_path=tmp_path / "run")
+    try:
+        run.train(stop_at_iteration=2)
+        run.save()
+    finally:
+        run.close()
+    tensors, meta = load_run_checkpoint(tmp_path / "run")
+    assert meta["kickstart_sha256"] == load_policy(path, domain="cartpole").meta["weights_sha256"]
+    assert meta["run"]["kickstart"] == str(path) and meta["run"]["kickstart_coef"] == 1.0
+    again = _kick_trainer(cartpole, tasks, path, 1.0, tmp_path=tmp_path / "run")
+    try:
+        again.restore(tensors, meta)
+        assert again.iteration == 2
+        with pytest.raises(CheckpointError, match="not the ones the run started with"):
+            again.restore(tensors, {**meta, "kickstart_sha256": "0" * 64})
+    finally:
+        again.close()

@@ -42,6 +42,12 @@ def teacher_group() -> None:
 @click.option("--action-std", type=click.FloatRange(min=0, min_open=True), default=None,
               help="The fixed action std PPO samples with instead of the teacher preset's (e.g. the noise an --init "
                    "actor tolerates: a distilled one never acted under the presets' 0.9). [default: the preset's]")
+@click.option("--kickstart", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Per-task experts (kdistill experts export) whose actions on the states the actor visits pull it "
+                   "towards them during PPO, beside the return (kickstarting; e.g. with --init of a transformer "
+                   "distilled from them, so that PPO keeps what they taught).")
+@click.option("--kickstart-coef", type=click.FloatRange(min=0), default=None,
+              help="Weight of KL(expert || actor) in the loss, with --kickstart. [default: 0.1]")
 @click.option("--freeze-obs-norm", is_flag=True, default=None,
               help="Keep the observation statistics the run starts with (an --init teacher's) instead of updating them.")
 @click.option("--seed", type=int, default=None, help="Random seed. [default: 0]")
@@ -65,7 +71,8 @@ def teacher_group() -> None:
 @data_dir_option
 def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: str | None, teacher: str | None, task_names: str | None,
               split: str | None, num_tasks: int | None, steps: int | None, resume: bool, init: str | None,
-              critic_warmup: int | None, lr: float | None, action_std: float | None, freeze_obs_norm: bool | None, seed: int | None,
+              critic_warmup: int | None, lr: float | None, action_std: float | None,
+              kickstart: str | None, kickstart_coef: float | None, freeze_obs_norm: bool | None, seed: int | None,
               device: str, workers: int, executor_name: str, address: str | None, threads: int | None,
               checkpoint_every: int | None, new_split: bool, as_json: bool, data_dir: str | None) -> None:
     """Train a teacher for DOMAIN with PPO.
@@ -124,7 +131,12 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
                             f"(valid, not bit for bit).")
     agreeing(saved, [("--checkpoint-every", "checkpoint_every", checkpoint_every),
                      ("--critic-warmup", "critic_warmup", critic_warmup, 0),
+                     ("--kickstart", "kickstart", kickstart, ""),
+                     ("--kickstart-coef", "kickstart_coef", kickstart_coef, 0.0),
                      ("--freeze-obs-norm", "freeze_obs_norm", freeze_obs_norm, False)])
+    kickstart = kickstart if kickstart is not None else saved.get("kickstart", "")
+    if kickstart_coef is not None and not kickstart:
+        raise KdistillError("--kickstart-coef weighs the pull towards --kickstart experts; pass --kickstart too.")
     settings = RunSettings(domain=domain.name, tasks=tasks, teacher=teacher_name, preset=preset, teacher_preset=teacher_preset,
                            seed=seed if seed is not None else saved.get("seed", 0), total_steps=steps,
                            checkpoint_every=checkpoint_every or saved.get("checkpoint_every", 10),
@@ -132,6 +144,9 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
                            critic_warmup=critic_warmup if critic_warmup is not None else saved.get("critic_warmup", 0),
                            lr=lr if lr is not None else saved.get("lr"),
                            action_std=action_std if action_std is not None else saved.get("action_std"),
+                           kickstart=kickstart,
+                           kickstart_coef=(kickstart_coef if kickstart_coef is not None
+                                           else saved.get("kickstart_coef", 0.1 if kickstart else 0.0)),
                            freeze_obs_norm=bool(freeze_obs_norm or saved.get("freeze_obs_norm", False)),
                            rollout=rollout)
     check_device(device)

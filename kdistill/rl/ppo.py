@@ -108,8 +108,12 @@ def compute_gae(rewards, values, dones, timeouts, last_value, gamma: float, lam:
 
 
 def ppo_update(model, optimizer, batch: dict[str, torch.Tensor], obs_keys: Sequence[str], cfg: PPOConfig,
-               generator: torch.Generator) -> dict[str, float]:
-    """Epochs of minibatch steps over ``batch`` (flat, on the model's device). Returns statistics."""
+               generator: torch.Generator, kickstart_coef: float = 0.0) -> dict[str, float]:
+    """Epochs of minibatch steps over ``batch`` (flat, on the model's device). Returns statistics.
+
+    ``kickstart_coef`` > 0 adds that times KL(expert || actor) to the loss, the experts' mean actions being
+    ``batch["expert_mu"]``: for two Gaussians of the same fixed std, the squared distance of the means over
+    ``2 std^2``, summed over the action dims like the log-probability."""
     adv = batch["returns"] - batch["values"]
     adv = (adv - adv.mean()) / (adv.std() + 1e-5)  # buffer-wide normalisation
     n, mb, eps = adv.shape[0], cfg.minibatch_size, cfg.clip_eps
@@ -132,6 +136,11 @@ def ppo_update(model, optimizer, batch: dict[str, torch.Tensor], obs_keys: Seque
             clipped_v = old_v + (value - old_v).clamp(-eps, eps)
             v_loss = 0.5 * torch.max((value - ret) ** 2, (clipped_v - ret) ** 2).mean()
             loss = pg_loss + cfg.value_coef * v_loss
+            if kickstart_coef > 0:
+                gap = ((mu - batch["expert_mu"][idx]) / model.action_std) ** 2
+                kick_kl = 0.5 * gap.masked_fill(batch["act_mask"][idx], 0.0).sum(-1).mean()
+                loss = loss + kickstart_coef * kick_kl
+                stats["kickstart_kl"].append(kick_kl.item())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)

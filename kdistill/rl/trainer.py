@@ -66,6 +66,10 @@ class RunSettings:
     # the fixed action std PPO samples with, replaced (None = the teacher preset's); an --init actor that never acted
     # under noise loses most of its return under the presets' 0.9
     action_std: float | None = attrs.field(default=None, validator=attrs.validators.optional(_pos))
+    # per-task experts whose actions the actor is also pulled towards on the states it visits (kickstarting):
+    # PPO's loss gains kickstart_coef x KL(expert || actor) under the run's fixed action std
+    kickstart: str = ""
+    kickstart_coef: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
     # how the envs ran ("env-processes:N", N = 0 in this process; "rollout-workers" of an executor, any number): it
     # decides their seeds, so a run continues exactly only the same way ("" = not recorded)
     rollout: str = ""
@@ -146,6 +150,22 @@ class PPOTrainer:
         self.recent_by_task: dict[str, collections.deque] = {}
         self.unstable: collections.Counter = collections.Counter()  # episodes ended unstable, per task, since this trainer started
         self._obs: dict[str, np.ndarray] | None = None
+        self._raw: dict[str, np.ndarray] | None = None  # the same observations before normalisation
+        self.kickstart, self._kick_rows = self._load_kickstart() if settings.kickstart else (None, {})
+
+    def _load_kickstart(self):
+        """The experts of ``settings.kickstart`` and each task's row among them."""
+        from kdistill.loading import load_policy
+
+        if self.executor is not None:
+            raise KdistillError("kickstarting needs the learner's own rollout; drop --executor (env worker processes "
+                                "with --workers are fine).")
+        experts = load_policy(self.settings.kickstart, self.domain)
+        if not hasattr(experts, "act_tasks"):
+            raise KdistillError(f"--kickstart {self.settings.kickstart} is a {experts.kind!r} policy; pass a set of "
+                                f"per-task experts (kdistill experts export).")
+        rows = {task: experts.task_row(task) for task in self.settings.tasks}
+        return experts, rows
 
     # checkpoints ----------------------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
@@ -157,6 +177,7 @@ class PPOTrainer:
             "config": self.teacher_config.to_dict(),
             "ppo": self.config.to_dict(),
             "run": self.settings.to_dict(),
+            **({"kickstart_sha256": self.kickstart.meta.get("weights_sha256")} if self.kickstart is not None else {}),
             "layout": self.layout.to_dict(),
             "normalizer": self.obs_norm.state(),
             "reward_normalizer": self.reward_norm.state(),
@@ -184,6 +205,9 @@ class PPOTrainer:
 
     def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         check_compatible(meta, self.settings, self.teacher_config, self.config)
+        if self.kickstart is not None and meta.get("kickstart_sha256") != self.kickstart.meta.get("weights_sha256"):
+            raise CheckpointError(f"the experts in {self.settings.kickstart} (--kickstart) are not the ones the run "
+                                  f"started with; restore them, or start a new run.")
         load_model_state(self.model, tensors)
         groups = [dict(g, params=list(range(len(self.optimizer.param_groups[0]["params"]))))
                   for g in meta["optimizer_groups"]]
@@ -259,7 +283,7 @@ class PPOTrainer:
     def _reset_envs(self) -> None:
         raw = self.envs.reset(seed=_reset_seed(self.settings.seed, self.iteration))
         self._check_obs(raw)
-        self._obs = self._normalise(raw)
+        self._raw, self._obs = raw, self._normalise(raw)
         self.reward_norm.ret[:] = 0.0
 
     def _check_obs(self, obs: dict[str, np.ndarray]) -> None:
@@ -284,6 +308,8 @@ class PPOTrainer:
         buf = {k: torch.empty((s, *self._obs[k].shape), dtype=torch.from_numpy(self._obs[k][:1]).dtype) for k in keys}
         buf.update({k: torch.empty((s, n)) for k in ("rewards", "dones", "timeouts", "values", "logp")})
         buf["actions"] = torch.empty((s, n, self.layout.num_actions))
+        if self.kickstart is not None:
+            buf["expert_mu"] = torch.empty((s, n, self.layout.num_actions))
         returns: list[float] = []
         lengths: list[int] = []
         tasks: list[str] = []
@@ -299,6 +325,9 @@ class PPOTrainer:
             for k in keys:
                 buf[k][t] = torch.from_numpy(self._obs[k])
             buf["actions"][t], buf["values"][t], buf["logp"][t] = actions, value, logp
+            if self.kickstart is not None:
+                rows = np.array([self._kick_rows[task] for task in self.envs.slot_tasks])
+                buf["expert_mu"][t] = torch.from_numpy(self.kickstart.act_tasks(self._raw, rows))
             raw, rewards, terminated, truncated, infos = self.envs.step(actions.numpy())
             dones = terminated | truncated
             scaled = self.reward_norm(rewards, dones) if cfg.normalize_reward else rewards.astype(np.float32)
@@ -314,7 +343,7 @@ class PPOTrainer:
                     returns.append(ep["return"])
                     lengths.append(ep["length"])
                     tasks.append(ep["task"])
-            self._obs = self._normalise(raw)
+            self._raw, self._obs = raw, self._normalise(raw)
         with torch.inference_mode():
             last_value = self.model.value(self._to_torch({k: self._obs[k] for k in keys})).float().cpu()
         return self._batch(buf, last_value), {"episode_returns": returns, "episode_lengths": lengths,
@@ -395,7 +424,8 @@ class PPOTrainer:
             for p in frozen:
                 p.requires_grad_(False)
             try:
-                stats = ppo_update(self.model, self.optimizer, batch, info["keys"], cfg, self.generator)
+                stats = ppo_update(self.model, self.optimizer, batch, info["keys"], cfg, self.generator,
+                                   kickstart_coef=self.settings.kickstart_coef if self.kickstart is not None else 0.0)
             finally:
                 for p in frozen:
                     p.requires_grad_(True)
