@@ -34,7 +34,7 @@ def _first_obs(domain, task: str) -> dict:
 
 @pytest.mark.parametrize("name, domain_name, kind, tasks", [
     ("experts-flat", "unimal", "experts", 100), ("teacher-universal", "unimal", "teacher", 100),
-    ("teacher-universal-ppo", "unimal", "teacher", 100),
+    ("teacher-universal-ppo", "unimal", "teacher", 100), ("teacher-universal-kickstart", "unimal", "teacher", 100),
     ("hnmlp-universal-ppo", "unimal", "student", 100), ("teacher-vt", "unimal:vt", "teacher", 20),
     ("teacher-obstacle", "unimal:obstacle", "teacher", 20), ("teacher-vt-from-flat", "unimal:vt", "teacher", 20),
     ("teacher-obstacle-from-flat", "unimal:obstacle", "teacher", 20)])
