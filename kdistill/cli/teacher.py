@@ -195,7 +195,6 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
         raise click.exceptions.Exit(stop.exit_code)
 
 
-
 def _refuse_other_start(saved: dict, run_dir: Path, init: str | None, lr: float | None, action_std: float | None) -> None:
     """On --resume, refuse a start (--init, --lr, --action-std) other than the run's own."""
     if init and saved and saved.get("init", "") != init:

@@ -308,8 +308,9 @@ class PPOTrainer:
         buf = {k: torch.empty((s, *self._obs[k].shape), dtype=torch.from_numpy(self._obs[k][:1]).dtype) for k in keys}
         buf.update({k: torch.empty((s, n)) for k in ("rewards", "dones", "timeouts", "values", "logp")})
         buf["actions"] = torch.empty((s, n, self.layout.num_actions))
-        if self.kickstart is not None:
-            buf["expert_mu"] = torch.empty((s, n, self.layout.num_actions))
+        # the experts label the rollout's states after it, in one call (one matmul per task, not per task and step)
+        visited: list[dict[str, np.ndarray]] = []
+        visited_rows: list[np.ndarray] = []
         returns: list[float] = []
         lengths: list[int] = []
         tasks: list[str] = []
@@ -326,8 +327,8 @@ class PPOTrainer:
                 buf[k][t] = torch.from_numpy(self._obs[k])
             buf["actions"][t], buf["values"][t], buf["logp"][t] = actions, value, logp
             if self.kickstart is not None:
-                rows = np.array([self._kick_rows[task] for task in self.envs.slot_tasks])
-                buf["expert_mu"][t] = torch.from_numpy(self.kickstart.act_tasks(self._raw, rows))
+                visited.append({k: v.copy() for k, v in self._raw.items()})  # a vector env may reuse its arrays
+                visited_rows.append(np.array([self._kick_rows[task] for task in self.envs.slot_tasks]))
             raw, rewards, terminated, truncated, infos = self.envs.step(actions.numpy())
             dones = terminated | truncated
             scaled = self.reward_norm(rewards, dones) if cfg.normalize_reward else rewards.astype(np.float32)
@@ -344,6 +345,10 @@ class PPOTrainer:
                     lengths.append(ep["length"])
                     tasks.append(ep["task"])
             self._raw, self._obs = raw, self._normalise(raw)
+        if self.kickstart is not None:
+            mu = self.kickstart.act_tasks({k: np.concatenate([v[k] for v in visited]) for k in visited[0]},
+                                          np.concatenate(visited_rows))
+            buf["expert_mu"] = torch.from_numpy(mu).reshape(s, n, -1)
         with torch.inference_mode():
             last_value = self.model.value(self._to_torch({k: self._obs[k] for k in keys})).float().cpu()
         return self._batch(buf, last_value), {"episode_returns": returns, "episode_lengths": lengths,
