@@ -44,7 +44,7 @@ def evaluate_task(domain, policy, task: str, index: int, episodes: int = 16, see
                   random_baseline: bool = True) -> dict[str, Any]:
     """One task's row of ``evaluate_policy``; ``index`` is the task's position in the evaluated list. Every random
     draw comes from ``(seed, index)``, so the row is the same whichever executor runs it and in whatever order."""
-    seeds = [int(s) for s in np.random.SeedSequence([seed, index]).generate_state(episodes)]
+    seeds = task_seeds(seed, index, episodes)
     envs = [domain.make_env(task) for _ in range(episodes)]
     try:
         policy.prepare(task, domain.context(task))
@@ -61,6 +61,28 @@ def evaluate_task(domain, policy, task: str, index: int, episodes: int = 16, see
         for env in envs:
             env.close()
     return row
+
+
+def task_seeds(seed: int, index: int, episodes: int) -> list[int]:
+    """The reset seeds of the task at ``index`` of an evaluated list."""
+    return [int(s) for s in np.random.SeedSequence([seed, index]).generate_state(episodes)]
+
+
+def evaluate_together(domain, policy, tasks: Sequence[str], episodes: int = 1, seed: int = 0) -> dict[str, float]:
+    """Each task's mean deterministic return, with every task's episodes played in one batch (one ``act`` per step
+    over all of them): for a policy that reads its task from the observations and needs no ``prepare``, such as a
+    teacher. Each task's episodes start from the seeds ``evaluate_task`` gives it; the actions can differ from its in
+    the last bits, since the batch differs."""
+    envs, seeds = [], []
+    try:
+        for index, task in enumerate(tasks):
+            seeds += task_seeds(seed, index, episodes)
+            envs += [domain.make_env(task) for _ in range(episodes)]
+        returns, _ = play_episodes(envs, seeds, lambda o: policy.act(o, deterministic=True))
+    finally:
+        for env in envs:
+            env.close()
+    return {task: float(np.mean(returns[i * episodes:(i + 1) * episodes])) for i, task in enumerate(tasks)}
 
 
 @attrs.frozen

@@ -33,18 +33,21 @@ def save_figure(fig, path: str | os.PathLike) -> None:
 
 def learning_curve(records: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "PPO learning curve") -> None:
     """Mean training-episode return (stochastic policy) against env steps: over the last 100 episodes, and, where the
-    run records it, over tasks (each task's last episodes), which the task sampler's preferences do not tilt."""
+    run records it, over tasks (each task's last episodes), which the task sampler's preferences do not tilt; and the
+    deterministic evaluations of a run with ``--eval-every``."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for key, label, color in (("mean_return", "last 100 episodes", "tab:blue"),
-                              ("task_mean_return", "mean over tasks (last 10 of each)", "tab:orange")):
+                              ("task_mean_return", "mean over tasks (last 10 of each)", "tab:orange"),
+                              ("eval_return", "deterministic evaluation, mean over tasks", "tab:green")):
         pts = [(r["env_steps"], r[key]) for r in records if r.get(key) is not None]
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, lw=1.6, label=label)
-    if any(r.get("task_mean_return") is not None for r in records):
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, lw=1.6, label=label,
+                    marker="." if key == "eval_return" else None)
+    if any(r.get("task_mean_return") is not None or r.get("eval_return") is not None for r in records):
         ax.legend(loc="best", fontsize=8)
     ax.set_xlabel("env steps")
-    ax.set_ylabel("mean episode return (stochastic)")
+    ax.set_ylabel("mean episode return")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     save_figure(fig, path)

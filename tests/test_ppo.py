@@ -37,14 +37,16 @@ def small_config(**kw) -> PPOConfig:
     return PPOConfig(**base)
 
 
-def make_trainer(domain, iterations=4, config=None, teacher="toy_tf", preset="cpu", seed=0, run_dir=None, every=2, workers=0):
+def make_trainer(domain, iterations=4, config=None, teacher="toy_tf", preset="cpu", seed=0, run_dir=None, every=2, workers=0,
+                 evaluation=None):
     from kdistill.plugins import get_plugins
 
     config = config or small_config()
     spec = get_plugins().teachers.get(teacher)
     settings = RunSettings(domain="toy", tasks=list(domain.splits()["train"]), teacher=teacher, preset=preset, seed=seed,
                            total_steps=config.batch_size * iterations, checkpoint_every=every)
-    return PPOTrainer(domain, settings, spec, spec.config_cls.presets()[preset], config, run_dir=run_dir, workers=workers)
+    return PPOTrainer(domain, settings, spec, spec.config_cls.presets()[preset], config, run_dir=run_dir, workers=workers,
+                      evaluation=evaluation)
 
 
 def trained_run(domain, run_dir, iterations=2, **kw) -> PPOTrainer:

@@ -226,6 +226,62 @@ def test_a_stop_request_checkpoints_the_iteration_it_stops_at(toy, tmp_path):
         assert torch.equal(resumed.model.state_dict()[k], v), k
 
 
+def test_evaluation_during_a_run_keeps_the_best_and_leaves_training_alone(toy, tmp_path):
+    """--eval-every: the run trains exactly as without it, logs a deterministic score per measurement, and best/
+    holds the policy of the highest one, which scores the same when loaded and measured again; a resumed run goes
+    on from best/'s record even when best/ is newer than the checkpoint it resumes from."""
+    from kdistill.evaluate import evaluate_policy, evaluate_together
+    from kdistill.loading import load_policy
+    from kdistill.plugins import get_plugins
+    from kdistill.rl.trainer import EvalSchedule
+
+    torch.set_num_threads(1)
+    config = small_config(num_steps=40)
+    schedule = EvalSchedule(every=1, episodes=3)
+    plain = make_trainer(toy, iterations=5, config=config, run_dir=tmp_path / "plain", every=2)
+    full = make_trainer(toy, iterations=5, config=config, run_dir=tmp_path / "full", every=2, evaluation=schedule)
+    for t in (plain, full):
+        try:
+            t.train()
+        finally:
+            t.close()
+    for k, v in plain.model.state_dict().items():
+        assert torch.equal(full.model.state_dict()[k], v), k
+    evals = {"eval_return", "eval_s", "eval_best"}
+    rows = read_jsonl(tmp_path / "full" / "metrics.jsonl")
+    assert [{k: v for k, v in r.items() if k not in evals} for r in _metrics_without_timing(tmp_path / "full" / "metrics.jsonl")] \
+        == _metrics_without_timing(tmp_path / "plain" / "metrics.jsonl")
+    scores = [r["eval_return"] for r in rows]
+    assert len(scores) == 5 and len(set(scores)) > 1
+    best_at = int(np.argmax(scores))
+    assert [bool(r.get("eval_best")) for r in rows] == [i == 0 or s > max(scores[:i]) for i, s in enumerate(scores)]
+    kept = json.loads((latest_checkpoint(tmp_path / "full" / "best") / "meta.json").read_text())["best_eval"]
+    assert kept["return"] == max(scores) and kept["iteration"] == best_at + 1 and kept["episodes"] == 3
+
+    policy = load_policy(tmp_path / "full" / "best")
+    tasks = list(full.settings.tasks)
+    again = evaluate_together(toy, policy, tasks, episodes=3, seed=schedule.seed)
+    assert np.mean(list(again.values())) == pytest.approx(max(scores), rel=1e-6)
+    # the batched measurement starts each task where the protocol does and agrees with it task by task
+    one_by_one = evaluate_policy(toy, policy, tasks, episodes=3, seed=schedule.seed, random_baseline=False)
+    np.testing.assert_allclose([again[t] for t in tasks], [r["mean"] for r in one_by_one["tasks"]], rtol=1e-5)
+
+    part = make_trainer(toy, iterations=5, config=config, run_dir=tmp_path / "part", every=2, evaluation=schedule)
+    try:
+        part.train(stop_at_iteration=3)  # best/ may now be from iteration 3, the checkpoint is from iteration 2
+    finally:
+        part.close()
+    spec = get_plugins().teachers.get("toy_tf")
+    resumed = start_or_resume(toy, part.settings, spec, part.teacher_config, config, tmp_path / "part", resume=True,
+                              evaluation=schedule)
+    try:
+        assert resumed.iteration == 2 and resumed.best_eval["return"] == max(scores[:3])
+        resumed.train()
+    finally:
+        resumed.close()
+    assert resumed.best_eval == full.best_eval
+
+
 def test_resume_refuses_another_config_or_domain(toy, tmp_path):
     from kdistill.loading import load_policy
     from kdistill.plugins import get_plugins
@@ -506,10 +562,16 @@ def test_teacher_train_command_writes_a_run_and_resumes(tmp_path, monkeypatch, c
     assert load_run_checkpoint(run)[1]["run"]["rollout"] == "env-processes:0"
     # --resume takes the run's settings and extends it to the new total
     code, out, err = _cli(["teacher", "train", "toy", "--out", str(run), "--resume", "--steps", "12288", "--threads", "1",
-                           "--workers", "1", "--new-split", "--json"], monkeypatch, capsys)
+                           "--workers", "1", "--new-split", "--eval-every", "1", "--eval-episodes", "2", "--json"],
+                         monkeypatch, capsys)
     assert code == 0, err
-    assert json.loads(out)["env_steps"] == 12288 and load_run_checkpoint(run)[1]["run"]["rollout"] == "env-processes:1"
+    resumed = json.loads(out)
+    assert resumed["env_steps"] == 12288 and load_run_checkpoint(run)[1]["run"]["rollout"] == "env-processes:1"
     assert [r["iteration"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]
+    # an evaluation switched on at the resume: one measurement, kept as the best so far, a loadable teacher folder
+    assert resumed["best"]["return"] == read_jsonl(run / "metrics.jsonl")[-1]["eval_return"]
+    assert resumed["best"]["episodes"] == 2 and resumed["best"]["env_steps"] == 12288
+    assert latest_checkpoint(resumed["best"]["folder"]).name == "ckpt-000000012288"
     # a bad preset is one clear line
     code, _, err = _cli(["teacher", "train", "toy", "--out", str(tmp_path / "x"), "--steps", "10", "--preset", "papper", "--teacher-preset", "cpu"],
                         monkeypatch, capsys)

@@ -63,6 +63,12 @@ def teacher_group() -> None:
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="Torch CPU threads. [default: 1 on machines of up to 4 cores, else cores minus workers, at most 8]")
 @click.option("--checkpoint-every", type=click.IntRange(1), default=None, help="Iterations between checkpoints. [default: 10]")
+@click.option("--eval-every", type=click.IntRange(1), default=None,
+              help="Every N iterations, measure the deterministic actor on the run's tasks (fresh envs, seeds apart "
+                   "from eval's and compare's) and keep the best so far in OUT/best, a teacher folder for eval, "
+                   "compare and collect. Training is unchanged by it; may change on --resume. [default: off]")
+@click.option("--eval-episodes", type=click.IntRange(1), default=1, show_default=True,
+              help="Episodes per task of each --eval-every measurement.")
 @click.option("--new-split", is_flag=True,
               help="On --resume, accept another --executor/--workers than the run used (e.g. to move it to a larger "
                    "machine): the envs are then split and seeded anew, so the run goes on validly but not bit for bit "
@@ -74,7 +80,8 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
               critic_warmup: int | None, lr: float | None, action_std: float | None,
               kickstart: str | None, kickstart_coef: float | None, freeze_obs_norm: bool | None, seed: int | None,
               device: str, workers: int, executor_name: str, address: str | None, threads: int | None,
-              checkpoint_every: int | None, new_split: bool, as_json: bool, data_dir: str | None) -> None:
+              checkpoint_every: int | None, eval_every: int | None, eval_episodes: int, new_split: bool, as_json: bool,
+              data_dir: str | None) -> None:
     """Train a teacher for DOMAIN with PPO.
 
     \b
@@ -84,11 +91,12 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
       kdistill teacher train unimal --split train --steps 5000000 --out runs/t2 --executor ray --workers 8
       kdistill teacher train unimal --split train --steps 5000000 --out runs/t3 \\
           --init domains/unimal/pretrained/teacher-universal --critic-warmup 20 --lr 3e-5 --freeze-obs-norm
+      kdistill teacher train unimal --out runs/t3 --resume --eval-every 50 --eval-episodes 2   # keep runs/t3/best
 
     A checkpoint is written every --checkpoint-every iterations and at the end; an interruption loses at
     most the work since the last one; SIGTERM or a first Ctrl-C instead stops after the current
     iteration with a checkpoint (exit code 143 or 130). --steps on --resume may raise the total (the learning-rate
-    schedule then stretches to the new end). --address and --threads may change on --resume; --executor and
+    schedule then stretches to the new end). --address, --threads and --eval-every may change on --resume; --executor and
     --workers only with --new-split, since they decide how the envs are seeded.
     """
     from kdistill.cli.options import open_executor
@@ -98,7 +106,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
     from kdistill.procs import StopRequest
     from kdistill.resume import agreeing, run_tasks, saved_run_settings
     from kdistill.rl.ppo import PPOConfig
-    from kdistill.rl.trainer import RunSettings, start_or_resume
+    from kdistill.rl.trainer import EvalSchedule, RunSettings, start_or_resume
     from kdistill.teachers.lookup import find_teacher_spec
     from kdistill.teachers.lookup import teacher_preset as default_teacher_preset
 
@@ -158,7 +166,8 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
         claim_folder(run_dir, "teacher-run", legacy=looks_like_run("teacher"), check_only=True)
         n_threads = set_torch_threads(threads, workers)
         trainer = start_or_resume(domain, settings, spec, settings.teacher_config(presets), settings.ppo_config(ppo_presets), run_dir, resume,
-                                  device=device, workers=0 if remote else workers, executor=executor if remote else None)
+                                  device=device, workers=0 if remote else workers, executor=executor if remote else None,
+                                  evaluation=EvalSchedule(eval_every, eval_episodes) if eval_every else None)
         try:
             claim_folder(run_dir, "teacher-run", legacy=looks_like_run("teacher"))
         except BaseException:
@@ -232,9 +241,10 @@ def _train_with_progress(trainer, run_dir: Path, quiet: bool, should_stop=None) 
             timings.append((m["rollout_s"], m["update_s"]))
             ret = "-" if m["mean_return"] is None else f"{m['mean_return']:.1f}"
             per_task = "-" if m.get("task_mean_return") is None else f"{m['task_mean_return']:.1f}"
+            best = trainer.best_eval
             progress.update(bar, completed=m["env_steps"],
                             status=f"{m['steps_per_s']:.0f} steps/s  return {ret}  over tasks {per_task}  "
-                                   f"kl {m.get('approx_kl', 0):.4f}")
+                                   f"kl {m.get('approx_kl', 0):.4f}" + (f"  best eval {best['return']:.1f}" if best else ""))
             if m.get("checkpoint"):
                 plot()
 
@@ -252,6 +262,7 @@ def _train_with_progress(trainer, run_dir: Path, quiet: bool, should_stop=None) 
         "rollout_s_mean": sum(t[0] for t in timings) / len(timings) if timings else None,
         "update_s_mean": sum(t[1] for t in timings) / len(timings) if timings else None,
         "learning_curve": str(run_dir / "learning_curve.png"),
+        "best": ({**trainer.best_eval, "folder": str(run_dir / "best")} if trainer.best_eval else None),
         "unstable_episodes": dict(getattr(trainer, "unstable", {})),
         "stopped_on_request": bool(last.get("stopped_on_request")),
     }

@@ -12,6 +12,11 @@ therefore needs no env state: it resets the same way an uninterrupted run does a
 price is that episodes running at a checkpoint are cut short; their samples are still used, with the
 value bootstrap of an ordinary rollout end.
 
+With an ``EvalSchedule`` the trainer also measures the deterministic actor on the run's tasks every few iterations,
+in fresh envs of its own, and keeps the best so far as a teacher folder ``best/`` in the run: a policy's
+deterministic return can swing between updates while the training return barely moves. The measurement draws
+from no generator of the run, so a run with it trains exactly as one without it.
+
 Given an executor, the rollouts run on its pinned workers instead, each stepping a slice of the envs with a CPU copy
 of the policy (``kdistill.rl.rollout_workers``); the update is the same. Resuming is exact there too.
 """
@@ -90,6 +95,20 @@ class RunSettings:
         return d
 
 
+@attrs.frozen
+class EvalSchedule:
+    """Deterministic evaluation during a run: every ``every`` iterations, ``episodes`` per task from reset seeds
+    drawn from ``seed`` (kept apart from the seeds ``kdistill eval`` and ``compare`` use by default, so a report of
+    the kept policy does not reuse the starts it was picked on)."""
+
+    every: int = attrs.field(validator=_pos)
+    episodes: int = attrs.field(default=1, validator=_pos)
+    seed: int = 1_000_003
+
+
+# the kept best policy of a run with an EvalSchedule
+BEST_DIR = "best"
+
 # episodes per task behind the metric task_mean_return
 RECENT_PER_TASK = 10
 
@@ -108,9 +127,11 @@ class PPOTrainer:
 
     def __init__(self, domain, settings: RunSettings, teacher_spec, teacher_config, config: PPOConfig,
                  device: str = "cpu", workers: int = 0, run_dir: str | Path | None = None, executor=None,
-                 rollout_workers: int | None = None):
+                 rollout_workers: int | None = None, evaluation: EvalSchedule | None = None):
 
         self.domain, self.settings, self.config = domain, settings, config
+        self.evaluation = evaluation
+        self.best_eval: dict[str, Any] | None = None  # the kept best: its return, env steps and episodes per task
         self.teacher_spec, self.teacher_config = teacher_spec, teacher_config
         self.device = torch.device(device)
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -188,6 +209,7 @@ class PPOTrainer:
                          "max_iterations": self.max_iterations},
             "recent": {"returns": list(self.recent_returns), "lengths": list(self.recent_lengths),
                        "by_task": {t: list(r) for t, r in self.recent_by_task.items()}},
+            **({"best_eval": self.best_eval} if self.best_eval is not None else {}),
         }
 
     def _task_returns(self, task: str) -> collections.deque:
@@ -223,6 +245,11 @@ class PPOTrainer:
         self.recent_lengths.extend(meta["recent"]["lengths"])
         for task, returns in meta["recent"].get("by_task", {}).items():  # absent from runs saved before it existed
             self._task_returns(task).extend(returns)
+        # best/ can be newer than the checkpoint resumed from: its own record is the one to beat
+        kept = latest_checkpoint(self.run_dir / BEST_DIR) if self.run_dir is not None else None
+        self.best_eval = meta.get("best_eval")
+        if kept is not None:
+            self.best_eval = json.loads((kept / "meta.json").read_text()).get("best_eval", self.best_eval)
         self._obs = None
         self._fresh = True
 
@@ -461,6 +488,8 @@ class PPOTrainer:
             }
             if self.executor is not None:
                 last["rollout_workers"] = len(self.slices)
+            if self.evaluation is not None and self.iteration % self.evaluation.every == 0:
+                last.update(self._evaluate())
             if metrics_path is not None:
                 append_jsonl(metrics_path, last)
             requested = should_stop is not None and should_stop()
@@ -475,6 +504,24 @@ class PPOTrainer:
                 last["stopped_on_request"] = True
                 break
         return last
+
+    def _evaluate(self) -> dict[str, Any]:
+        """Measure the deterministic actor (``EvalSchedule``); keep it in best/ when it beats the kept one."""
+        from kdistill.evaluate import evaluate_together
+        from kdistill.policy import TeacherPolicy
+
+        t0 = time.perf_counter()
+        policy = TeacherPolicy(self.model, ObsNormalizer.from_state(self.obs_norm.state()), self.meta(), device=str(self.device))
+        per_task = evaluate_together(self.domain, policy, self.settings.tasks, self.evaluation.episodes, self.evaluation.seed)
+        score = float(np.mean(list(per_task.values())))
+        out: dict[str, Any] = {"eval_return": score, "eval_s": time.perf_counter() - t0}
+        if self.best_eval is None or score > self.best_eval["return"]:
+            self.best_eval = {"return": score, "env_steps": self.env_steps, "iteration": self.iteration,
+                              "episodes": self.evaluation.episodes, "seed": self.evaluation.seed}
+            if self.run_dir is not None:
+                save_run_checkpoint(self.run_dir / BEST_DIR, self.env_steps, self.tensors(), self.meta(), keep=1)
+            out["eval_best"] = True
+        return out
 
     def _actor_parameters(self) -> list[torch.nn.Parameter]:
         actor = getattr(self.model, "actor", None)
@@ -537,17 +584,17 @@ def _jsonable(x):
 
 def start_or_resume(domain, settings: RunSettings, teacher_spec, teacher_config, config: PPOConfig, run_dir,
                     resume: bool, device: str = "cpu", workers: int = 0, executor=None,
-                    rollout_workers: int | None = None) -> PPOTrainer:
+                    rollout_workers: int | None = None, evaluation: EvalSchedule | None = None) -> PPOTrainer:
     """A trainer for ``run_dir``: fresh, or continued from its newest complete checkpoint. The rollout options
-    (``workers``, ``executor``, ``rollout_workers``) may differ from the run's earlier parts: they are not run
-    settings."""
+    (``workers``, ``executor``, ``rollout_workers``) and ``evaluation`` may differ from the run's earlier parts: they
+    are not run settings."""
     run_dir = Path(run_dir)
     existing = latest_checkpoint(run_dir) if run_dir.exists() else None
     if existing is not None and not resume:
         raise KdistillError(f"{run_dir} already holds a run (checkpoint {existing.name}); pass --resume to continue it "
                             f"or choose a new --out folder.")
     trainer = PPOTrainer(domain, settings, teacher_spec, teacher_config, config, device=device, workers=workers,
-                         run_dir=run_dir, executor=executor, rollout_workers=rollout_workers)
+                         run_dir=run_dir, executor=executor, rollout_workers=rollout_workers, evaluation=evaluation)
     try:
         if existing is None and settings.init:
             tensors, meta = load_checkpoint(latest_checkpoint(settings.init) or settings.init)
