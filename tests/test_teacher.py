@@ -572,6 +572,10 @@ def test_teacher_train_command_writes_a_run_and_resumes(tmp_path, monkeypatch, c
     assert resumed["best"]["return"] == read_jsonl(run / "metrics.jsonl")[-1]["eval_return"]
     assert resumed["best"]["episodes"] == 2 and resumed["best"]["env_steps"] == 12288
     assert latest_checkpoint(resumed["best"]["folder"]).name == "ckpt-000000012288"
+    code, out, err = _cli(["teacher", "status", str(run), "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    status = json.loads(out)
+    assert status["best"] == resumed["best"] and status["last_eval_return"] == resumed["best"]["return"]
     # a bad preset is one clear line
     code, _, err = _cli(["teacher", "train", "toy", "--out", str(tmp_path / "x"), "--steps", "10", "--preset", "papper", "--teacher-preset", "cpu"],
                         monkeypatch, capsys)

@@ -313,3 +313,7 @@ def status_cmd(run: str, as_json: bool) -> None:
     console.print(f"training return: last 100 episodes {num(s['mean_return'], ',.1f')}, over tasks "
                   f"{num(s['task_mean_return'], ',.1f')} ({s['tasks_with_episodes']} of {s['tasks']} tasks with "
                   f"episodes)", markup=False)
+    if s["best"]:
+        b = s["best"]
+        console.print(f"deterministic evaluation ({b['episodes']} episode(s) per task): last {num(s['last_eval_return'], ',.1f')}, "
+                      f"best {b['return']:,.1f} at {b['env_steps']:,} env steps, kept in {b['folder']}", markup=False)

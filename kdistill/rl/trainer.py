@@ -646,6 +646,9 @@ def run_status(run_dir) -> dict[str, Any]:
     logged = int(last.get("env_steps", env_steps))
     total = int(run.get("total_steps") or 0)
     recent = meta.get("recent", {}).get("by_task", {})
+    kept = latest_checkpoint(run_dir / BEST_DIR)
+    best = read_json_object(kept / "meta.json").get("best_eval") if kept is not None else None
+    evals = [m["eval_return"] for m in metrics if m.get("eval_return") is not None]
     sampled = dict(zip(sampler.get("tasks", []), zip(sampler.get("episodes", []), sampler.get("mean_length", []),
                                                    sampler.get("probs", []))))
     per_task = []
@@ -663,6 +666,8 @@ def run_status(run_dir) -> dict[str, Any]:
         "steps_per_s": rate, "eta_s": (total - logged) / rate if rate and total > logged else (0.0 if total else None),
         "lr": last.get("lr"), "mean_return": last.get("mean_return"), "task_mean_return": last.get("task_mean_return"),
         "tasks_with_episodes": sum(t["recent_episodes"] > 0 for t in per_task),
+        "last_eval_return": evals[-1] if evals else None,
+        "best": {**best, "folder": str(run_dir / BEST_DIR)} if isinstance(best, dict) else None,
         "per_task": per_task,
     }
 
