@@ -238,14 +238,14 @@ def test_cli_collect_from_experts_and_distill_a_transformer_on_robots(tmp_path, 
     assert load_policy(tmp_path / "tf-dagger", domain="unimal").kind == "teacher"
 
 
-def _kick_trainer(cartpole, tasks, experts_path, coef, tmp_path=None, executor=None, **kw):
+def _kick_trainer(cartpole, tasks, experts_path, coef, tmp_path=None, executor=None, seed=0, **kw):
     from kdistill.plugins import get_plugins
     from kdistill.rl.ppo import PPOConfig
     from kdistill.rl.trainer import PPOTrainer, RunSettings
 
     spec = get_plugins().teachers.get(cartpole.default_teacher)
     config = PPOConfig(num_envs=6, num_steps=64, epochs=2, minibatch_size=128, lr=3e-3, kl_target_coef=None)
-    settings = RunSettings(domain="cartpole", tasks=tasks, teacher=cartpole.default_teacher, preset="cpu", seed=0,
+    settings = RunSettings(domain="cartpole", tasks=tasks, teacher=cartpole.default_teacher, preset="cpu", seed=seed,
                            total_steps=10 * config.num_envs * config.num_steps, teacher_preset="small",
                            kickstart=str(experts_path) if coef else "", kickstart_coef=coef, freeze_obs_norm=True, **kw)
     return PPOTrainer(cartpole, settings, spec, spec.config_cls.presets()["small"], config, run_dir=tmp_path,
@@ -299,14 +299,47 @@ def test_kickstart_options_are_checked(tmp_path, experts, cartpole, capsys):
     # the labels need each slot's task, which rollout workers do not report
     with pytest.raises(KdistillError, match="drop --executor"):
         _kick_trainer(cartpole, tasks, path, 1.0, executor=LocalExecutor())
-    # a set of experts only: one teacher does not label by task
-    teacher = _kick_trainer(cartpole, tasks, path, 0.0, tmp_path=tmp_path / "teacher")
+
+
+def test_kickstarting_from_one_teacher_labels_every_state_with_its_actions(cartpole, experts, tmp_path):
+    """A teacher (here another PPO run's actor) instead of per-task experts: it reads each state's task from the
+    observation, and pulls the actor towards itself."""
+    tasks, path = experts
+    source = _kick_trainer(cartpole, tasks, path, 0.0, tmp_path=tmp_path / "teacher", seed=7)
     try:
-        teacher.save()
+        source.train(stop_at_iteration=2)
+        source.save()
     finally:
-        teacher.close()
-    with pytest.raises(KdistillError, match="per-task experts"):
-        _kick_trainer(cartpole, tasks, tmp_path / "teacher", 1.0)
+        source.close()
+    teacher = load_policy(tmp_path / "teacher", domain="cartpole")
+    kicked = _kick_trainer(cartpole, tasks, tmp_path / "teacher", 10.0)
+    try:
+        batch, _ = kicked.rollout()
+        rms = kicked.obs_norm.rms
+        raw = batch["obs"].numpy() * np.sqrt(rms.var + kicked.obs_norm.epsilon) + rms.mean
+        # the labels, recomputed: the source actor on the raw states through the teacher's own normaliser
+        feed = {"obs": torch.from_numpy(teacher.normalizer.normalize(raw.astype(np.float32))),
+                **{k: batch[k] for k in ("obs_mask", "act_mask", "context")}}
+        with torch.no_grad():
+            want = source.model(feed)[0].numpy()
+        np.testing.assert_allclose(batch["expert_mu"].numpy(), want, atol=1e-4)
+        kicked.train(stop_at_iteration=6)
+    finally:
+        kicked.close()
+    plain = _kick_trainer(cartpole, tasks, path, 0.0)
+    try:
+        plain.rollout()
+        plain.train(stop_at_iteration=6)
+    finally:
+        plain.close()
+
+    def gap(trainer) -> float:
+        obs = {k: batch[k] for k in ("obs", "obs_mask", "act_mask", "context")}
+        with torch.no_grad():
+            mu = trainer.model(obs)[0]
+        return float(((mu - batch["expert_mu"]) ** 2).mean())
+
+    assert gap(kicked) < 0.1 * gap(plain)
 
 
 def test_a_kickstarted_run_resumes_with_its_own_experts_only(cartpole, experts, tmp_path):
@@ -327,7 +360,7 @@ def test_a_kickstarted_run_resumes_with_its_own_experts_only(cartpole, experts, 
     try:
         again.restore(tensors, meta)
         assert again.iteration == 2
-        with pytest.raises(CheckpointError, match="not the ones the run started with"):
+        with pytest.raises(CheckpointError, match="not the one the run started with"):
             again.restore(tensors, {**meta, "kickstart_sha256": "0" * 64})
     finally:
         again.close()

@@ -43,11 +43,12 @@ def teacher_group() -> None:
               help="The fixed action std PPO samples with instead of the teacher preset's (e.g. the noise an --init "
                    "actor tolerates: a distilled one never acted under the presets' 0.9). [default: the preset's]")
 @click.option("--kickstart", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Per-task experts (kdistill experts export) whose actions on the states the actor visits pull it "
-                   "towards them during PPO, beside the return (kickstarting; e.g. with --init of a transformer "
-                   "distilled from them, so that PPO keeps what they taught).")
+              help="Per-task experts (kdistill experts export), or one teacher of the domain, whose actions on the "
+                   "states the actor visits pull it towards them during PPO, beside the return (kickstarting; e.g. "
+                   "with --init of a transformer distilled from them, so that PPO keeps what they taught, or to "
+                   "train another architecture from a trained teacher).")
 @click.option("--kickstart-coef", type=click.FloatRange(min=0), default=None,
-              help="Weight of KL(expert || actor) in the loss, with --kickstart. [default: 0.1]")
+              help="Weight of KL(labeller || actor) in the loss, with --kickstart. [default: 0.1]")
 @click.option("--freeze-obs-norm", is_flag=True, default=None,
               help="Keep the observation statistics the run starts with (an --init teacher's) instead of updating them.")
 @click.option("--seed", type=int, default=None, help="Random seed. [default: 0]")

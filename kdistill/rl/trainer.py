@@ -71,7 +71,7 @@ class RunSettings:
     # the fixed action std PPO samples with, replaced (None = the teacher preset's); an --init actor that never acted
     # under noise loses most of its return under the presets' 0.9
     action_std: float | None = attrs.field(default=None, validator=attrs.validators.optional(_pos))
-    # per-task experts whose actions the actor is also pulled towards on the states it visits (kickstarting):
+    # per-task experts (or one teacher) whose actions the actor is also pulled towards on the states it visits (kickstarting):
     # PPO's loss gains kickstart_coef x KL(expert || actor) under the run's fixed action std
     kickstart: str = ""
     kickstart_coef: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
@@ -175,18 +175,23 @@ class PPOTrainer:
         self.kickstart, self._kick_rows = self._load_kickstart() if settings.kickstart else (None, {})
 
     def _load_kickstart(self):
-        """The experts of ``settings.kickstart`` and each task's row among them."""
+        """The policy that labels the visited states: per-task experts with each task's row among them, or one
+        teacher (rows None), which reads each state's task from its observation."""
         from kdistill.loading import load_policy
 
         if self.executor is not None:
             raise KdistillError("kickstarting needs the learner's own rollout; drop --executor (env worker processes "
                                 "with --workers are fine).")
-        experts = load_policy(self.settings.kickstart, self.domain)
-        if not hasattr(experts, "act_tasks"):
-            raise KdistillError(f"--kickstart {self.settings.kickstart} is a {experts.kind!r} policy; pass a set of "
-                                f"per-task experts (kdistill experts export).")
-        rows = {task: experts.task_row(task) for task in self.settings.tasks}
-        return experts, rows
+        policy = load_policy(self.settings.kickstart, self.domain)
+        if hasattr(policy, "act_tasks"):
+            return policy, {task: policy.task_row(task) for task in self.settings.tasks}
+        if policy.kind != "teacher":
+            raise KdistillError(f"--kickstart {self.settings.kickstart} is a {policy.kind!r} policy; pass per-task "
+                                f"experts (kdistill experts export) or a teacher.")
+        if policy.layout != self.layout:
+            raise KdistillError(f"--kickstart {self.settings.kickstart} was made for another layout of "
+                                f"{policy.domain!r} tasks than {self.settings.domain!r} has; pass a teacher of this domain.")
+        return policy, None
 
     # checkpoints ----------------------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
@@ -228,7 +233,7 @@ class PPOTrainer:
     def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         check_compatible(meta, self.settings, self.teacher_config, self.config)
         if self.kickstart is not None and meta.get("kickstart_sha256") != self.kickstart.meta.get("weights_sha256"):
-            raise CheckpointError(f"the experts in {self.settings.kickstart} (--kickstart) are not the ones the run "
+            raise CheckpointError(f"the policy in {self.settings.kickstart} (--kickstart) is not the one the run "
                                   f"started with; restore them, or start a new run.")
         load_model_state(self.model, tensors)
         groups = [dict(g, params=list(range(len(self.optimizer.param_groups[0]["params"]))))
@@ -355,7 +360,8 @@ class PPOTrainer:
             buf["actions"][t], buf["values"][t], buf["logp"][t] = actions, value, logp
             if self.kickstart is not None:
                 visited.append({k: v.copy() for k, v in self._raw.items()})  # a vector env may reuse its arrays
-                visited_rows.append(np.array([self._kick_rows[task] for task in self.envs.slot_tasks]))
+                if self._kick_rows is not None:
+                    visited_rows.append(np.array([self._kick_rows[task] for task in self.envs.slot_tasks]))
             raw, rewards, terminated, truncated, infos = self.envs.step(actions.numpy())
             dones = terminated | truncated
             scaled = self.reward_norm(rewards, dones) if cfg.normalize_reward else rewards.astype(np.float32)
@@ -373,8 +379,9 @@ class PPOTrainer:
                     tasks.append(ep["task"])
             self._raw, self._obs = raw, self._normalise(raw)
         if self.kickstart is not None:
-            mu = self.kickstart.act_tasks({k: np.concatenate([v[k] for v in visited]) for k in visited[0]},
-                                          np.concatenate(visited_rows))
+            states = {k: np.concatenate([v[k] for v in visited]) for k in visited[0]}
+            mu = (self.kickstart.act(states, deterministic=True) if self._kick_rows is None
+                  else self.kickstart.act_tasks(states, np.concatenate(visited_rows)))
             buf["expert_mu"] = torch.from_numpy(mu).reshape(s, n, -1)
         with torch.inference_mode():
             last_value = self.model.value(self._to_torch({k: self._obs[k] for k in keys})).float().cpu()
