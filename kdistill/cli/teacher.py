@@ -63,7 +63,10 @@ def teacher_group() -> None:
 @click.option("--address", default=None, help="With --executor ray: the Ray cluster to join (host:port, or auto).")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="Torch CPU threads. [default: 1 on machines of up to 4 cores, else cores minus workers, at most 8]")
-@click.option("--checkpoint-every", type=click.IntRange(1), default=None, help="Iterations between checkpoints. [default: 10]")
+@click.option("--checkpoint-every", type=click.IntRange(1), default=None,
+              help="Iterations between checkpoints. Every checkpoint restarts the episodes, so keep this times the PPO "
+                   "preset's steps per env (num_steps) well above the episode length, or the late part of an episode "
+                   "is never trained on. [default: 10]")
 @click.option("--eval-every", type=click.IntRange(1), default=None,
               help="Every N iterations, measure the deterministic actor on the run's tasks (fresh envs, seeds apart "
                    "from eval's and compare's) and keep the best so far in OUT/best, a teacher folder for eval, "
