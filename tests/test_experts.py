@@ -543,3 +543,43 @@ def test_a_diverged_task_stops_the_run_and_keeps_the_last_checkpoint(cartpole, t
     with pytest.raises(NonFiniteError, match=tasks[1]):
         trainer.train(stop_after_updates=1)
     assert latest_updates(tmp_path / "run") == 1
+
+
+def test_annealed_learning_rate_falls_linearly_over_the_budget(cartpole, one_torch_thread):
+    tasks = cartpole.tasks("train")[:2]
+    annealed = attrs.evolve(TINY, anneal_lr=True)
+    trainer = make(cartpole, tasks, config=annealed, steps=4 * TINY.batch_size)
+    used: list[float] = []
+    trainer.train(on_update=lambda _: used.append(trainer.optimizer.param_groups[0]["lr"]))
+    assert used == pytest.approx([TINY.lr * f for f in (1.0, 0.75, 0.5, 0.25)])
+    # the rate reaches the weights: the first update equals a constant-rate run's, the second does not
+    steady = make(cartpole, tasks, steps=4 * TINY.batch_size)
+    first = make(cartpole, tasks, config=annealed, steps=4 * TINY.batch_size)
+    steady.train(stop_after_updates=1)
+    first.train(stop_after_updates=1)
+    assert all(torch.equal(a, b) for a, b in zip(steady.model.parameters(), first.model.parameters()))
+    steady.train(stop_after_updates=1)
+    first.train(stop_after_updates=1)
+    assert not torch.allclose(steady.model.actor.weights[0], first.model.actor.weights[0])
+    # each task's schedule is its own budget's, so a batched annealed run still equals separate runs
+    alone = make(cartpole, tasks[1:], config=annealed, steps=4 * TINY.batch_size)
+    alone.train()
+    for name, p in alone.model.named_parameters():
+        torch.testing.assert_close(dict(trainer.model.named_parameters())[name][1], p[0], rtol=1e-4, atol=1e-5)
+
+
+def test_a_checkpoint_without_a_newer_setting_resumes_with_its_default(cartpole, tmp_path, one_torch_thread):
+    from kdistill.errors import CheckpointError
+    from kdistill.io import read_json_object
+
+    tasks = cartpole.tasks("train")[:2]
+    make(cartpole, tasks, run_dir=tmp_path / "r", every=1).train(stop_after_updates=1)
+    meta_path = next((tmp_path / "r").glob("ckpt-*")) / "meta.json"
+    meta = read_json_object(meta_path)
+    del meta["config"]["anneal_lr"]
+    meta_path.write_text(json.dumps(meta))
+    settings = ExpertRunSettings(domain="cartpole", tasks=tasks, preset="tiny", seed=0, steps_per_task=10**6,
+                                 checkpoint_every=1)
+    assert start_or_resume(cartpole, settings, TINY, tmp_path / "r", resume=True).updates == 1
+    with pytest.raises(CheckpointError, match="config"):
+        start_or_resume(cartpole, settings, attrs.evolve(TINY, anneal_lr=True), tmp_path / "r", resume=True)

@@ -21,7 +21,8 @@ def experts_group() -> None:
 @click.argument("domain_name", metavar="DOMAIN")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoints, metrics.jsonl, tasks/*.jsonl, learning_curves.png.")
-@click.option("--preset", default=None, help="Config preset: sb3 (Stable-Baselines3's PPO defaults) or tiny. [default: sb3]")
+@click.option("--preset", default=None, help="Config preset: sb3 (Stable-Baselines3's PPO defaults); settled (sb3 with the learning "
+              "rate annealed to 0 over the budget, gamma 0.995, no plateau stop); tiny (smoke runs). [default: sb3]")
 @tasks_option()
 @click.option("--split", default=None, help="Train on a split's tasks: train, test or all. [default: train]")
 @click.option("--num-tasks", type=click.IntRange(1), default=None, help="Only the first N tasks of the selection.")

@@ -90,6 +90,8 @@ class ExpertConfig:
     patience: int = attrs.field(default=5, validator=_nonneg)  # evaluations without improvement; 0 = never stop
     min_delta: float = attrs.field(default=0.05, validator=_nonneg)  # relative gain of the best return that counts
     min_steps: int = attrs.field(default=600_000, validator=_nonneg)  # no task stops before this many env steps
+    # learning rate falls linearly from ``lr`` towards 0 over the task's step budget (CleanRL's default)
+    anneal_lr: bool = False
 
     def __attrs_post_init__(self):
         if self.batch_size % self.minibatch_size:
@@ -111,6 +113,9 @@ class ExpertConfig:
     def presets(cls) -> dict[str, "ExpertConfig"]:
         return {
             "sb3": cls(),
+            # sb3 with the learning rate annealed over the budget and a longer horizon (gamma 0.995): a final actor
+            # that has settled, and a return that values staying upright past the next hundred steps
+            "settled": cls(gamma=0.995, anneal_lr=True, patience=0),
             # seconds per update: for tests and smoke runs
             "tiny": cls(num_steps=64, epochs=2, minibatch_size=32, eval_every=128, eval_episodes=2, min_steps=0,
                         patience=0, hidden=(16, 16)),
@@ -442,8 +447,19 @@ class ExpertTrainer:
                  "values": per_task(buf["values"]), "returns": per_task(ret.reshape(S, n, E))}
         return batch, returns
 
+    def learning_rate(self) -> float:
+        """The learning rate of the next update. Active tasks share their update count, so one rate serves them all."""
+        cfg = self.config
+        if not cfg.anneal_lr or not len(self._rows):
+            return cfg.lr
+        total = math.ceil(self.settings.steps_per_task / cfg.batch_size)
+        done = int(self.task_updates[self._rows].max())
+        return cfg.lr * max(0.0, 1.0 - done / total)
+
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         cfg = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate()
         n, N = batch["obs"].shape[:2]
         mb = cfg.minibatch_size
         act_mask = self.act_mask[self._rows].unsqueeze(1)
@@ -777,8 +793,10 @@ def check_expert_compatible(meta: dict[str, Any], settings: ExpertRunSettings, c
         raise CheckpointError(f"the checkpoint is a {meta.get('kind')!r} run, not a per-task expert run; "
                               f"pass an experts run folder or choose a new --out folder.")
     run = meta.get("run", {})
+    # a checkpoint without a setting ran with its default
+    saved_config = {**ExpertConfig().to_dict(), **meta["config"]} if isinstance(meta.get("config"), dict) else meta.get("config")
     for what, saved, wanted in (("domain", meta.get("domain"), settings.domain), ("tasks", run.get("tasks"), list(settings.tasks)),
-                                ("seed", run.get("seed"), settings.seed), ("config", meta.get("config"), config.to_dict())):
+                                ("seed", run.get("seed"), settings.seed), ("config", saved_config, config.to_dict())):
         if saved != wanted:
             raise CheckpointError(f"the checkpoint's {what} differs from this run's; resume with the run's own settings "
                                   f"or write to a new --out folder.")
