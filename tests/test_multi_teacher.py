@@ -190,6 +190,70 @@ def test_dagger_aggregates_relabels_and_resumes(cartpole, experts, expert_data, 
                    DaggerSettings(rounds=2, beta=0.9, samples_per_task=200, num_envs=4, epochs=1))
 
 
+def test_dagger_adopts_a_finished_run_as_round_0(cartpole, experts, expert_data, tmp_path):
+    import attrs
+
+    from kdistill.distill.dagger import DaggerSettings, run_dagger
+    from kdistill.errors import CheckpointError
+    from kdistill.io import latest_checkpoint, load_checkpoint
+
+    tasks, path = experts
+    teacher = load_policy(path, domain="cartpole")
+    settings = DaggerSettings(rounds=1, beta=0.5, samples_per_task=100, num_envs=4, epochs=1, seed=0)
+    plain = tmp_path / "plain"
+    distill(expert_data, "mlp", None, SMALL_DISTILL, out=plain)
+    # refused before anything is written: another student, other settings, an unfinished run, no run at all
+    half = tmp_path / "half"
+    train_student(expert_data, "mlp", None, attrs.evolve(SMALL_DISTILL, epochs=1), out=half)
+    for round_0, student, config, match in ((plain, "hnmlp", SMALL_DISTILL, "cannot stand for"),
+                                            (plain, "mlp", attrs.evolve(SMALL_DISTILL, lr=1e-4), "other settings"),
+                                            (half, "mlp", SMALL_DISTILL, "1 of its 2 epochs"),
+                                            (tmp_path / "none", "mlp", SMALL_DISTILL, "no distillation checkpoint")):
+        with pytest.raises(KdistillError, match=match):
+            run_dagger(cartpole, teacher, str(path), expert_data, student, None, config, tmp_path / "refused", settings,
+                       round_0=round_0)
+        assert not (tmp_path / "refused").exists()
+    with pytest.raises(KdistillError, match="inside it"):
+        run_dagger(cartpole, teacher, str(path), expert_data, "mlp", None, SMALL_DISTILL, tmp_path, settings,
+                   round_0=plain)
+
+    adopted = run_dagger(cartpole, teacher, str(path), expert_data, "mlp", None, SMALL_DISTILL, tmp_path / "a", settings,
+                         round_0=plain)
+    assert adopted["rounds"][0]["train_rows"] == len(load_expert_data(expert_data))
+    # round 0 is the finished run itself (its checkpoint and log, not a retraining)
+    assert json.loads((tmp_path / "a" / "round-0" / "metrics.jsonl").read_text().splitlines()[-1]) == \
+        json.loads((plain / "metrics.jsonl").read_text().splitlines()[-1])
+    ours, theirs = load_checkpoint(latest_checkpoint(tmp_path / "a" / "round-0"))[0], load_checkpoint(latest_checkpoint(plain))[0]
+    assert all(np.array_equal(ours[k], theirs[k]) for k in theirs)
+    # and the rounds after it are those of a DAgger run that distilled round 0 itself
+    run_dagger(cartpole, teacher, str(path), expert_data, "mlp", None, SMALL_DISTILL, tmp_path / "b", settings)
+    a, b = load_checkpoint(latest_checkpoint(tmp_path / "a"))[0], load_checkpoint(latest_checkpoint(tmp_path / "b"))[0]
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    # running it again resumes without copying or training anything
+    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "a").rglob("*.safetensors")
+             if p.relative_to(tmp_path / "a").parts[0].startswith(("round-", "data-"))}
+    assert any("round-0" in str(p) for p in stamp)
+    run_dagger(cartpole, teacher, str(path), expert_data, "mlp", None, SMALL_DISTILL, tmp_path / "a", settings,
+               round_0=plain)
+    assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
+    # a DAgger run whose own round 0 is unfinished is not silently taken over by --round-0
+    (tmp_path / "c").mkdir()
+    train_student(expert_data, "mlp", None, attrs.evolve(SMALL_DISTILL, epochs=1), out=tmp_path / "c" / "round-0")
+    with pytest.raises(CheckpointError, match="1 of its 2 epochs"):
+        run_dagger(cartpole, teacher, str(path), expert_data, "mlp", None, SMALL_DISTILL, tmp_path / "c", settings,
+                   round_0=plain)
+
+
+def test_cli_round_0_needs_dagger(tmp_path, expert_data):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "kdistill", "distill", "cartpole", "--data", str(expert_data), "--out",
+                        str(tmp_path / "x"), "--round-0", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "--round-0 is used with --dagger only" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
 def test_load_expert_sets_refuses_another_normaliser(cartpole, experts, expert_data, tmp_path):
     tasks, path = experts
     teacher = load_policy(path, domain="cartpole")

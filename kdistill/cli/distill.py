@@ -37,6 +37,9 @@ from kdistill.cli.options import (
               help="With --dagger: new rows per task per round.")
 @click.option("--dagger-epochs", type=click.IntRange(1), default=10, show_default=True,
               help="With --dagger: epochs of retraining per round (from the previous round's weights).")
+@click.option("--round-0", "round_0", default=None, type=click.Path(file_okay=False),
+              help="With --dagger: a finished `kdistill distill` run of the same --data and settings, copied in as "
+                   "round 0 instead of distilling again.")
 @click.option("--preset", default="paper", show_default=True, help="Distillation preset: paper, paper-long or demo.")
 @click.option("--epochs", type=click.IntRange(1), default=None,
               help="Epochs over the training rows. [default: the preset's, 50]")
@@ -67,7 +70,8 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
                 device: str, threads: int | None, as_json: bool, dagger_rounds: int | None = None,
                 teacher_path: str | None = None, dagger_beta: float = 0.5, dagger_samples: int = 4000,
                 dagger_epochs: int = 10, data_dir: str | None = None, tasks_dir: str | None = None,
-                executor_name: str = "local", workers: int = 1, address: str | None = None) -> None:
+                executor_name: str = "local", workers: int = 1, address: str | None = None,
+                round_0: str | None = None) -> None:
     """Distill DOMAIN's expert data into a student that reads the state only.
 
     The reference recipe: Adam (lr 1e-3, eps 1e-5), gradient clipping 0.5, shuffled batches of 5120
@@ -82,6 +86,8 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
       kdistill distill unimal --data data/experts --student metamorph --student-preset cpu --out runs/tf
       kdistill distill unimal --data data/experts --student metamorph --student-preset cpu --out runs/tf-dagger \\
           --dagger 3 --teacher domains/unimal/pretrained/experts-flat
+      kdistill distill unimal --data data/experts --out runs/hnmlp-dagger --dagger 2 \\
+          --teacher domains/unimal/pretrained/experts-flat --round-0 runs/hnmlp   # reuse a finished run
       torchrun --nproc-per-node 2 -m kdistill distill unimal --data data/expert --out runs/hnmlp   # data-parallel
 
     Under torchrun each process fits its slice of every batch and the gradients are summed (torch.distributed:
@@ -136,7 +142,7 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
     if dagger_rounds is not None:
         result = _run_dagger(domain_name, data_path, student, student_config, student_preset, config, out, device,
                              teacher_path, dagger_rounds, dagger_beta, dagger_samples, dagger_epochs, seed, as_json,
-                             data_dir, tasks_dir, (executor_name, workers, address), threads or 1)
+                             data_dir, tasks_dir, (executor_name, workers, address), threads or 1, round_0)
         if as_json:
             print_json(result)
         else:
@@ -145,6 +151,8 @@ def distill_cmd(domain_name: str, data_path: str, student: str, student_preset: 
                               markup=False)
             err_console.print(f"run folder: {out} (loads as the last round's student)", markup=False)
         return
+    if round_0 is not None:
+        raise KdistillError("--round-0 is used with --dagger only: it stands in for the DAgger run's first distillation.")
     _check_dagger_only(teacher_path, given)
     result = _run_distill(data_path, student, student_config, config, out, resume, domain_name, device, as_json,
                           student_preset)
@@ -197,7 +205,7 @@ def _run_distill(data_path, student, student_config, config, out, resume, domain
 
 def _run_dagger(domain_name, data_path, student, student_config, student_preset, config, out, device, teacher_path,
                 rounds, beta, samples, epochs, seed, as_json, data_dir=None, tasks_dir=None,
-                executor_args=("local", 1, None), threads=1) -> dict:
+                executor_args=("local", 1, None), threads=1, round_0=None) -> dict:
     from kdistill.devices import check_device
     from kdistill.distill.expert_data import read_expert_meta
     from kdistill.distributed import launched_world
@@ -221,11 +229,12 @@ def _run_dagger(domain_name, data_path, student, student_config, student_preset,
         teacher = load_policy(teacher_path, domain=domain, device=check_device(device) if executor.in_process else "cpu",
                               seed=seed or 0)
         return _dagger_rounds(domain, teacher, teacher_path, meta, data_path, student, student_config, student_preset,
-                              config, out, device, rounds, beta, samples, epochs, seed, as_json, executor, threads)
+                              config, out, device, rounds, beta, samples, epochs, seed, as_json, executor, threads,
+                              round_0)
 
 
 def _dagger_rounds(domain, teacher, teacher_path, meta, data_path, student, student_config, student_preset, config, out,
-                   device, rounds, beta, samples, epochs, seed, as_json, executor, threads) -> dict:
+                   device, rounds, beta, samples, epochs, seed, as_json, executor, threads, round_0=None) -> dict:
     from kdistill.devices import check_device
     from kdistill.distill.dagger import DaggerSettings, run_dagger
     from kdistill.errors import KdistillError
@@ -239,7 +248,7 @@ def _dagger_rounds(domain, teacher, teacher_path, meta, data_path, student, stud
     with progress_bars(not as_json) as report:
         return run_dagger(domain, teacher, str(teacher_path), data_path, student, student_config, config, out, settings,
                           device=check_device(device), progress=report, student_preset=student_preset,
-                          executor=executor, threads=threads)
+                          executor=executor, threads=threads, round_0=round_0)
 
 
 def _saved_run(out: str) -> dict | None:

@@ -2,7 +2,8 @@
 
 A DAgger run folder ``RUN`` is built from ordinary, resumable pieces:
 
-* ``RUN/round-0/``: the student distilled from the initial expert data (a ``kdistill distill`` run folder);
+* ``RUN/round-0/``: the student distilled from the initial expert data (a ``kdistill distill`` run folder;
+  ``round_0`` copies in a finished one with the same data and settings instead of training it again);
 * ``RUN/data-<r>/``: the states visited in round ``r`` (an expert data folder sharing the initial data's
   normaliser), labelled with the teacher's mean actions. In round ``r`` each env plays the teacher's
   sampled action with probability ``beta ** r`` at every step and the previous round's student's mean
@@ -24,7 +25,7 @@ from typing import Any, Callable
 import attrs
 
 from kdistill.distill.expert_data import CollectSettings, collect_expert_data, read_expert_meta
-from kdistill.distill.training import distill, split_tasks
+from kdistill.distill.training import check_finished_run, distill, split_tasks
 from kdistill.errors import KdistillError
 from kdistill.executors import Executor
 from kdistill.io import atomic_write_json, claim_folder, latest_checkpoint, load_checkpoint, read_json_object, save_run_checkpoint
@@ -51,8 +52,12 @@ def run_dagger(domain, teacher, teacher_ref: str, data_path: str | Path, student
                out: str | Path, settings: DaggerSettings, device: str = "cpu", progress: Progress | None = None,
                student_preset: str | None = None,
                on_round: Callable[[dict[str, Any]], None] | None = None,
-               executor: Executor | None = None, threads: int = 1) -> dict[str, Any]:
+               executor: Executor | None = None, threads: int = 1,
+               round_0: str | Path | None = None) -> dict[str, Any]:
     """Distill, then ``settings.rounds`` rounds of DAgger (module docstring); returns a summary per round.
+
+    ``round_0``: a finished distillation of ``data_path`` with ``student``, ``student_config`` and ``config``
+    (checked before anything is written) that becomes round 0 instead of being trained again.
 
     ``executor``: where each round's rollouts run (default: this process); its workers load the student on the CPU,
     with ``threads`` torch threads each. The rows are the same on any executor."""
@@ -62,6 +67,14 @@ def run_dagger(domain, teacher, teacher_ref: str, data_path: str | Path, student
     data_meta = read_expert_meta(data_path)
     if data_meta["domain"] != domain.name:
         raise KdistillError(f"{data_path} holds {data_meta['domain']!r} data, not {domain.name!r}.")
+    adopt = round_0 is not None and not (out / "round-0").exists()
+    if round_0 is not None and not adopt:  # adopted before: only a finished round 0 stands for it
+        check_finished_run(out / "round-0", data_path, student, student_config, config, student_preset)
+    if adopt:
+        if Path(round_0).resolve() == out.resolve() or out.resolve() in Path(round_0).resolve().parents:
+            raise KdistillError(f"--round-0 {round_0} is the DAgger run {out} or inside it; pass the finished "
+                                f"distillation run that round 0 copies.")
+        check_finished_run(round_0, data_path, student, student_config, config, student_preset)
     claim_folder(out, "dagger-run")
     pinned = {"data": str(data_path.resolve()), "teacher": str(teacher_ref), "student": student,
               "dagger": settings.to_dict(), "distill": {k: v for k, v in config.to_dict().items() if k != "checkpoint_every"}}
@@ -87,6 +100,8 @@ def run_dagger(domain, teacher, teacher_ref: str, data_path: str | Path, student
         if on_round is not None:
             on_round(row)
 
+    if adopt:
+        _copy_run(Path(round_0), out / "round-0")
     result = distill(data_path, student, student_config, config, out=out / "round-0", resume=True, domain=domain,
                      device=device, progress=progress, student_preset=student_preset)
     publish(0, result)
@@ -108,3 +123,13 @@ def run_dagger(domain, teacher, teacher_ref: str, data_path: str | Path, student
                          init_from=latest_checkpoint(previous))
         publish(r, result)
     return {"run": str(out), "rounds": rounds, "student": student, "final": str(latest_checkpoint(out))}
+
+
+def _copy_run(src: Path, dst: Path) -> None:
+    """Copy the run folder ``src`` to ``dst`` under a temporary name first, so an interrupted copy is never a round."""
+    import shutil
+
+    partial = dst.with_name(f".partial-{dst.name}")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(src, partial)
+    partial.rename(dst)

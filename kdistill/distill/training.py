@@ -214,23 +214,65 @@ def data_fingerprint(paths: Sequence[str | Path], tasks: Sequence[str]) -> str:
 
 
 def _check_resume(meta: dict, arch: str, student_config: dict, config: DistillConfig, data_path: str, run: Path,
-                  kind: str = "student", extra: dict | None = None) -> None:
+                  kind: str = "student", extra: dict | None = None, remedy: str = "pass another --out") -> None:
     if meta.get("kind") != kind or "distill" not in meta:
-        raise CheckpointError(f"{run} holds a {meta.get('kind')!r} run, not a distilled {kind}; pass another --out.")
+        raise CheckpointError(f"{run} holds a {meta.get('kind')!r} run, not a distilled {kind}; {remedy}.")
     for key, want in (extra or {}).items():
         have = meta.get(key)
         if have != want and not (have in (None, []) and want in (None, [])):  # older runs lack the key
-            raise CheckpointError(f"{run} was distilled with another {key.replace('_', ' ')}; use it or another --out.")
+            raise CheckpointError(f"{run} was distilled with another {key.replace('_', ' ')}; {remedy}.")
     if meta.get("arch") != arch or meta.get("config") != student_config:
         raise CheckpointError(f"{run} holds a {meta.get('arch')!r} student with config {meta.get('config')}; "
-                              f"it cannot resume as {arch!r} {student_config}. Pass another --out.")
+                              f"it cannot stand for {arch!r} {student_config}; {remedy}.")
     old = {k: v for k, v in meta.get("distill", {}).items() if k not in _RESUMABLE_FIELDS}
     new = {k: v for k, v in config.to_dict().items() if k not in _RESUMABLE_FIELDS}
     if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise CheckpointError(f"{run} was distilled with other settings ({', '.join(diff)}); use them or another --out.")
+        raise CheckpointError(f"{run} was distilled with other settings ({', '.join(diff)}); use them, or {remedy}.")
     if meta.get("data") != data_path:
-        raise CheckpointError(f"{run} was distilled from {meta.get('data')}, not {data_path}; pass another --out.")
+        raise CheckpointError(f"{run} was distilled from {meta.get('data')}, not {data_path}; {remedy}.")
+
+
+def _build_model(student: str, layout: Layout, student_config: Any, student_preset: str | None):
+    """The fresh model of a distillation, its config as a checkpoint's JSON gives it back, and the checkpoint kind
+    (``teacher`` for a teacher architecture, else ``student``)."""
+    spec = teacher_spec_for(student)
+    if spec is not None:
+        teacher_config = teacher_student_config(spec, student_config, student_preset)
+        model, cfg_dict, kind = spec.build(layout, teacher_config), teacher_config.to_dict(), "teacher"
+    else:
+        model = build_student(student, layout, student_config)
+        cfg_dict, kind = model.config_dict(), "student"
+    # tuples become lists, so saved and new configs compare equal
+    return model, json.loads(json.dumps(cfg_dict)), kind
+
+
+def check_finished_run(run: str | Path, data_path: str | Path, student: str = "hnmlp", student_config: Any = None,
+                       config: DistillConfig = DistillConfig(), student_preset: str | None = None) -> dict[str, Any]:
+    """Raise unless ``run`` is a finished distillation of the rows now at ``data_path`` with exactly these settings
+    (the run that ``distill`` with them would write); returns its newest checkpoint's meta."""
+    run, data_path = Path(run), Path(data_path)
+    ckpt = latest_checkpoint(run) if run.is_dir() else None
+    if ckpt is None:
+        raise KdistillError(f"{run} holds no distillation checkpoint; pass a finished `kdistill distill` run folder.")
+    meta = read_expert_meta(data_path)
+    _, cfg_dict, kind = _build_model(student, Layout.from_dict(meta["layout"]), student_config, student_preset)
+    _, ck_meta = load_checkpoint(ckpt)
+    _check_resume(ck_meta, student, cfg_dict, config, str(data_path.resolve()), run, kind,
+                  {"extra_data": [], "init_from": None}, remedy="pass another run")
+    all_tasks = sorted(meta["tasks"])
+    if ck_meta.get("data_fingerprint") is None:
+        raise CheckpointError(f"{run} does not record which rows it was distilled from, so it cannot stand in for a "
+                              f"distillation of {data_path}; pass a run written by this version of kdistill.")
+    if ck_meta.get("data_fingerprint") != data_fingerprint([data_path], all_tasks):
+        raise CheckpointError(f"{run} was distilled from other rows than {data_path} now holds; pass another run.")
+    if ck_meta.get("train_tasks") != split_tasks(all_tasks, config.val_tasks, config.seed)[0]:
+        raise CheckpointError(f"{run} was distilled on other tasks than {data_path} now holds; pass another run.")
+    epoch = ck_meta.get("counters", {}).get("epoch")
+    if epoch != config.epochs:
+        raise CheckpointError(f"{run} has trained {epoch} of its {config.epochs} epochs; finish it with `kdistill "
+                              f"distill ... --out {run} --resume` first.")
+    return ck_meta
 
 
 def _diverged(run: Path | None, epoch: int, step: int, what: str) -> NonFiniteError:
@@ -272,15 +314,9 @@ def train_student(data_path: str | Path, student: str = "hnmlp", student_config:
     train_tasks, val_tasks = split_tasks(all_tasks, config.val_tasks, config.seed)
 
     torch.manual_seed(config.seed)
-    if spec is not None:
-        teacher_config = teacher_student_config(spec, student_config, student_preset)
-        model = spec.build(layout, teacher_config).to(device)
-        cfg_dict, kind, mu_fn = teacher_config.to_dict(), "teacher", teacher_mu
-    else:
-        model = build_student(student, layout, student_config).to(device)
-        cfg_dict, kind, mu_fn = model.config_dict(), "student", student_mu
-    # the form a checkpoint's JSON gives back (tuples become lists), so saved and new configs compare equal
-    cfg_dict = json.loads(json.dumps(cfg_dict))
+    model, cfg_dict, kind = _build_model(student, layout, student_config, student_preset)
+    model = model.to(device)
+    mu_fn = teacher_mu if kind == "teacher" else student_mu
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps)
     data_ref = str(data_path.resolve())
     extra_refs = [str(Path(p).resolve()) for p in extra_data]
