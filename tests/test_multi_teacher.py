@@ -357,6 +357,21 @@ def test_kickstarting_labels_each_visited_state_by_its_tasks_expert_and_pulls_th
     _assert_pulled_closer_than_without(kicked, batch, cartpole, tasks, path)
 
 
+def test_a_decaying_kickstart_weight_falls_linearly_and_then_leaves_ppo_alone(cartpole, experts):
+    tasks, path = experts
+    batch = 6 * 64  # env steps per iteration of _kick_trainer
+    kicked = _kick_trainer(cartpole, tasks, path, 10.0, kickstart_decay=2 * batch)
+    logged: list[dict] = []
+    try:
+        kicked.train(on_iteration=logged.append, stop_at_iteration=4)
+    finally:
+        kicked.close()
+    assert [m["kickstart_coef"] for m in logged] == pytest.approx([10.0, 5.0, 0.0, 0.0])
+    # the KL term enters the loss only while its weight is positive
+    assert ["kickstart_kl" in m for m in logged] == [True, True, False, False]
+    assert kicked.settings.kickstart_weight(batch // 2) == pytest.approx(7.5)
+
+
 def test_kickstart_options_are_checked(tmp_path, experts, cartpole, capsys):
     from kdistill.cli.app import main
     from kdistill.executors import LocalExecutor
@@ -366,6 +381,9 @@ def test_kickstart_options_are_checked(tmp_path, experts, cartpole, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(args)
     assert exit_.value.code == 2 and "pass --kickstart too" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    with pytest.raises(SystemExit) as exit_:
+        main([*args[:-2], "--kickstart-decay", "1000"])
+    assert exit_.value.code == 2 and "--kickstart-decay" in capsys.readouterr().err and not (tmp_path / "r").exists()
     # the labels need each slot's task, which rollout workers do not report
     with pytest.raises(KdistillError, match="drop --executor"):
         _kick_trainer(cartpole, tasks, path, 1.0, executor=LocalExecutor())

@@ -49,6 +49,9 @@ def teacher_group() -> None:
                    "train another architecture from a trained teacher).")
 @click.option("--kickstart-coef", type=click.FloatRange(min=0), default=None,
               help="Weight of KL(labeller || actor) in the loss, with --kickstart. [default: 0.1]")
+@click.option("--kickstart-decay", type=click.IntRange(min=0), default=None, metavar="STEPS",
+              help="With --kickstart: the weight falls linearly to 0 over this many env steps of the run, so the "
+                   "return takes over (0 = constant). [default: 0]")
 @click.option("--freeze-obs-norm", is_flag=True, default=None,
               help="Keep the observation statistics the run starts with (an --init teacher's) instead of updating them.")
 @click.option("--seed", type=int, default=None, help="Random seed. [default: 0]")
@@ -82,7 +85,8 @@ def teacher_group() -> None:
 def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: str | None, teacher: str | None, task_names: str | None,
               split: str | None, num_tasks: int | None, steps: int | None, resume: bool, init: str | None,
               critic_warmup: int | None, lr: float | None, action_std: float | None,
-              kickstart: str | None, kickstart_coef: float | None, freeze_obs_norm: bool | None, seed: int | None,
+              kickstart: str | None, kickstart_coef: float | None,
+              kickstart_decay: int | None, freeze_obs_norm: bool | None, seed: int | None,
               device: str, workers: int, executor_name: str, address: str | None, threads: int | None,
               checkpoint_every: int | None, eval_every: int | None, eval_episodes: int, new_split: bool, as_json: bool,
               data_dir: str | None) -> None:
@@ -145,10 +149,13 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
                      ("--critic-warmup", "critic_warmup", critic_warmup, 0),
                      ("--kickstart", "kickstart", kickstart, ""),
                      ("--kickstart-coef", "kickstart_coef", kickstart_coef, 0.0),
+                     ("--kickstart-decay", "kickstart_decay", kickstart_decay, 0),
                      ("--freeze-obs-norm", "freeze_obs_norm", freeze_obs_norm, False)])
     kickstart = kickstart if kickstart is not None else saved.get("kickstart", "")
     if kickstart_coef is not None and not kickstart:
         raise KdistillError("--kickstart-coef weighs the pull towards --kickstart experts; pass --kickstart too.")
+    if kickstart_decay and not kickstart:
+        raise KdistillError("--kickstart-decay schedules the pull towards --kickstart experts; pass --kickstart too.")
     settings = RunSettings(domain=domain.name, tasks=tasks, teacher=teacher_name, preset=preset, teacher_preset=teacher_preset,
                            seed=seed if seed is not None else saved.get("seed", 0), total_steps=steps,
                            checkpoint_every=checkpoint_every or saved.get("checkpoint_every", 10),
@@ -159,6 +166,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
                            kickstart=kickstart,
                            kickstart_coef=(kickstart_coef if kickstart_coef is not None
                                            else saved.get("kickstart_coef", 0.1 if kickstart else 0.0)),
+                           kickstart_decay=kickstart_decay if kickstart_decay is not None else saved.get("kickstart_decay", 0),
                            freeze_obs_norm=bool(freeze_obs_norm or saved.get("freeze_obs_norm", False)),
                            rollout=rollout)
     check_device(device)

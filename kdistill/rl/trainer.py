@@ -75,6 +75,8 @@ class RunSettings:
     # PPO's loss gains kickstart_coef x KL(expert || actor) under the run's fixed action std
     kickstart: str = ""
     kickstart_coef: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
+    # env steps over which the coefficient falls linearly to 0, so PPO's return takes over (0 = it stays constant)
+    kickstart_decay: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     # how the envs ran ("env-processes:N", N = 0 in this process; "rollout-workers" of an executor, any number): it
     # decides their seeds, so a run continues exactly only the same way ("" = not recorded)
     rollout: str = ""
@@ -88,6 +90,12 @@ class RunSettings:
         """The teacher config of this run: its preset, with the action std it was given."""
         config = presets[self.teacher_preset or self.preset]
         return config if self.action_std is None else attrs.evolve(config, action_std=self.action_std)
+
+    def kickstart_weight(self, env_steps: int) -> float:
+        """The kickstart coefficient after ``env_steps`` env steps of the run."""
+        if not self.kickstart_decay:
+            return self.kickstart_coef
+        return self.kickstart_coef * max(0.0, 1.0 - env_steps / self.kickstart_decay)
 
     def to_dict(self) -> dict[str, Any]:
         d = attrs.asdict(self)
@@ -462,9 +470,10 @@ class PPOTrainer:
             frozen = self._actor_parameters() if self.iteration < self.settings.critic_warmup else []
             for p in frozen:
                 p.requires_grad_(False)
+            kick = self.settings.kickstart_weight(self.env_steps) if self.kickstart is not None else 0.0
             try:
                 stats = ppo_update(self.model, self.optimizer, batch, info["keys"], cfg, self.generator,
-                                   kickstart_coef=self.settings.kickstart_coef if self.kickstart is not None else 0.0)
+                                   kickstart_coef=kick)
             finally:
                 for p in frozen:
                     p.requires_grad_(True)
@@ -482,6 +491,7 @@ class PPOTrainer:
             probs = self.sampler.probs()
             last = {
                 "iteration": self.iteration, "env_steps": self.env_steps, "episodes": self.episodes, "lr": lr,
+                **({"kickstart_coef": kick} if self.kickstart is not None else {}),
                 "mean_return": float(np.mean(self.recent_returns)) if self.recent_returns else None,
                 "mean_length": float(np.mean(self.recent_lengths)) if self.recent_lengths else None,
                 "task_mean_return": (float(np.mean([np.mean(self.recent_by_task[t]) for t in sorted(self.recent_by_task)]))
