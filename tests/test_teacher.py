@@ -709,3 +709,12 @@ def test_teacher_status_reports_a_run_while_it_is_unfinished(tmp_path, monkeypat
                     {"kind": "teacher", "counters": {"epoch": 1, "step": 2, "samples": 3}, "run": {"epochs": 1}})
     code, _, err = _cli(["teacher", "status", str(tmp_path / "distilled")], monkeypatch, capsys)
     assert code == 2 and "without a PPO run record" in err
+
+
+def test_teacher_train_names_the_architecture_with_arch(tmp_path, monkeypatch, capsys):
+    code, out, _ = _cli(["teacher", "train", "--help"], monkeypatch, capsys)
+    assert code == 0 and "--arch" in out and "--teacher " not in out  # the alias works but is not advertised
+    for option in ("--arch", "--teacher"):
+        code, _, err = _cli(["teacher", "train", "toy", "--steps", "4096", "--out", str(tmp_path / option), option,
+                             "nope"], monkeypatch, capsys)
+        assert code == 2 and "unknown teacher 'nope'" in err and not (tmp_path / option).exists()

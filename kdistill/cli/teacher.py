@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from kdistill.cli.options import data_dir_option, err_console, json_option, print_json, progress_lines, tasks_option
+from kdistill.cli.options import AliasOption, data_dir_option, err_console, json_option, print_json, progress_lines, tasks_option
 from kdistill.errors import KdistillError
 
 
@@ -24,7 +24,8 @@ def teacher_group() -> None:
 @click.option("--preset", default=None, help="Config preset for PPO and the teacher: cpu (2 cores) or paper. [default: cpu]")
 @click.option("--teacher-preset", default=None,
               help="Teacher config preset when it differs from --preset. [default: --preset if the teacher has it, else 'default']")
-@click.option("--teacher", default=None, help="Teacher architecture (e.g. metamorph, modumorph). [default: the domain's]")
+@click.option("--arch", "--teacher", "teacher", cls=AliasOption, default=None,
+              help="Teacher architecture (e.g. metamorph, modumorph). [default: the domain's]")
 @tasks_option("Comma-separated tasks to train on (instead of --split).")
 @click.option("--split", default=None, help="Train on a split's tasks: train, test or all. [default: train]")
 @click.option("--num-tasks", type=click.IntRange(1), default=None, help="Only the first N tasks of the selection.")
@@ -32,7 +33,7 @@ def teacher_group() -> None:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its newest checkpoint (settings are taken from it).")
 @click.option("--init", "init", default=None, type=click.Path(exists=True, file_okay=False),
               help="Start from this teacher's weights and observation statistics (a distilled transformer or a "
-                   "PPO run, same --teacher and --teacher-preset) instead of fresh weights. A teacher made on a "
+                   "PPO run, same --arch and --teacher-preset) instead of fresh weights. A teacher made on a "
                    "task without exteroception (flat ground) may start one with it (terrain): it first acts as before.")
 @click.option("--critic-warmup", type=click.IntRange(0), default=None,
               help="First iterations in which only the critic learns, the actor kept as it is: for an --init actor "

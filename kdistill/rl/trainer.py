@@ -282,7 +282,7 @@ class PPOTrainer:
                 or _without(_jsonable(meta.get("config")), "action_std") != _without(_jsonable(self.teacher_config.to_dict()), "action_std")):
             raise CheckpointError(f"--init {source} holds a {meta.get('arch')!r} teacher whose config differs from this run's "
                                   f"{self.settings.teacher!r} (preset {self.settings.teacher_preset or self.settings.preset!r}); "
-                                  f"pass the --teacher and --teacher-preset it was made with.")
+                                  f"pass the --arch and --teacher-preset it was made with.")
         try:
             saved = Layout.from_dict(meta["layout"])  # a layout saved before exteroception existed has none
         except (KeyError, TypeError, ValueError):
