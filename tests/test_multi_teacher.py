@@ -294,11 +294,14 @@ def test_cli_collect_from_experts_and_distill_a_transformer_on_robots(tmp_path, 
     report = ok("eval", "unimal", "--policy", str(tmp_path / "tf"), "--num-tasks", "1", "--episodes", "1", "--json",
                 "--no-random")
     assert report["summary"]["tasks"] == 1
-    # DAgger with a transformer student: each round starts from the previous round's transformer
+    # DAgger with a transformer student: each round starts from the previous round's transformer; round 0 is the
+    # finished run above, reused
     dagger = ok("distill", "unimal", "--data", str(tmp_path / "data"), "--student", "metamorph", "--student-preset",
                 "cpu", "--epochs", "1", "--batch", "64", "--out", str(tmp_path / "tf-dagger"), "--dagger", "1",
-                "--dagger-samples", "32", "--dagger-epochs", "1", "--teacher", str(tmp_path / "experts"), "--json")
+                "--dagger-samples", "32", "--dagger-epochs", "1", "--teacher", str(tmp_path / "experts"), "--json",
+                "--round-0", str(tmp_path / "tf"))
     assert [r["train_rows"] for r in dagger["rounds"]] == [128, 128 + 2 * 32]
+    assert (tmp_path / "tf-dagger" / "round-0" / "metrics.jsonl").read_text() == (tmp_path / "tf" / "metrics.jsonl").read_text()
     assert load_policy(tmp_path / "tf-dagger", domain="unimal").kind == "teacher"
 
 
