@@ -583,3 +583,22 @@ def test_a_checkpoint_without_a_newer_setting_resumes_with_its_default(cartpole,
     assert start_or_resume(cartpole, settings, TINY, tmp_path / "r", resume=True).updates == 1
     with pytest.raises(CheckpointError, match="config"):
         start_or_resume(cartpole, settings, attrs.evolve(TINY, anneal_lr=True), tmp_path / "r", resume=True)
+
+
+def test_status_reports_the_preset_and_the_learning_rate_of_an_annealed_run(cartpole, tmp_path, one_torch_thread):
+    from click.testing import CliRunner
+
+    from kdistill.cli.app import app
+
+    annealed = attrs.evolve(TINY, anneal_lr=True)
+    make(cartpole, cartpole.tasks("train")[:2], config=annealed, run_dir=tmp_path / "r", steps=4 * TINY.batch_size,
+         every=1).train(stop_after_updates=3)
+    res = CliRunner().invoke(app, ["experts", "status", str(tmp_path / "r"), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    # three of four updates done: the next one runs at a quarter of the rate
+    assert report["preset"] == "tiny" and report["steps_per_task"] == 4 * TINY.batch_size
+    assert report["learning_rate"] == pytest.approx(TINY.lr * 0.25)
+    table = CliRunner().invoke(app, ["experts", "status", str(tmp_path / "r")])
+    words = " ".join(table.output.split())  # the title wraps at the terminal's width
+    assert "preset tiny" in words and "learning rate 7.5e-05" in words

@@ -292,7 +292,7 @@ def status_cmd(run: str, as_json: bool) -> None:
     from rich.table import Table
 
     from kdistill.io import latest_checkpoint, read_json_object
-    from kdistill.rl.experts import is_sharded, load_sharded
+    from kdistill.rl.experts import ExpertConfig, is_sharded, learning_rate, load_sharded
 
     path = Path(run)
     meta_path = path / "meta.json" if (path / "meta.json").exists() else None
@@ -306,7 +306,16 @@ def status_cmd(run: str, as_json: bool) -> None:
         raise KdistillError(f"{path} is a {meta.get('kind')!r} checkpoint, not per-task experts.")
     tasks = meta["tasks"]
     best = [t["best_return"] for t in tasks if t.get("best_return") is not None]
-    summary = {"run": str(path), "tasks": len(tasks), "training": sum(bool(t["active"]) for t in tasks),
+    run_settings = meta.get("run", {})
+    lr = None
+    active_updates = [t["updates"] for t in tasks if t["active"] and "updates" in t]
+    if active_updates and run_settings.get("steps_per_task") and isinstance(meta.get("config"), dict):
+        try:
+            lr = learning_rate(ExpertConfig(**meta["config"]), run_settings["steps_per_task"], max(active_updates))
+        except (TypeError, ValueError):  # a config this version cannot read: the rate is left out
+            lr = None
+    summary = {"run": str(path), "preset": run_settings.get("preset"), "steps_per_task": run_settings.get("steps_per_task"),
+               "learning_rate": lr, "tasks": len(tasks), "training": sum(bool(t["active"]) for t in tasks),
                "env_steps": meta["counters"]["env_steps"], "updates": meta["counters"]["updates"],
                "wall_s": meta["counters"].get("wall_s"),
                "mean_best_return": float(np.mean(best)) if best else None,
@@ -315,8 +324,10 @@ def status_cmd(run: str, as_json: bool) -> None:
         print_json({**summary, "per_task": [{k: v for k, v in t.items() if k not in ("evals", "recent_returns")}
                                             for t in tasks]})
         return
-    table = Table(title=f"{summary['tasks']} experts, {summary['env_steps']:,} env steps, "
-                        f"{summary['training']} still training")
+    preset = f"preset {summary['preset']}, " if summary["preset"] else ""
+    rate = f", learning rate {lr:.3g}" if lr is not None else ""
+    table = Table(title=f"{summary['tasks']} experts ({preset}{summary['env_steps']:,} env steps, "
+                        f"{summary['training']} still training{rate})")
     for col in ("task", "env steps", "best eval", "at step", "last eval", "status"):
         table.add_column(col, justify="left" if col in ("task", "status") else "right")
     for t in tasks:

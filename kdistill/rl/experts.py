@@ -127,6 +127,15 @@ class ExpertConfig:
         return d
 
 
+def learning_rate(config: ExpertConfig, steps_per_task: int, updates_done: int) -> float:
+    """A task's learning rate after ``updates_done`` updates: ``config.lr``, or with ``anneal_lr`` its linear fall
+    towards 0 over the updates that ``steps_per_task`` buys."""
+    if not config.anneal_lr:
+        return config.lr
+    total = math.ceil(steps_per_task / config.batch_size)
+    return config.lr * max(0.0, 1.0 - updates_done / total)
+
+
 @attrs.frozen
 class ExpertRunSettings:
     """What defines an expert run besides its config; stored in every checkpoint and reused by ``--resume``."""
@@ -449,12 +458,8 @@ class ExpertTrainer:
 
     def learning_rate(self) -> float:
         """The learning rate of the next update. Active tasks share their update count, so one rate serves them all."""
-        cfg = self.config
-        if not cfg.anneal_lr or not len(self._rows):
-            return cfg.lr
-        total = math.ceil(self.settings.steps_per_task / cfg.batch_size)
-        done = int(self.task_updates[self._rows].max())
-        return cfg.lr * max(0.0, 1.0 - done / total)
+        done = int(self.task_updates[self._rows].max()) if len(self._rows) else 0
+        return learning_rate(self.config, self.settings.steps_per_task, done)
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         cfg = self.config
