@@ -207,7 +207,7 @@ def test_dagger_adopts_a_finished_run_as_round_0(cartpole, experts, expert_data,
     train_student(expert_data, "mlp", None, attrs.evolve(SMALL_DISTILL, epochs=1), out=half)
     for round_0, student, config, match in ((plain, "hnmlp", SMALL_DISTILL, "cannot stand for"),
                                             (plain, "mlp", attrs.evolve(SMALL_DISTILL, lr=1e-4), "other settings"),
-                                            (half, "mlp", SMALL_DISTILL, "1 of its 2 epochs"),
+                                            (half, "mlp", SMALL_DISTILL, "trained 1 epoch, not the 2 asked for"),
                                             (tmp_path / "none", "mlp", SMALL_DISTILL, "no distillation checkpoint")):
         with pytest.raises(KdistillError, match=match):
             run_dagger(cartpole, teacher, str(path), expert_data, student, None, config, tmp_path / "refused", settings,
@@ -239,7 +239,7 @@ def test_dagger_adopts_a_finished_run_as_round_0(cartpole, experts, expert_data,
     # a DAgger run whose own round 0 is unfinished is not silently taken over by --round-0
     (tmp_path / "c").mkdir()
     train_student(expert_data, "mlp", None, attrs.evolve(SMALL_DISTILL, epochs=1), out=tmp_path / "c" / "round-0")
-    with pytest.raises(CheckpointError, match="1 of its 2 epochs"):
+    with pytest.raises(CheckpointError, match="trained 1 epoch, not the 2 asked for"):
         run_dagger(cartpole, teacher, str(path), expert_data, "mlp", None, SMALL_DISTILL, tmp_path / "c", settings,
                    round_0=plain)
 

@@ -270,8 +270,9 @@ def check_finished_run(run: str | Path, data_path: str | Path, student: str = "h
         raise CheckpointError(f"{run} was distilled on other tasks than {data_path} now holds; pass another run.")
     epoch = ck_meta.get("counters", {}).get("epoch")
     if epoch != config.epochs:
-        raise CheckpointError(f"{run} has trained {epoch} of its {config.epochs} epochs; finish it with `kdistill "
-                              f"distill ... --out {run} --resume` first.")
+        raise CheckpointError(f"{run} has trained {epoch} epoch{'' if epoch == 1 else 's'}, not the {config.epochs} asked for; pass --epochs "
+                              f"{epoch}, or bring it to {config.epochs} with `kdistill distill ... --out {run} --resume "
+                              f"--epochs {config.epochs}` first.")
     return ck_meta
 
 
