@@ -53,6 +53,18 @@ def dir_mode() -> int:
     return 0o777 & ~current_umask()
 
 
+def copy_folder(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy the folder ``src`` to the new path ``dst`` under a temporary name first, so that an interrupted copy is
+    never taken for a finished one (a checkpoint, a run)."""
+    import shutil
+
+    dst = Path(dst)
+    partial = dst.with_name(f".partial-{dst.name}")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(src, partial)
+    partial.rename(dst)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

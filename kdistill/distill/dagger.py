@@ -28,7 +28,7 @@ from kdistill.distill.expert_data import CollectSettings, collect_expert_data, r
 from kdistill.distill.training import check_finished_run, distill, split_tasks
 from kdistill.errors import KdistillError
 from kdistill.executors import Executor
-from kdistill.io import atomic_write_json, claim_folder, latest_checkpoint, load_checkpoint, read_json_object, save_run_checkpoint
+from kdistill.io import atomic_write_json, claim_folder, copy_folder, latest_checkpoint, load_checkpoint, read_json_object, save_run_checkpoint
 from kdistill.loading import load_policy
 from kdistill.progress import Progress
 
@@ -101,7 +101,7 @@ def run_dagger(domain, teacher, teacher_ref: str, data_path: str | Path, student
             on_round(row)
 
     if adopt:
-        _copy_run(Path(round_0), out / "round-0")
+        copy_folder(round_0, out / "round-0")
     result = distill(data_path, student, student_config, config, out=out / "round-0", resume=True, domain=domain,
                      device=device, progress=progress, student_preset=student_preset)
     publish(0, result)
@@ -124,12 +124,3 @@ def run_dagger(domain, teacher, teacher_ref: str, data_path: str | Path, student
         publish(r, result)
     return {"run": str(out), "rounds": rounds, "student": student, "final": str(latest_checkpoint(out))}
 
-
-def _copy_run(src: Path, dst: Path) -> None:
-    """Copy the run folder ``src`` to ``dst`` under a temporary name first, so an interrupted copy is never a round."""
-    import shutil
-
-    partial = dst.with_name(f".partial-{dst.name}")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(src, partial)
-    partial.rename(dst)

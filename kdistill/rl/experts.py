@@ -46,6 +46,7 @@ from kdistill.io import (
     atomic_write_bytes,
     atomic_write_json,
     claim_folder,
+    copy_folder,
     latest_checkpoint,
     load_run_checkpoint,
     read_json_object,
@@ -873,8 +874,6 @@ def start_or_resume(domain, settings: ExpertRunSettings, config: ExpertConfig, r
 
     ``resume_from``: a snapshot (``snapshot_run``) that seeds an empty ``run_dir`` before resuming.
     """
-    import shutil
-
     run_dir = Path(run_dir)
     existing = latest_checkpoint(run_dir) if run_dir.exists() else None
     if resume_from is not None:
@@ -886,11 +885,7 @@ def start_or_resume(domain, settings: ExpertRunSettings, config: ExpertConfig, r
                                 f"(use --resume to continue {run_dir}).")
         check_expert_compatible(read_json_object(source / "meta.json"), settings, config)
         claim_folder(run_dir, "experts-run")
-        # copied under a temporary name, so that an interrupted copy is never taken for a checkpoint
-        partial = run_dir / f".partial-{source.name}"
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(source, partial)
-        partial.rename(run_dir / source.name)
+        copy_folder(source, run_dir / source.name)
         _copy_logs(Path(resume_from), run_dir)
         atomic_write_json(run_dir / "latest.json", {"checkpoint": source.name,
                                                     "step": int(read_json_object(source / "meta.json")["counters"]["updates"])})
