@@ -11,3 +11,13 @@ from __future__ import annotations
 from typing import Callable
 
 Progress = Callable[[str, int, "int | None"], None]
+
+
+def recent_rate(records: list[dict], time_keys: tuple[str, ...], window: int = 20) -> float | None:
+    """Steps per second of a training run over its last ``window`` metrics records that logged ``steps_per_s``:
+    the steps they did over the seconds in ``time_keys`` they spent (so a slow iteration weighs by its length).
+    None when no record in the window logged a rate."""
+    timed = [(m["steps_per_s"], sum(float(m.get(k) or 0.0) for k in time_keys))
+             for m in records[-window:] if m.get("steps_per_s")]
+    spent = sum(seconds for _, seconds in timed)
+    return sum(rate * seconds for rate, seconds in timed) / spent if spent > 0 else None

@@ -602,3 +602,50 @@ def test_status_reports_the_preset_and_the_learning_rate_of_an_annealed_run(cart
     table = CliRunner().invoke(app, ["experts", "status", str(tmp_path / "r")])
     words = " ".join(table.output.split())  # the title wraps at the terminal's width
     assert "preset tiny" in words and "learning rate 7.5e-05" in words
+
+
+def _rate_from_log(path):
+    """Env steps per second over a run's logged updates, summed by hand: steps done over seconds spent."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    seconds = [r["rollout_s"] + r["update_s"] + r["eval_s"] for r in records]
+    return sum(r["steps_per_s"] * s for r, s in zip(records, seconds)) / sum(seconds)
+
+
+def test_status_reports_the_env_steps_left_and_the_time_they_take(cartpole, tmp_path, one_torch_thread):
+    from click.testing import CliRunner
+
+    from kdistill.cli.app import app
+    from kdistill.executors import LocalExecutor
+    from kdistill.rl.expert_shards import train_sharded
+    from kdistill.rl.experts import expert_run_status, export_experts, start_or_resume
+
+    B, tasks = TINY.batch_size, cartpole.tasks("train")[:3]
+    make(cartpole, tasks, run_dir=tmp_path / "r", steps=4 * B, every=1).train(stop_after_updates=2)
+    status = expert_run_status(tmp_path / "r")
+    rate = _rate_from_log(tmp_path / "r" / "metrics.jsonl")
+    assert status["remaining_env_steps"] == 3 * (4 * B - 2 * B) and not status["stops_early"]
+    assert status["steps_per_s"] == pytest.approx(rate)
+    assert status["eta_s"] == pytest.approx(3 * 2 * B / rate)
+    words = " ".join(CliRunner().invoke(app, ["experts", "status", str(tmp_path / "r")]).output.split())
+    assert f"{3 * 2 * B:,} env steps left at {rate:,.0f} env steps/s" in words
+
+    class TwoShardsHere(LocalExecutor):  # two shards, trained one after the other in this process
+        workers = 2
+
+    settings = ExpertRunSettings(domain="cartpole", tasks=tasks, preset="tiny", seed=0, steps_per_task=4 * B,
+                                 checkpoint_every=1)
+    train_sharded(cartpole, settings, tmp_path / "s", TwoShardsHere(), max_updates=1)
+    status = expert_run_status(tmp_path / "s")
+    shards = [tmp_path / "s" / "shards" / f"shard-{k:03d}" for k in range(2)]
+    rates = [_rate_from_log(folder / "metrics.jsonl") for folder in shards]
+    left = [3 * B * len(json.loads((tmp_path / "s" / "shards.json").read_text())["shards"][k]) for k in range(2)]
+    assert status["remaining_env_steps"] == sum(left) == 3 * 3 * B
+    assert status["steps_per_s"] == pytest.approx(sum(rates))  # shards train side by side
+    assert status["eta_s"] == pytest.approx(max(n / r for n, r in zip(left, rates)))
+
+    start_or_resume(cartpole, settings, TINY, tmp_path / "r", resume=True).train()  # to the end of its budget
+    status = expert_run_status(tmp_path / "r")
+    assert status["remaining_env_steps"] == 0 and status["eta_s"] == 0.0
+    export_experts(tmp_path / "r", tmp_path / "x")
+    status = expert_run_status(tmp_path / "x")
+    assert status["remaining_env_steps"] is None and status["steps_per_s"] is None and status["eta_s"] is None

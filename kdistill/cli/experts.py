@@ -279,55 +279,31 @@ def snapshot_cmd(run: str, out: str, as_json: bool) -> None:
 @click.argument("run", type=click.Path())
 @json_option
 def status_cmd(run: str, as_json: bool) -> None:
-    """Per-task progress of expert RUN (or exported experts): env steps, best evaluation, status.
+    """Per-task progress of expert RUN (or exported experts): env steps, best evaluation, status, and the env
+    steps left with the time they take at the run's recent rate.
 
-    Reads only the newest complete checkpoint's meta.json, so it is safe while the run trains.
+    Reads only JSON (the newest complete checkpoint's meta.json and metrics.jsonl), so it is safe while the run
+    trains.
 
     \b
     Example:
       kdistill experts status runs/experts
       kdistill experts status domains/unimal/pretrained/experts-flat --json
     """
-    import numpy as np
     from rich.table import Table
 
-    from kdistill.io import latest_checkpoint, read_json_object
-    from kdistill.rl.experts import ExpertConfig, is_sharded, learning_rate, load_sharded
+    from kdistill.rl.experts import expert_run_status
 
-    path = Path(run)
-    meta_path = path / "meta.json" if (path / "meta.json").exists() else None
-    if meta_path is None and not is_sharded(path):
-        ckpt = latest_checkpoint(path) if path.is_dir() else None
-        if ckpt is None:
-            raise KdistillError(f"{path} holds no expert checkpoint yet; pass an experts run folder (or wait for its first checkpoint).")
-        meta_path = ckpt / "meta.json"
-    meta = read_json_object(meta_path) if meta_path is not None else load_sharded(path, with_tensors=False)[1]
-    if meta.get("kind") != "experts":
-        raise KdistillError(f"{path} is a {meta.get('kind')!r} checkpoint, not per-task experts.")
-    tasks = meta["tasks"]
-    best = [t["best_return"] for t in tasks if t.get("best_return") is not None]
-    run_settings = meta.get("run", {})
-    lr = None
-    active_updates = [t["updates"] for t in tasks if t["active"] and "updates" in t]
-    if active_updates and run_settings.get("steps_per_task") and isinstance(meta.get("config"), dict):
-        try:
-            lr = learning_rate(ExpertConfig(**meta["config"]), run_settings["steps_per_task"], max(active_updates))
-        except (TypeError, ValueError):  # a config this version cannot read: the rate is left out
-            lr = None
-    summary = {"run": str(path), "preset": run_settings.get("preset"), "steps_per_task": run_settings.get("steps_per_task"),
-               "learning_rate": lr, "tasks": len(tasks), "training": sum(bool(t["active"]) for t in tasks),
-               "env_steps": meta["counters"]["env_steps"], "updates": meta["counters"]["updates"],
-               "wall_s": meta["counters"].get("wall_s"),
-               "mean_best_return": float(np.mean(best)) if best else None,
-               "tasks_at_least_1000": sum(b >= 1000 for b in best)}
+    summary = expert_run_status(run)
+    tasks, lr = summary.pop("per_task"), summary["learning_rate"]
     if as_json:
         print_json({**summary, "per_task": [{k: v for k, v in t.items() if k not in ("evals", "recent_returns")}
                                             for t in tasks]})
         return
     preset = f"preset {summary['preset']}, " if summary["preset"] else ""
-    rate = f", learning rate {lr:.3g}" if lr is not None else ""
+    lr_text = f", learning rate {lr:.3g}" if lr is not None else ""
     table = Table(title=f"{summary['tasks']} experts ({preset}{summary['env_steps']:,} env steps, "
-                        f"{summary['training']} still training{rate})")
+                        f"{summary['training']} still training{lr_text})")
     for col in ("task", "env steps", "best eval", "at step", "last eval", "status"):
         table.add_column(col, justify="left" if col in ("task", "status") else "right")
     for t in tasks:
@@ -339,3 +315,9 @@ def status_cmd(run: str, as_json: bool) -> None:
     mb = summary["mean_best_return"]
     console.print(f"mean best evaluation {'-' if mb is None else f'{mb:.1f}'}; "
                   f"{summary['tasks_at_least_1000']} tasks at 1,000 or more", markup=False)
+    if summary["remaining_env_steps"]:
+        rate, eta = summary["steps_per_s"], summary["eta_s"]
+        pace = "" if rate is None else f" at {rate:,.0f} env steps/s"
+        early = " (less if tasks stop early)" if summary["stops_early"] else ""
+        left = "" if eta is None else f", about {eta / 3600:.1f} h{early}"
+        console.print(f"{summary['remaining_env_steps']:,} env steps left{pace}{left}", markup=False)

@@ -50,11 +50,13 @@ from kdistill.io import (
     latest_checkpoint,
     load_run_checkpoint,
     read_json_object,
+    read_jsonl,
     save_checkpoint,
     save_run_checkpoint,
     truncate_jsonl,
 )
 from kdistill.policy import Policy
+from kdistill.progress import recent_rate
 from kdistill.rl.ppo import compute_gae
 from kdistill.rl.sampling import PinnedSampler
 from kdistill.rl.vec import SubprocVecEnv
@@ -1105,3 +1107,68 @@ def export_experts(run: str | Path, out: str | Path) -> dict[str, Any]:
     save_checkpoint(out, keep, out_meta)
     return {"out": str(out), "tasks": len(policy.tasks), "env_steps": meta["counters"]["env_steps"],
             "mean_best_return": float(np.mean([t["best_return"] for t in meta["tasks"] if t["best_return"] is not None]))}
+
+
+# progress of a run, read while it trains ---------------------------------------------------------------------------
+STATUS_RATE_WINDOW = 20  # updates whose mean rate gives the status's env steps/s and time left
+
+
+def _remaining_steps(tasks: list[dict[str, Any]], steps_per_task: int | None) -> int:
+    if not steps_per_task:
+        return 0
+    return sum(max(0, steps_per_task - int(t["env_steps"])) for t in tasks if t["active"])
+
+
+def expert_run_status(run: str | Path) -> dict[str, Any]:
+    """Where expert ``run`` (a run folder, a sharded run, or exported experts) stands: counters, the budget, the
+    annealed learning rate, each task's record, and for a run the env steps left at its newest checkpoint with the
+    recent env steps/s and the time left at that rate (an upper bound where ``stops_early``: a plateau may stop
+    tasks). Reads JSON only, so it is safe while the run trains."""
+    path = Path(run)
+    folders: list[tuple[Path, list[str] | None]] = []  # where metrics.jsonl lives, and the tasks trained there
+    if (path / "meta.json").exists():
+        meta = read_json_object(path / "meta.json")
+    elif is_sharded(path):
+        meta = load_sharded(path, with_tensors=False)[1]
+        folders = [(shard_dir(path, k), tasks) for k, tasks in enumerate(read_shard_plan(path)["shards"])]
+    else:
+        ckpt = latest_checkpoint(path) if path.is_dir() else None
+        if ckpt is None:
+            raise KdistillError(f"{path} holds no expert checkpoint yet; pass an experts run folder (or wait for its "
+                                f"first checkpoint).")
+        meta = read_json_object(ckpt / "meta.json")
+        folders = [(path, None)]
+    if meta.get("kind") != "experts":
+        raise KdistillError(f"{path} is a {meta.get('kind')!r} checkpoint, not per-task experts.")
+    tasks = meta["tasks"]
+    best = [t["best_return"] for t in tasks if t.get("best_return") is not None]
+    settings = meta.get("run", {})
+    budget = settings.get("steps_per_task")
+    lr = None
+    active_updates = [t["updates"] for t in tasks if t["active"] and "updates" in t]
+    if active_updates and budget and isinstance(meta.get("config"), dict):
+        try:
+            lr = learning_rate(ExpertConfig(**meta["config"]), budget, max(active_updates))
+        except (TypeError, ValueError):  # a config this version cannot read: the rate is left out
+            lr = None
+    by_name = {t["name"]: t for t in tasks}
+    lefts, rates = [], []
+    for folder, names in folders:
+        lefts.append(_remaining_steps([by_name[n] for n in names] if names is not None else tasks, budget))
+        rates.append(recent_rate(read_jsonl(folder / "metrics.jsonl"), ("rollout_s", "update_s", "eval_s"),
+                                 STATUS_RATE_WINDOW))
+    # shards train side by side: the run's rate is the sum over the shards still training, its time left the slowest's
+    going = [(left, rate) for left, rate in zip(lefts, rates) if left > 0] or list(zip(lefts, rates))
+    rate = sum(r for _, r in going) if going and all(r is not None for _, r in going) else None
+    etas = [0.0 if left == 0 else (left / r if r else None) for left, r in zip(lefts, rates)]
+    return {"run": str(path), "preset": settings.get("preset"), "steps_per_task": budget, "learning_rate": lr,
+            "tasks": len(tasks), "training": sum(bool(t["active"]) for t in tasks),
+            "env_steps": meta["counters"]["env_steps"], "updates": meta["counters"]["updates"],
+            "wall_s": meta["counters"].get("wall_s"),
+            "remaining_env_steps": sum(lefts) if folders else None,
+            "stops_early": bool((meta.get("config") or {}).get("patience")),
+            "steps_per_s": rate,
+            "eta_s": max(etas) if folders and all(e is not None for e in etas) else None,
+            "mean_best_return": float(np.mean(best)) if best else None,
+            "tasks_at_least_1000": sum(b >= 1000 for b in best),
+            "per_task": tasks}

@@ -640,6 +640,7 @@ def run_status(run_dir) -> dict[str, Any]:
     record, with the rate and the latest metrics from ``metrics.jsonl``. Reads JSON only (never the weights), so
     it is safe while the run trains."""
     from kdistill.io import read_json_object, read_jsonl
+    from kdistill.progress import recent_rate
 
     run_dir = Path(run_dir)
     ckpt = latest_checkpoint(run_dir) if run_dir.is_dir() else None
@@ -656,9 +657,7 @@ def run_status(run_dir) -> dict[str, Any]:
                             f"`kdistill eval` measures it.")
     metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if "env_steps" in m]
     last = metrics[-1] if metrics else {}
-    window = [m for m in metrics[-STATUS_RATE_WINDOW:] if m.get("steps_per_s")]
-    spent = sum(m["rollout_s"] + m["update_s"] for m in window)
-    rate = sum(m["steps_per_s"] * (m["rollout_s"] + m["update_s"]) for m in window) / spent if spent > 0 else None
+    rate = recent_rate(metrics, ("rollout_s", "update_s"), STATUS_RATE_WINDOW)
     env_steps = int(counters["env_steps"])
     logged = int(last.get("env_steps", env_steps))
     total = int(run.get("total_steps") or 0)
