@@ -16,7 +16,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -402,6 +402,21 @@ def check_can_create(folder: str | os.PathLike, option: str = "--out") -> Path:
             check_writable(existing, option)
             return folder
     return folder
+
+
+def check_new_file(out: str | os.PathLike, suffixes: Sequence[str], what: str, overwrite: bool = False,
+                   option: str = "--out") -> Path:
+    """The path of a one-file output (a plot, a video) after checking, before any work, its suffix, that it is not
+    a folder, that an existing file is replaced only with ``overwrite``, and that its folder can be created."""
+    path = Path(out)
+    if path.suffix.lower() not in suffixes:
+        raise KdistillError(f"{option} {out}: the {what} must end in {' or '.join(suffixes)}.")
+    if path.is_dir():
+        raise KdistillError(f"{option} {out} is a folder; give a file name such as {path / ('out' + suffixes[0])}.")
+    if path.exists() and not overwrite:
+        raise KdistillError(f"{option} {out} already exists; choose another name or pass --overwrite.")
+    check_can_create(path.parent if str(path.parent) else Path("."), option)  # created when the file is written
+    return path
 
 
 def claim_folder(path: str | os.PathLike, kind: str, option: str = "--out", legacy=None, check_only: bool = False) -> Path:

@@ -126,3 +126,20 @@ def plot_comparison(result: dict[str, Any], path: str | os.PathLike, title: str 
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     save_figure(fig, path)
+
+
+def expert_eval_curves(curves: dict[str, Any], path: str | os.PathLike, title: str = "") -> None:
+    """Mean evaluation over tasks against env steps per task, one colour per expert run: best so far (solid) and
+    latest (dashed); ``curves`` is ``kdistill.rl.experts.eval_curves``'s result."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for k, (name, c) in enumerate(curves["runs"].items()):
+        color = f"C{k % 10}"
+        ax.plot(c["steps"], c["mean_best"], color=color, lw=1.8, label=f"{name}: best so far")
+        ax.plot(c["steps"], c["mean_eval"], color=color, lw=1.0, ls="--", label=f"{name}: latest evaluation")
+    ax.set_xlabel("env steps per task")
+    ax.set_ylabel(f"mean return over {curves['tasks']} tasks")
+    ax.set_title(title or f"expert runs on {curves['tasks']} shared tasks")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    save_figure(fig, path)

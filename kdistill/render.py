@@ -18,23 +18,14 @@ from typing import Any, Mapping
 import numpy as np
 
 from kdistill.errors import KdistillError
-from kdistill.io import check_can_create, file_mode
+from kdistill.io import check_new_file, file_mode
 
 FORMATS = (".gif", ".mp4")
 
 
 def check_video_path(out: str | Path, overwrite: bool = False, option: str = "--out") -> Path:
     """The video's path after checking its suffix and that it may be written (its folder is created)."""
-
-    path = Path(out)
-    if path.suffix.lower() not in FORMATS:
-        raise KdistillError(f"{option} {out}: the video must end in .gif or .mp4.")
-    if path.is_dir():
-        raise KdistillError(f"{option} {out} is a folder; give a file name such as {path / 'clip.gif'}.")
-    if path.exists() and not overwrite:
-        raise KdistillError(f"{option} {out} already exists; choose another name or pass --overwrite.")
-    check_can_create(path.parent if str(path.parent) else Path("."), option)  # created when the video is written
-    return path
+    return check_new_file(out, FORMATS, "video", overwrite=overwrite, option=option)
 
 
 def _writer_modules(suffix: str):

@@ -649,3 +649,66 @@ def test_status_reports_the_env_steps_left_and_the_time_they_take(cartpole, tmp_
     export_experts(tmp_path / "r", tmp_path / "x")
     status = expert_run_status(tmp_path / "x")
     assert status["remaining_env_steps"] is None and status["steps_per_s"] is None and status["eta_s"] is None
+
+
+def _experts_meta(folder, tasks):
+    """An exported-experts folder holding only the meta.json that status and curves read."""
+    folder.mkdir()
+    meta = {"kind": "experts", "run": {"preset": "made-up", "steps_per_task": 300}, "config": {},
+            "counters": {"env_steps": 0, "updates": 0},
+            "tasks": [{"name": name, "active": active, "env_steps": evals[-1][0], "best_return": max(v for _, v in evals),
+                       "best_step": 0, "evals": evals} for name, active, evals in tasks]}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_eval_curves_carry_a_stopped_task_and_wait_for_a_lagging_one(tmp_path):
+    from kdistill.errors import KdistillError
+    from kdistill.rl.experts import eval_curves
+
+    run = _experts_meta(tmp_path / "x", [("t1", False, [[100, 10.0]]),
+                                         ("t2", True, [[100, 5.0], [200, 1.0], [300, 50.0]]),
+                                         ("t3", True, [[100, 7.0], [200, 9.0], [300, 11.0]])])
+    c = eval_curves({"x": run})["runs"]["x"]
+    assert c["steps"] == [100, 200, 300]
+    # t1 stopped at 100 and keeps its value; t2's best at 200 is still its 5
+    assert c["mean_eval"] == pytest.approx([22 / 3, 20 / 3, 71 / 3])
+    assert c["mean_best"] == pytest.approx([22 / 3, 24 / 3, 71 / 3])
+    lagging = _experts_meta(tmp_path / "y", [("t2", True, [[100, 5.0], [200, 1.0], [300, 50.0]]),
+                                             ("t3", True, [[100, 7.0], [200, 9.0]])])
+    both = eval_curves({"x": run, "y": lagging})
+    assert both["tasks"] == 2 and both["runs"]["y"]["steps"] == [100, 200]  # not past t3's newest evaluation
+    assert both["runs"]["x"]["mean_eval"] == pytest.approx([6.0, 5.0, 30.5])  # over t2 and t3 only
+    assert both["common_step"] == 200
+    assert both["runs"]["x"]["at_common_step"] == {"step": 200, "mean_eval": pytest.approx(5.0),
+                                                   "mean_best": pytest.approx(7.0)}
+    with pytest.raises(KdistillError, match="share no task"):
+        eval_curves({"x": run, "z": _experts_meta(tmp_path / "z", [("t9", False, [[100, 1.0]])])})
+
+
+def test_curves_compares_real_runs_on_their_shared_tasks(cartpole, tmp_path, one_torch_thread):
+    from click.testing import CliRunner
+
+    from kdistill.cli.app import app
+
+    B, tasks = TINY.batch_size, cartpole.tasks("train")[:4]
+    make(cartpole, tasks[:3], run_dir=tmp_path / "a", steps=4 * B, every=1).train()
+    make(cartpole, tasks[1:], config=attrs.evolve(TINY, lr=1e-3), run_dir=tmp_path / "b", steps=4 * B,
+         every=1).train(stop_after_updates=2)
+    args = ["experts", "curves", f"a={tmp_path / 'a'}", str(tmp_path / "b"), "--out", str(tmp_path / "c.png"), "--json"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    curves = json.loads(res.stdout)
+    newest = sorted((tmp_path / "a").glob("ckpt-*"))[-1]
+    evals = {t["name"]: t["evals"] for t in json.loads((newest / "meta.json").read_text())["tasks"]}
+    shared = [evals[t] for t in tasks[1:3]]
+    a = curves["runs"]["a"]
+    assert curves["tasks"] == 2 and a["steps"] == [B, 2 * B, 3 * B, 4 * B]
+    assert a["mean_eval"] == pytest.approx([np.mean([e[j][1] for e in shared]) for j in range(4)])
+    assert a["mean_best"] == pytest.approx([np.mean([max(v for _, v in e[:j + 1]) for e in shared]) for j in range(4)])
+    assert curves["runs"]["b"]["steps"] == [B, 2 * B] and curves["common_step"] == 2 * B
+    assert a["at_common_step"]["mean_eval"] == pytest.approx(a["mean_eval"][1])
+    png = (tmp_path / "c.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    again = CliRunner().invoke(app, args)
+    assert "already exists" in str(again.exception) and (tmp_path / "c.png").read_bytes() == png  # left alone

@@ -275,6 +275,63 @@ def snapshot_cmd(run: str, out: str, as_json: bool) -> None:
                       f"{summary['bytes'] / 1e6:.1f} MB, in {summary['out']}", markup=False)
 
 
+@experts_group.command("curves")
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--out", "out", default=None, type=click.Path(dir_okay=False),
+              help="Also draw the curves into this PNG file.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@json_option
+def curves_cmd(runs: tuple[str, ...], out: str | None, overwrite: bool, as_json: bool) -> None:
+    """Compare expert RUNS (run folders or exported experts, each RUN or NAME=RUN) on the tasks they share: the mean
+    evaluation over those tasks against env steps per task, best so far and latest.
+
+    Reads only JSON, so it is safe while the runs train.
+
+    \b
+    Example:
+      kdistill experts curves sb3=runs/experts settled=runs/experts-settled --out curves.png
+      kdistill experts curves runs/experts-a runs/experts-b --json
+    """
+    from rich.table import Table
+
+    from kdistill.io import check_new_file
+    from kdistill.plots import expert_eval_curves
+    from kdistill.rl.experts import eval_curves
+
+    if out is not None:
+        check_new_file(out, (".png",), "plot", overwrite=overwrite)
+    named: dict[str, str] = {}
+    for item in runs:
+        name, sep, path = item.partition("=")
+        name, path = (name, path) if sep else (Path(item).name or item, item)
+        if not name or not path or name in named:
+            raise KdistillError(f"{item!r}: give each run as RUN or NAME=RUN, with names that differ.")
+        named[name] = path
+    curves = eval_curves(named)
+    if out is not None:
+        expert_eval_curves(curves, out)
+        curves["plot"] = out
+    if as_json:
+        print_json(curves)
+        return
+    step = curves["common_step"]
+    table = Table(title=f"{len(named)} expert runs on {curves['tasks']} shared tasks"
+                        + (f" (compared at {step:,} env steps per task)" if step else ""))
+    for col in ("run", "preset", "steps reached", "mean latest", "mean best", "latest at shared step",
+                "best at shared step"):
+        table.add_column(col, justify="left" if col in ("run", "preset") else "right")
+    for name, c in curves["runs"].items():
+        at = c["at_common_step"] or {}
+        cells = [f"{c['steps'][-1]:,}" if c["steps"] else "-",
+                 f"{c['mean_eval'][-1]:.0f}" if c["mean_eval"] else "-",
+                 f"{c['mean_best'][-1]:.0f}" if c["mean_best"] else "-",
+                 f"{at['mean_eval']:.0f}" if at else "-", f"{at['mean_best']:.0f}" if at else "-"]
+        table.add_row(name, str(c["preset"] or "-"), *cells)
+    console.print(table)
+    if out is not None:
+        console.print(f"plot: {out}", markup=False)
+
+
 @experts_group.command("status")
 @click.argument("run", type=click.Path())
 @json_option

@@ -1172,3 +1172,45 @@ def expert_run_status(run: str | Path) -> dict[str, Any]:
             "mean_best_return": float(np.mean(best)) if best else None,
             "tasks_at_least_1000": sum(b >= 1000 for b in best),
             "per_task": tasks}
+
+
+def eval_curves(runs: dict[str, str | Path]) -> dict[str, Any]:
+    """The mean deterministic evaluation over the tasks that expert ``runs`` (name -> run folder or exported experts)
+    share, against env steps per task: at each evaluation step, each task's latest evaluation so far (``mean_eval``)
+    and its best so far (``mean_best``, what an export at that step would ship). A task that stopped keeps its last
+    values; a step counts only once every task still training has been evaluated there. ``common_step``: the
+    largest step all runs reached, where ``at_common_step`` compares them."""
+    if not runs:
+        raise KdistillError("no expert runs to compare; pass at least one run folder.")
+    statuses = {name: expert_run_status(path) for name, path in runs.items()}
+    names = [[t["name"] for t in s["per_task"]] for s in statuses.values()]
+    common = [task for task in names[0] if all(task in set(other) for other in names[1:])]
+    if not common:
+        raise KdistillError(f"the runs {', '.join(map(str, runs.values()))} share no task; compare runs of the same "
+                            f"tasks.")
+    out: dict[str, Any] = {"tasks": len(common), "runs": {}}
+    for name, status in statuses.items():
+        by_name = {t["name"]: t for t in status["per_task"]}
+        tasks = [by_name[task] for task in common]
+        evals = [[(int(step), float(value)) for step, value in (t.get("evals") or [])] for t in tasks]
+        if not all(evals):
+            steps: list[int] = []
+        else:
+            first = max(e[0][0] for e in evals)  # every task evaluated at least once
+            reached = min((e[-1][0] for e, t in zip(evals, tasks) if t["active"]), default=None)
+            steps = sorted({s for e in evals for s, _ in e if s >= first and (reached is None or s <= reached)})
+        mean_eval, mean_best = [], []
+        for s in steps:
+            upto = [[v for step, v in e if step <= s] for e in evals]
+            mean_eval.append(float(np.mean([u[-1] for u in upto])))
+            mean_best.append(float(np.mean([max(u) for u in upto])))
+        out["runs"][name] = {"run": str(runs[name]), "preset": status["preset"], "steps": steps,
+                             "mean_eval": mean_eval, "mean_best": mean_best}
+    reached_all = [c["steps"][-1] for c in out["runs"].values() if c["steps"]]
+    common_step = min(reached_all) if len(reached_all) == len(runs) else None
+    out["common_step"] = common_step
+    for c in out["runs"].values():
+        at = max((j for j, s in enumerate(c["steps"]) if s <= common_step), default=None) if common_step else None
+        c["at_common_step"] = None if at is None else {"step": c["steps"][at], "mean_eval": c["mean_eval"][at],
+                                                       "mean_best": c["mean_best"][at]}
+    return out
