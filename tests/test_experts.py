@@ -87,25 +87,57 @@ def test_resume_is_exact(unimal, tmp_path, one_torch_thread):
     assert [r["update"] for r in recs] == [1, 2, 3, 4]
 
 
-def test_a_stop_request_checkpoints_the_update_it_stops_at(cartpole, tmp_path, one_torch_thread):
-    """A requested stop (SIGTERM in the CLI) writes a checkpoint between the periodic ones; the resumed run then
-    matches one that checkpointed at that update."""
-    from kdistill.io import latest_checkpoint
+def _stop_and_resume(domain, tasks, run_dir, stop_at: int, more: int, every: int):
+    stopped = make(domain, tasks, run_dir=run_dir, every=every)
+    last = stopped.train(should_stop=lambda: stopped.updates >= stop_at)
+    stopped.close()
+    assert last["stopped_on_request"] and last["update"] == stop_at
+    resumed = start_or_resume(domain, stopped.settings, TINY, run_dir, resume=True)
+    assert resumed.updates == stop_at
+    resumed.train(stop_after_updates=more)
+    return resumed
+
+
+def _same_training(a, b) -> None:
+    for name, p in a.model.named_parameters():
+        assert torch.equal(p, dict(b.model.named_parameters())[name]), name
+    assert a.evals == b.evals
+    np.testing.assert_array_equal(a.obs_rms.var, b.obs_rms.var)
+    np.testing.assert_array_equal(a.rew_ret, b.rew_ret)
+
+
+def test_a_stop_request_keeps_the_running_episodes(cartpole, tmp_path, one_torch_thread):
+    """A requested stop (SIGTERM in the CLI) off the checkpoint schedule writes a checkpoint with the running
+    episodes: the resumed run equals the run that was never stopped."""
+    from kdistill.io import latest_checkpoint, load_checkpoint
 
     tasks = cartpole.tasks("train")[:2]
-    stopped = make(cartpole, tasks, run_dir=tmp_path / "a", every=5)
-    last = stopped.train(should_stop=lambda: stopped.updates >= 2)
-    stopped.close()
-    assert last["stopped_on_request"] and last["update"] == 2 and stopped.updates == 2
-    assert latest_checkpoint(tmp_path / "a").name.endswith("2")
-    resumed = start_or_resume(cartpole, stopped.settings, TINY, tmp_path / "a", resume=True)
-    assert resumed.updates == 2
-    resumed.train(stop_after_updates=2)
-    straight = make(cartpole, tasks, run_dir=tmp_path / "b", every=2)
+    resumed = _stop_and_resume(cartpole, tasks, tmp_path / "a", stop_at=2, more=2, every=5)
+    straight = make(cartpole, tasks, run_dir=tmp_path / "b", every=5)
     straight.train(stop_after_updates=4)
-    for name, p in straight.model.named_parameters():
-        assert torch.equal(p, dict(resumed.model.named_parameters())[name]), name
-    assert straight.evals == resumed.evals
+    _same_training(straight, resumed)
+    assert "episodes.obs" in load_checkpoint(latest_checkpoint(tmp_path / "a"))[0]  # the stop's checkpoint
+    straight.train(stop_after_updates=1)  # to update 5: a periodic checkpoint, where the episodes restart
+    assert not any(k.startswith("episodes.") for k in load_checkpoint(latest_checkpoint(tmp_path / "b"))[0])
+
+
+def test_a_stop_request_restarts_the_episodes_an_env_cannot_save(cartpole, tmp_path, one_torch_thread, monkeypatch):
+    from kdistill_cartpole.env import CartPoleVecEnv
+
+    monkeypatch.setattr(CartPoleVecEnv, "get_state", lambda self: None)
+    tasks = cartpole.tasks("train")[:2]
+    resumed = _stop_and_resume(cartpole, tasks, tmp_path / "a", stop_at=2, more=2, every=5)
+    checkpointed_there = make(cartpole, tasks, run_dir=tmp_path / "b", every=2)
+    checkpointed_there.train(stop_after_updates=4)
+    _same_training(checkpointed_there, resumed)
+
+
+def test_a_stop_request_keeps_the_running_episodes_of_real_robots(unimal, tmp_path, one_torch_thread):
+    tasks = unimal.tasks("train")[:2]
+    resumed = _stop_and_resume(unimal, tasks, tmp_path / "a", stop_at=1, more=2, every=5)
+    straight = make(unimal, tasks, run_dir=tmp_path / "b", every=5)
+    straight.train(stop_after_updates=3)
+    _same_training(straight, resumed)
 
 
 def test_stop_request_catches_sigterm_and_a_first_ctrl_c():

@@ -149,3 +149,59 @@ def test_constructing_the_domain_is_cheap(tmp_path):
     # no data needed (and nothing compiled) until something asks for robots
     domain = UnimalDomain(data_dir=tmp_path / "nothing-here")
     assert domain.name == "unimal" and domain._library is None
+
+
+def _same_history(a, b) -> None:
+    for t, (x, y) in enumerate(zip(a, b)):
+        for key in x[0]:
+            np.testing.assert_array_equal(x[0][key], y[0][key], err_msg=f"{key} at step {t}")
+        for j in (1, 2, 3):
+            np.testing.assert_array_equal(x[j], y[j], err_msg=f"output {j} at step {t}")
+        assert x[4] == y[4], f"infos at step {t}"
+
+
+@pytest.mark.parametrize("kind", ["ft", "vt", "obstacle"])
+def test_saved_episodes_go_on_exactly_in_another_env(unimal_dir, kind):
+    """get_state/set_state carry running episodes (robots changing between episodes, terrain redrawn) into a
+    vector env built with other seeds and threads: the next 100 steps, with resets, are the same."""
+    domain = UnimalDomain(data_dir=unimal_dir, task_kind=kind)
+    a = domain.make_vec_env(TASKS, 6, seed=1, sampler=UniformSampler(TASKS), max_episode_steps=40, threads=2)
+    a.reset()
+    run(a, 90, seed=4)
+    b = domain.make_vec_env(TASKS, 6, seed=9, sampler=UniformSampler(TASKS), max_episode_steps=40, threads=1)
+    b.reset()
+    b.set_state(a.get_state())
+    later_a, later_b = run(a, 100, seed=5), run(b, 100, seed=5)
+    assert sum("episode" in info for out in later_a for info in out[4]) >= 6  # episodes ended and began again
+    _same_history(later_a, later_b)
+
+
+def test_saved_episodes_move_between_worker_processes_and_this_one(domain):
+    from kdistill.rl.experts import pinned_vec_env
+
+    pooled, local = pinned_vec_env(domain, TASKS, 2, workers=2), pinned_vec_env(domain, TASKS, 2, workers=0)
+    try:
+        pooled.reset(seed=list(range(6)))
+        run(pooled, 60, seed=1)
+        local.reset(seed=list(range(10, 16)))
+        local.set_state(pooled.get_state())
+        _same_history(run(pooled, 80, seed=2), run(local, 80, seed=2))
+        pooled.set_state(local.get_state())  # and back
+        _same_history(run(pooled, 30, seed=3), run(local, 30, seed=3))
+    finally:
+        pooled.close()
+        local.close()
+
+
+def test_saved_episodes_refuse_other_robots(domain):
+    from kdistill.errors import CheckpointError
+
+    a = domain.make_vec_env(TASKS, 3, seed=0, sampler=UniformSampler(TASKS))
+    a.reset()
+    b = domain.make_vec_env(TASKS[:1], 3, seed=0)
+    b.reset()
+    with pytest.raises(CheckpointError, match="other robots"):
+        b.set_state({**a.get_state(), "robot": np.array([0, 1, 2])})
+    sim = domain.library.get(SMALL).new_sim()
+    with pytest.raises(CheckpointError, match="does not fit"):
+        sim.set_state(domain.library.get(MEDIAN).new_sim().get_state())

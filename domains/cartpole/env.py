@@ -15,7 +15,7 @@ from gymnasium import spaces
 
 from kdistill.errors import KdistillError
 from kdistill.rl.sampling import UniformSampler
-from kdistill.rl.vec import VecEnv, slot_seeds
+from kdistill.rl.vec import VecEnv, rng_from_row, rng_state_row, slot_seeds
 from kdistill_cartpole.physics import (
     PARAM_NAMES,
     STATE_NAMES,
@@ -152,6 +152,26 @@ class CartPoleVecEnv(VecEnv):
         if done.size:
             self._restart(done)
         return self._obs(), rewards.astype(np.float32), failed, truncated, infos
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        n = self.num_envs
+        per_slot = self._slot_rngs is not None
+        rngs = [rng_state_row(r) for r in self._slot_rngs] if per_slot else [rng_state_row(self._rng)] * n
+        return {"task": self._which.copy(), "physics": self._state.copy(), "steps": self._steps.copy(),
+                "returns": self._returns.copy(), "rng": np.stack(rngs), "slot_rng": np.full(n, per_slot)}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        if len(state["task"]) != self.num_envs or int(np.max(state["task"])) >= len(self.tasks):
+            raise KdistillError(f"the saved episodes are of {len(state['task'])} cart-poles over other tasks; this "
+                                f"vector env has {self.num_envs} over {len(self.tasks)} tasks.")
+        self._which = np.asarray(state["task"], np.int64).copy()
+        self._state = np.asarray(state["physics"], np.float64)[:, :NUM_FEATURES].copy()
+        self._steps = np.asarray(state["steps"], np.int64).copy()
+        self._returns = np.asarray(state["returns"], np.float64).copy()
+        if bool(state["slot_rng"][0]):
+            self._slot_rngs = [rng_from_row(row) for row in state["rng"]]
+        else:
+            self._rng, self._slot_rngs = rng_from_row(state["rng"][0]), None
 
     # helpers --------------------------------------------------------------------------------------
     @property

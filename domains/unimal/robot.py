@@ -24,7 +24,7 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
-from kdistill.errors import DataError
+from kdistill.errors import CheckpointError, DataError
 from kdistill_unimal import features as F
 from kdistill_unimal.arena import FLOOR_TOP, RobotXml
 from kdistill_unimal.terrain import TASKS as TERRAINS
@@ -248,6 +248,38 @@ class Sim:
         unstable = bool(self.warnings.any()) or not math.isfinite(reward)
         return reward, unstable
 
+    # a running episode, saved and restored: MuJoCo's integration state (time, qpos, qvel, act, warm start, ctrl, ...)
+    # and the kinematics the last substep left behind, which the reward and observations read (stale by one
+    # substep, so not recomputable from the state)
+    _STATE = int(mujoco.mjtState.mjSTATE_INTEGRATION)
+    _KINEMATICS = ("xpos", "xquat", "xmat", "cdof", "cvel", "subtree_com")
+
+    def state_size(self) -> int:
+        d = self.data
+        return mujoco.mj_stateSize(self.model, self._STATE) + sum(getattr(d, k).size for k in self._KINEMATICS)
+
+    def get_state(self) -> np.ndarray:
+        """The running episode as one float64 vector of ``state_size()``."""
+        m, d = self.model, self.data
+        integration = np.empty(mujoco.mj_stateSize(m, self._STATE))
+        mujoco.mj_getState(m, d, integration, self._STATE)
+        return np.concatenate([integration] + [getattr(d, k).ravel() for k in self._KINEMATICS])
+
+    def set_state(self, state: np.ndarray) -> None:
+        """Continue the episode ``get_state`` saved (from a simulation of the same robot)."""
+        m, d = self.model, self.data
+        state = np.asarray(state, np.float64)
+        size = Sim.state_size(self)
+        if state.shape != (size,):
+            raise CheckpointError(f"a saved episode of {state.size} values does not fit robot {self.robot.name!r} "
+                                  f"({size}); it was saved from another robot or MuJoCo version.")
+        n = mujoco.mj_stateSize(m, self._STATE)
+        mujoco.mj_setState(m, d, np.ascontiguousarray(state[:n]), self._STATE)
+        for k in self._KINEMATICS:
+            target = getattr(d, k)
+            target[...] = state[n:n + target.size].reshape(target.shape)
+            n += target.size
+
     def torso_height(self) -> float:
         return self._torso[2] - FLOOR_TOP
 
@@ -294,6 +326,21 @@ class TerrainSim(Sim):
     def step(self, action: np.ndarray) -> tuple[float, bool]:
         self._fresh = False
         return super().step(action)
+
+    # the height field is not part of the state: the vector env redraws it from the episode's generator first
+    def state_size(self) -> int:
+        return super().state_size() + 1
+
+    def get_state(self) -> np.ndarray:
+        return np.append(super().get_state(), float(self._fresh))
+
+    def set_state(self, state: np.ndarray) -> None:
+        state = np.asarray(state, np.float64)
+        if state.shape != (self.state_size(),):
+            raise CheckpointError(f"a saved episode of {state.size} values does not fit robot {self.robot.name!r} on "
+                                  f"{self.robot.task} ({self.state_size()}); it was saved from another robot or task.")
+        super().set_state(state[:-1])
+        self._fresh = bool(state[-1])
 
     def torso_height(self) -> float:
         """Above the map cell under the torso; a gap counts as height 0 (reference UnimalHeightObs)."""

@@ -24,8 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
-from kdistill.errors import KdistillError
-from kdistill.rl.vec import VecEnv, slot_seeds
+from kdistill.errors import CheckpointError, KdistillError
+from kdistill.rl.vec import VecEnv, rng_from_row, rng_state_row, slot_seeds
 from kdistill_unimal import features as F
 from kdistill_unimal.env import (
     MAX_EPISODE_STEPS,
@@ -78,6 +78,8 @@ class UnimalVecEnv(VecEnv):
         self._obs_mask = np.ones((self.num_envs, F.MAX_LIMBS), bool)
         self._act_mask = np.ones((self.num_envs, F.MAX_LIMBS * F.JOINT_SLOTS), bool)
         self._context = np.zeros((self.num_envs, F.MAX_LIMBS, F.CONTEXT_FEATURES), np.float32)
+        # on terrain, each slot's generator as its episode began: the height field is redrawn from it on restore
+        self._episode_rng = np.zeros((self.num_envs, 6), np.uint64)
         self._seed(seed)
 
     # internals -------------------------------------------------------------------------------------------
@@ -86,24 +88,31 @@ class UnimalVecEnv(VecEnv):
         children = per_slot if per_slot is not None else np.random.SeedSequence(seed).spawn(self.num_envs)
         self.rngs = [np.random.default_rng(s) for s in children]
 
+    def _use_robot(self, i: int, robot) -> None:
+        """Give sub-env ``i`` a simulation of ``robot``: its own when it has one, else an idle one or a new one."""
+        old = self.sims[i]
+        if old is not None and old.robot is robot:
+            return
+        with self._pool_lock:
+            if old is not None:
+                self._pool.setdefault(old.robot.name, []).append(old)
+            free = self._pool.get(robot.name)
+            sim = free.pop() if free else None
+        self.sims[i] = sim or robot.new_sim()
+        self._fall[i] = self._stand_ratio * robot.orig_height
+        self._obs_mask[i] = robot.obs_mask
+        self._act_mask[i] = robot.act_mask
+        self._context[i] = robot.context
+
     def _begin_episode(self, i: int) -> None:
         """Give sub-env ``i`` a robot from the sampler and reset it."""
         name = self.sampler.sample(self.rngs[i], slot=i)
         robot = self._robots.get(name)
         if robot is None:
             raise KdistillError(f"the task sampler returned {name!r}, which is not one of this vector env's robots.")
-        old = self.sims[i]
-        if old is None or old.robot is not robot:
-            with self._pool_lock:
-                if old is not None:
-                    self._pool.setdefault(old.robot.name, []).append(old)
-                free = self._pool.get(name)
-                sim = free.pop() if free else None
-            self.sims[i] = sim or robot.new_sim()
-            self._fall[i] = self._stand_ratio * robot.orig_height
-            self._obs_mask[i] = robot.obs_mask
-            self._act_mask[i] = robot.act_mask
-            self._context[i] = robot.context
+        self._use_robot(i, robot)
+        if self._terrain:
+            self._episode_rng[i] = rng_state_row(self.rngs[i])
         self.sims[i].reset(self.rngs[i], RESET_NOISE)
         self.lengths[i] = 0
         self.returns[i] = 0.0
@@ -180,6 +189,36 @@ class UnimalVecEnv(VecEnv):
             for f in futures:
                 f.result()
         return self._pack(obs, extero), rewards, terminated, truncated, infos
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Each slot's robot, simulation (``Sim.get_state``, zero-padded to the longest), episode counters and
+        generators."""
+        if self.sims[0] is None:
+            raise KdistillError("call reset() on the vector env before get_state().")
+        index = {name: k for k, name in enumerate(self.tasks)}
+        sims = [sim.get_state() for sim in self.sims]
+        physics = np.zeros((self.num_envs, max(len(v) for v in sims)))
+        for i, v in enumerate(sims):
+            physics[i, :len(v)] = v
+        return {"robot": np.array([index[sim.robot.name] for sim in self.sims], np.int64),
+                "physics_size": np.array([len(v) for v in sims], np.int64), "physics": physics,
+                "length": self.lengths.copy(), "return": self.returns.copy(),
+                "rng": np.stack([rng_state_row(r) for r in self.rngs]), "episode_rng": self._episode_rng.copy()}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        robots = np.asarray(state["robot"], np.int64)
+        if len(robots) != self.num_envs or robots.min() < 0 or robots.max() >= len(self.tasks):
+            raise CheckpointError(f"the saved episodes are of {len(robots)} envs over other robots; this vector env "
+                                  f"has {self.num_envs} envs over {len(self.tasks)} robots.")
+        for i in range(self.num_envs):
+            self._use_robot(i, self._robots[self.tasks[robots[i]]])
+            if self._terrain:  # the same height field as when the episode began
+                self.sims[i].reset(rng_from_row(state["episode_rng"][i]), RESET_NOISE)
+            self.sims[i].set_state(np.asarray(state["physics"][i, :int(state["physics_size"][i])]))
+        self.lengths = np.asarray(state["length"], np.int64).copy()
+        self.returns = np.asarray(state["return"], np.float64).copy()
+        self.rngs = [rng_from_row(row) for row in state["rng"]]
+        self._episode_rng = np.asarray(state["episode_rng"], np.uint64).copy()
 
     @property
     def slot_tasks(self) -> list[str]:

@@ -330,6 +330,7 @@ class ExpertTrainer:
         self.optimizer = self._new_optimizer()
         self.envs = None
         self._obs: np.ndarray | None = None  # normalised features of the running episodes, (n, E, D)
+        self._saved_episodes: dict[str, Any] | None = None  # from a stop request's checkpoint, until the envs exist
         self._act_mask_rows = self.act_mask.unsqueeze(1)
 
     # the active set -------------------------------------------------------------------------------
@@ -397,11 +398,33 @@ class ExpertTrainer:
             self._obs[a:b] = self._normalise(self._features(envs.reset(seed=seeds)), rows, update=True)
         self.rew_ret[self._rows] = 0.0
 
+    def _episode_tensors(self) -> dict[str, Any]:
+        """The running episodes (each env group's ``get_state``, the observations the policy acts on next), for a
+        checkpoint off the periodic schedule; empty when an env cannot save its episodes."""
+        if self.envs is None or self._obs is None:
+            return {}
+        states = [envs.get_state() for envs in self.envs]
+        if any(state is None for state in states):
+            return {}
+        out: dict[str, Any] = {f"episodes.{g}.{key}": v for g, state in enumerate(states) for key, v in state.items()}
+        out["episodes.obs"], out["episodes.rows"] = self._obs, self._rows.copy()
+        return out
+
+    def _continue_saved_episodes(self) -> None:
+        saved, self._saved_episodes = self._saved_episodes, None
+        if not np.array_equal(saved["rows"], self._rows):  # other training tasks now: their episodes restart
+            return
+        for g, envs in enumerate(self.envs):
+            envs.set_state(saved["groups"][g])
+        self._obs = saved["obs"].copy()
+
     # rollout and update ---------------------------------------------------------------------------
     def rollout(self) -> tuple[dict[str, torch.Tensor], list[list[float]]]:
         cfg, n, E, S = self.config, len(self._rows), self.config.envs_per_task, self.config.num_steps
         if self.envs is None:
             self._rebuild_envs()
+        if self._obs is None and self._saved_episodes is not None:
+            self._continue_saved_episodes()
         if self._obs is None:
             self._reset_envs()
         D, A = self.in_features, self.num_actions
@@ -583,8 +606,9 @@ class ExpertTrainer:
         """Update until every task has stopped (or ``stop_after_updates`` more updates); returns the last metrics.
 
         ``should_stop`` is asked after every update; when it says yes the run writes a checkpoint (if that update
-        did not) and returns, with ``last["stopped_on_request"]``. Like every checkpoint, that one starts fresh
-        episodes, so the resumed run matches a run that checkpointed at the same update."""
+        did not) and returns, with ``last["stopped_on_request"]``. That checkpoint also holds the running episodes
+        where the domain's vector env can save them (``VecEnv.get_state``), so the resumed run equals the run that
+        was never stopped; otherwise its episodes restart, as after a periodic checkpoint."""
         cfg = self.config
         last: dict[str, Any] = {}
         done_here = 0
@@ -631,9 +655,13 @@ class ExpertTrainer:
                 # training state, and a raised budget (``extend_budget``) continues them
                 self.close()
             requested = should_stop is not None and should_stop()
-            if stopping or self.updates % self.settings.checkpoint_every == 0 or self.done or requested:
-                self.save()
-                self._obs = None  # episodes restart after a checkpoint, in a resumed run too
+            periodic = bool(stopping) or self.updates % self.settings.checkpoint_every == 0 or self.done
+            if periodic or requested:
+                # a periodic checkpoint restarts the episodes (in a resumed run too); a stop request's checkpoint
+                # off that schedule saves them, so the resumed run goes on as if never stopped
+                self.save(with_episodes=not periodic)
+                if periodic:
+                    self._obs = None
                 last["checkpoint"] = True
             if on_update is not None:
                 on_update(last)
@@ -727,10 +755,13 @@ class ExpertTrainer:
         out["rng"] = torch.stack([g.get_state() for g in self.generators])
         return out
 
-    def save(self) -> Path | None:
+    def save(self, with_episodes: bool = False) -> Path | None:
         if self.run_dir is None:
             return None
-        return save_run_checkpoint(self.run_dir, self.updates, self.tensors(), self.meta())
+        tensors = self.tensors()
+        if with_episodes:
+            tensors.update(self._episode_tensors())
+        return save_run_checkpoint(self.run_dir, self.updates, tensors, self.meta())
 
     def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         check_expert_compatible(meta, self.settings, self.config)
@@ -767,6 +798,16 @@ class ExpertTrainer:
             self.recent_returns[k].extend(rec["recent_returns"])
         self.close()
         self._obs = None
+        self._saved_episodes = None
+        if "episodes.obs" in tensors:
+            groups: dict[int, dict[str, np.ndarray]] = {}
+            for key, v in tensors.items():
+                parts = key.split(".", 2)
+                if parts[0] == "episodes" and parts[1].isdigit():
+                    groups.setdefault(int(parts[1]), {})[parts[2]] = np.asarray(v)
+            self._saved_episodes = {"rows": np.asarray(tensors["episodes.rows"], np.int64),
+                                    "obs": np.asarray(tensors["episodes.obs"], np.float32),
+                                    "groups": [groups[g] for g in sorted(groups)]}
         self._continue_budget_stops()
 
     def _continue_budget_stops(self) -> None:

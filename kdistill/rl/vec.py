@@ -46,8 +46,43 @@ def slot_seeds(seed, num_envs: int) -> list[int] | None:
     return seeds
 
 
+def rng_state_row(rng: np.random.Generator) -> np.ndarray:
+    """A PCG64 generator's whole state as 6 uint64 words (128-bit state and increment, the cached 32 bits)."""
+    st = rng.bit_generator.state
+    if st.get("bit_generator") != "PCG64":
+        raise KdistillError(f"cannot save a {st.get('bit_generator')} generator's state; only PCG64 (np.random.default_rng).")
+    mask = (1 << 64) - 1
+    s, inc = st["state"]["state"], st["state"]["inc"]
+    return np.array([s >> 64, s & mask, inc >> 64, inc & mask, st["has_uint32"], st["uinteger"]], np.uint64)
+
+
+def rng_from_row(row: np.ndarray) -> np.random.Generator:
+    """The generator ``rng_state_row`` saved, in the same state."""
+    w = [int(v) for v in np.asarray(row, np.uint64)]
+    rng = np.random.default_rng(0)
+    rng.bit_generator.state = {"bit_generator": "PCG64", "state": {"state": (w[0] << 64) | w[1], "inc": (w[2] << 64) | w[3]},
+                               "has_uint32": w[4], "uinteger": w[5]}
+    return rng
+
+
+def concat_states(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Slot-major states of consecutive chunks of slots as one: rows concatenated, each row zero-padded to the widest
+    chunk's width (a state's rows carry their own lengths where they differ)."""
+    out = {}
+    for key in parts[0]:
+        arrays = [np.asarray(p[key]) for p in parts]
+        width = tuple(max(a.shape[d] for a in arrays) for d in range(1, arrays[0].ndim))
+        padded = [np.pad(a, [(0, 0)] + [(0, w - a.shape[d + 1]) for d, w in enumerate(width)]) for a in arrays]
+        out[key] = np.concatenate(padded)
+    return out
+
+
 class VecEnv:
-    """Base class: ``num_envs`` sub-envs stepped together, with auto-reset (see docs/design.md)."""
+    """Base class: ``num_envs`` sub-envs stepped together, with auto-reset (see docs/design.md).
+
+    Optional: ``get_state``/``set_state`` carry the running episodes across a checkpoint (a stop request); a vector
+    env without them has its episodes restarted where a run resumes.
+    """
 
     num_envs: int
     tasks: list[str]
@@ -66,6 +101,15 @@ class VecEnv:
 
     def sync_sampler(self) -> None:
         """Make the sub-envs use the sampler's current probabilities (no-op when they share it)."""
+
+    def get_state(self) -> dict[str, np.ndarray] | None:
+        """Everything the running episodes need to go on exactly in another vector env of the same tasks and slots:
+        arrays with one row per slot (rows may be zero-padded at the end), or None when this env cannot save them."""
+        return None
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Continue the episodes ``get_state`` saved (from a vector env of the same tasks and slots)."""
+        raise KdistillError(f"{type(self).__name__} cannot restore running episodes; restart them with reset().")
 
     def close(self) -> None:
         pass
@@ -187,6 +231,11 @@ def _worker(conn, make_chunk: Callable[[int, int, TaskSampler], VecEnv], index: 
                 conn.send(("ok", env.reset(seed=arg)))
             elif cmd == "slot_tasks":
                 conn.send(("ok", env.slot_tasks))
+            elif cmd == "get_state":
+                conn.send(("ok", env.get_state()))
+            elif cmd == "set_state":
+                env.set_state(arg)
+                conn.send(("ok", None))
             elif cmd == "probs":
                 sampler.set_probs(arg)
                 conn.send(("ok", None))
@@ -285,6 +334,14 @@ class SubprocVecEnv(VecEnv):
     @property
     def slot_tasks(self) -> list[str]:
         return [t for part in self._broadcast("slot_tasks", [None] * len(self._conns)) for t in part]
+
+    def get_state(self) -> dict[str, np.ndarray] | None:
+        parts = self._broadcast("get_state", [None] * len(self._conns))
+        return None if any(p is None for p in parts) else concat_states(parts)
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        bounds = np.cumsum([0] + self.chunk_sizes)
+        self._broadcast("set_state", [{k: v[a:b] for k, v in state.items()} for a, b in zip(bounds[:-1], bounds[1:])])
 
     def sync_sampler(self) -> None:
         probs = self.sampler.probs()
