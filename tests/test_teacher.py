@@ -718,3 +718,45 @@ def test_teacher_train_names_the_architecture_with_arch(tmp_path, monkeypatch, c
         code, _, err = _cli(["teacher", "train", "toy", "--steps", "4096", "--out", str(tmp_path / option), option,
                              "nope"], monkeypatch, capsys)
         assert code == 2 and "unknown teacher 'nope'" in err and not (tmp_path / option).exists()
+
+
+@pytest.mark.parametrize("domain_name", ["cartpole", "unimal"])
+def test_a_stop_request_keeps_the_running_episodes(domain_name, unimal_dir, tmp_path):
+    """Off the checkpoint schedule, a stop request's checkpoint holds the running episodes where the vector env can
+    save them (cart-pole's and UNIMAL's can; the toy domain's above cannot): resumed, the run ends exactly where
+    the run that was never stopped ends."""
+    from kdistill.plugins import get_domain, get_plugins, reset_plugins
+    from kdistill.rl.trainer import PPOTrainer, RunSettings
+
+    torch.set_num_threads(1)
+    reset_plugins()
+    domain = get_domain(domain_name, data_dir=str(unimal_dir) if domain_name == "unimal" else None)
+    spec = get_plugins().teachers.get(domain.default_teacher)
+    config = PPOConfig(**{**PPOConfig.presets()["cpu"].to_dict(), "num_envs": 4, "num_steps": 32, "minibatch_size": 64,
+                          "epochs": 1})
+    settings = RunSettings(domain=domain_name, tasks=domain.tasks("train")[:3], teacher=domain.default_teacher,
+                           preset="cpu", seed=0, total_steps=config.batch_size * 4, checkpoint_every=10)
+    presets = spec.config_cls.presets()
+    teacher_config = presets["cpu"] if "cpu" in presets else presets["small"]
+
+    def run(folder, stop_at=None):
+        trainer = PPOTrainer(domain, settings, spec, teacher_config, config, run_dir=folder)
+        try:
+            trainer.train(should_stop=None if stop_at is None else lambda: trainer.iteration >= stop_at)
+        finally:
+            trainer.close()
+        return trainer
+
+    straight = run(tmp_path / "a")
+    part = run(tmp_path / "b", stop_at=2)
+    assert part.iteration == 2
+    tensors, _ = load_run_checkpoint(tmp_path / "b")
+    assert any(k.startswith("episodes.env.") for k in tensors)
+    resumed = start_or_resume(domain, settings, spec, teacher_config, config, tmp_path / "b", resume=True)
+    try:
+        assert resumed.iteration == 2
+        resumed.train()
+    finally:
+        resumed.close()
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[k], v), k

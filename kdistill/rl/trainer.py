@@ -233,10 +233,38 @@ class PPOTrainer:
         out["rng.torch"] = self.generator.get_state()
         return out
 
-    def save(self) -> Path | None:
+    def save(self, with_episodes: bool = False) -> Path | None:
         if self.run_dir is None:
             return None
-        return save_run_checkpoint(self.run_dir, self.env_steps, self.tensors(), self.meta())
+        tensors = self.tensors()
+        if with_episodes:
+            tensors.update(self._episode_tensors())
+        return save_run_checkpoint(self.run_dir, self.env_steps, tensors, self.meta())
+
+    def _episode_tensors(self) -> dict[str, Any]:
+        """The running episodes (the vector env's ``get_state``, the observations the policy acts on next, raw and
+        normalised), for a checkpoint off the periodic schedule; empty where they cannot be saved (rollout workers, a
+        vector env without ``get_state``)."""
+        if self.executor is not None or self._obs is None:
+            return {}
+        state = self.envs.get_state()
+        if state is None:
+            return {}
+        out: dict[str, Any] = {f"episodes.env.{k}": v for k, v in state.items()}
+        out.update({f"episodes.raw.{k}": v for k, v in self._raw.items()})
+        out.update({f"episodes.obs.{k}": v for k, v in self._obs.items()})
+        return out
+
+    def _continue_saved_episodes(self, tensors: dict[str, Any]) -> None:
+        parts: dict[str, dict[str, np.ndarray]] = {"env": {}, "raw": {}, "obs": {}}
+        for key, v in tensors.items():
+            head, _, rest = key.partition(".")
+            if head == "episodes":
+                part, _, name = rest.partition(".")
+                parts[part][name] = v.numpy() if hasattr(v, "numpy") else np.asarray(v)
+        self.envs.set_state(parts["env"])
+        self._raw, self._obs = parts["raw"], parts["obs"]
+        self._fresh = False
 
     def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         check_compatible(meta, self.settings, self.teacher_config, self.config)
@@ -265,6 +293,8 @@ class PPOTrainer:
             self.best_eval = json.loads((kept / "meta.json").read_text()).get("best_eval", self.best_eval)
         self._obs = None
         self._fresh = True
+        if self.executor is None and any(k.startswith("episodes.") for k in tensors):
+            self._continue_saved_episodes(tensors)
 
     def start_from(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], source: str) -> None:
         """Begin a new run from another teacher's weights and observation statistics: a transformer distilled from
@@ -510,10 +540,14 @@ class PPOTrainer:
             if metrics_path is not None:
                 append_jsonl(metrics_path, last)
             requested = should_stop is not None and should_stop()
-            if self.iteration % self.settings.checkpoint_every == 0 or self.iteration == self.max_iterations or requested:
-                self.save()
-                self._obs = None  # episodes restart after a checkpoint, in a resumed run too
-                self._fresh = True
+            periodic = self.iteration % self.settings.checkpoint_every == 0 or self.iteration == self.max_iterations
+            if periodic or requested:
+                # a periodic checkpoint restarts the episodes (in a resumed run too); a stop request's checkpoint
+                # off that schedule saves them, so the resumed run goes on as if never stopped
+                self.save(with_episodes=not periodic)
+                if periodic:
+                    self._obs = None
+                    self._fresh = True
                 last["checkpoint"] = True
             if on_iteration is not None:
                 on_iteration(last)
