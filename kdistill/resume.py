@@ -10,10 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+import attrs
+
 from kdistill.errors import KdistillError
 from kdistill.io import latest_checkpoint, read_json_object
 from kdistill.progress import Progress
-from kdistill.tasks import resolve_tasks
+from kdistill.tasks import resolve_tasks, task_folder_digest
 
 
 def saved_run_settings(run_dir: str | Path, domain_name: str, required: bool,
@@ -36,16 +38,57 @@ def saved_run_settings(run_dir: str | Path, domain_name: str, required: bool,
     return saved
 
 
+@attrs.frozen
+class RunTasks:
+    """The tasks a training run works on and, when they came from ``--tasks-dir``, that folder (absolute) and its
+    ``task_folder_digest``; ``settings`` are the run-settings fields that record the folder."""
+
+    tasks: list[str]
+    folder: str = ""
+    folder_sha256: str = ""
+
+    @property
+    def settings(self) -> dict[str, str]:
+        return {"tasks_dir": self.folder, "tasks_dir_sha256": self.folder_sha256}
+
+
 def run_tasks(domain, saved: dict[str, Any], task_names: str | None, split: str | None, num_tasks: int | None,
-              run_dir: str | Path, progress: Progress | None = None) -> list[str]:
-    """The tasks of a new run (``split`` defaults to train), or the saved run's, which a given selection must equal."""
+              run_dir: str | Path, progress: Progress | None = None, tasks_dir: str | None = None) -> RunTasks:
+    """The tasks of a new run (``split`` defaults to train, unless ``tasks_dir`` gives the task set), or the saved
+    run's, which a given selection must equal. A saved run of a task folder adds that folder to ``domain`` again
+    (``tasks_dir`` may say where it is now) and refuses files that changed since."""
     if saved:
-        if task_names or split or num_tasks:
-            if resolve_tasks(domain, task_names, split, num_tasks, progress=progress) != list(saved["tasks"]):
+        folder = saved.get("tasks_dir") or ""
+        if folder:
+            folder = _reopen_task_folder(saved, tasks_dir or folder, run_dir)
+        elif tasks_dir:
+            raise KdistillError(f"{run_dir} trains the domain's own tasks, not a --tasks-dir; resume without "
+                                f"--tasks-dir or choose a new --out folder.")
+        if folder and split:
+            raise KdistillError(f"{run_dir} trains the tasks of {folder}, not a split; resume without --split.")
+        if folder or task_names or split or num_tasks:
+            # a task folder is read here in any case: that makes its tasks known to the domain
+            selected = resolve_tasks(domain, task_names, split, num_tasks, folder or None, progress=progress)
+            if (task_names or split or num_tasks) and selected != list(saved["tasks"]):
                 raise KdistillError(f"{run_dir} trains other tasks ({len(saved['tasks'])}); resume without "
                                     f"--tasks/--split/--num-tasks or choose a new --out folder.")
-        return list(saved["tasks"])
-    return resolve_tasks(domain, task_names, split or (None if task_names else "train"), num_tasks, progress=progress)
+        return RunTasks(list(saved["tasks"]), folder, saved.get("tasks_dir_sha256") or "")
+    tasks = resolve_tasks(domain, task_names, split or (None if task_names or tasks_dir else "train"), num_tasks,
+                          tasks_dir, progress=progress)
+    if tasks_dir is None:
+        return RunTasks(tasks)
+    return RunTasks(tasks, str(Path(tasks_dir).resolve()), task_folder_digest(tasks_dir))
+
+
+def _reopen_task_folder(saved: dict[str, Any], folder: str, run_dir: str | Path) -> str:
+    """The task folder a saved run trains on, checked to hold the files the run started with."""
+    if not Path(folder).is_dir():
+        raise KdistillError(f"{run_dir} trains the tasks of {folder}, which is not there; pass --tasks-dir with "
+                            f"the folder's new place.")
+    if saved.get("tasks_dir_sha256") and task_folder_digest(folder) != saved["tasks_dir_sha256"]:
+        raise KdistillError(f"the task files in {folder} differ from those {run_dir} started with; restore them, "
+                            f"or start a new --out folder to train on the changed files.")
+    return str(Path(folder).resolve())
 
 
 def agreeing(saved: dict[str, Any], given: Sequence[tuple[str, str, Any]]) -> None:

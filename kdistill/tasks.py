@@ -13,6 +13,8 @@ Before the domain's own splits are read, ``ensure_data`` installs the domain's d
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -67,7 +69,8 @@ def select_tasks(domain, tasks: str | Sequence[str] | None = None, split: str | 
         except NotImplementedError:
             raise KdistillError(f"domain {domain.name!r} does not read task folders (--tasks-dir).") from None
         # so that a worker of another executor can add the same folder (kdistill.executors.DomainRef)
-        domain.task_folders = (*getattr(domain, "task_folders", ()), str(Path(tasks_dir).resolve()))
+        known, resolved = tuple(getattr(domain, "task_folders", ()) or ()), str(Path(tasks_dir).resolve())
+        domain.task_folders = known if resolved in known else (*known, resolved)
         if names:
             unknown = [n for n in names if n not in folder]
             if unknown:
@@ -93,3 +96,23 @@ def resolve_tasks(domain, tasks: str | None, split: str | None, num_tasks: int |
     (``select_tasks`` without a default split: installs the domain's data on first use)."""
     return select_tasks(domain, tasks=tasks, split=split, num_tasks=num_tasks, tasks_dir=tasks_dir,
                         default_split=None, progress=progress)
+
+
+def task_folder_digest(folder: str | Path) -> str:
+    """sha256 over every file of a task folder (relative path and bytes, in sorted order; hidden files skipped).
+
+    A run trained on a ``--tasks-dir`` records it, so a resume over task files that changed since is refused: the
+    core cannot tell which of a domain's files matter, so all of them count."""
+    root = Path(folder)
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(f for f in filenames if not f.startswith(".")):
+            path = Path(dirpath) / name
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+            try:
+                digest.update(path.read_bytes())
+            except OSError as exc:
+                raise DataError(f"cannot read {path} ({exc.strerror}); fix its permissions.") from None
+            digest.update(b"\0")
+    return digest.hexdigest()

@@ -138,3 +138,67 @@ def test_robots_are_installed_on_first_use(unimal_dir, tmp_path, monkeypatch):
     archive.unlink()  # found now: nothing is installed again
     res = invoke("env", "check", "unimal", "--robots", SMALL, "--steps", "5", "--json")
     assert res.exit_code == 0 and "installing" not in res.stderr and marker.stat().st_mtime_ns == stamp
+
+
+def _meta_run(run_dir):
+    from kdistill.io import latest_checkpoint, read_json_object
+
+    return read_json_object(latest_checkpoint(run_dir) / "meta.json")["run"]
+
+
+def test_experts_train_on_a_robots_dir_and_resume_from_it(unimal_dir, no_robot_set, one_torch_thread):
+    folder = flat_folder(unimal_dir, no_robot_set / "mine", [("train", SMALL), ("test", LARGE)])
+    run = no_robot_set / "run"
+    base = ["experts", "train", "unimal", "--out", str(run), "--threads", "1", "--json"]
+    res = invoke(*base, "--robots-dir", str(folder), "--preset", "tiny", "--steps-per-task", "128")
+    assert res.exit_code == 0, res.output
+    assert [t["task"] for t in json.loads(res.stdout)["tasks"]] == [SMALL, LARGE]
+    saved = _meta_run(run)
+    assert saved["tasks_dir"] == str(folder.resolve()) and len(saved["tasks_dir_sha256"]) == 64
+
+    # the run remembers its folder: a resume needs no --robots-dir (the shipped robots are not there either)
+    res = invoke(*base, "--resume", "--steps-per-task", "256")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["env_steps"] == 2 * 256
+
+    checkpoints = sorted(p.name for p in run.glob("ckpt-*"))
+    meta_json = folder / f"{LARGE}.json"
+    original = meta_json.read_bytes()
+    meta_json.write_bytes(original.replace(b"}", b' , "note": 1}', 1))
+    res = invoke(*base, "--resume", "--steps-per-task", "384")
+    assert isinstance(res.exception, KdistillError) and "differ from those" in str(res.exception)
+    meta_json.write_bytes(original)
+
+    moved = folder.rename(no_robot_set / "moved")
+    res = invoke(*base, "--resume", "--steps-per-task", "384")
+    assert isinstance(res.exception, KdistillError) and "--tasks-dir with the folder's new place" in str(res.exception)
+    res = invoke(*base, "--resume", "--steps-per-task", "384", "--split", "train")
+    assert isinstance(res.exception, KdistillError)
+    assert sorted(p.name for p in run.glob("ckpt-*")) == checkpoints  # nothing written by the refused calls
+    res = invoke(*base, "--resume", "--steps-per-task", "384", "--robots-dir", str(moved))
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["env_steps"] == 2 * 384 and _meta_run(run)["tasks_dir"] == str(moved.resolve())
+
+
+def test_a_run_of_the_domains_tasks_refuses_a_robots_dir_on_resume(unimal_dir, tmp_path):
+    from kdistill.resume import run_tasks
+
+    folder = flat_folder(unimal_dir, tmp_path / "mine", [("train", SMALL)])
+    domain = UnimalDomain(data_dir=str(unimal_dir))
+    with pytest.raises(KdistillError, match="domain's own tasks"):
+        run_tasks(domain, {"tasks": [SMALL]}, None, None, None, tmp_path / "run", tasks_dir=str(folder))
+    picked = run_tasks(domain, {}, None, None, None, tmp_path / "run", tasks_dir=str(folder))
+    assert picked.tasks == [SMALL] and picked.settings["tasks_dir"] == str(folder.resolve())
+    assert run_tasks(domain, {}, SMALL, None, None, tmp_path / "run").settings == {"tasks_dir": "", "tasks_dir_sha256": ""}
+
+
+def test_teacher_train_on_a_robots_dir_resumes_without_it(unimal_dir, no_robot_set, one_torch_thread):
+    folder = flat_folder(unimal_dir, no_robot_set / "mine", [("train", SMALL)])
+    run = no_robot_set / "teacher"
+    base = ["teacher", "train", "unimal", "--out", str(run), "--threads", "1", "--json"]
+    res = invoke(*base, "--robots-dir", str(folder), "--steps", "4096")
+    assert res.exit_code == 0, res.output
+    assert _meta_run(run)["tasks"] == [SMALL] and _meta_run(run)["tasks_dir"] == str(folder.resolve())
+    res = invoke(*base, "--resume", "--steps", "8192")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["env_steps"] == 8192

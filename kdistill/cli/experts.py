@@ -8,7 +8,16 @@ from typing import Any
 
 import click
 
-from kdistill.cli.options import console, data_dir_option, err_console, json_option, print_json, progress_lines, tasks_option
+from kdistill.cli.options import (
+    console,
+    data_dir_option,
+    err_console,
+    json_option,
+    print_json,
+    progress_lines,
+    tasks_dir_option,
+    tasks_option,
+)
 from kdistill.errors import KdistillError
 
 
@@ -25,6 +34,7 @@ def experts_group() -> None:
               "rate annealed to 0 over the budget, gamma 0.995, no plateau stop); tiny (smoke runs). [default: sb3]")
 @tasks_option()
 @click.option("--split", default=None, help="Train on a split's tasks: train, test or all. [default: train]")
+@tasks_dir_option
 @click.option("--num-tasks", type=click.IntRange(1), default=None, help="Only the first N tasks of the selection.")
 @click.option("--steps-per-task", type=int, default=None,
               help="Env steps per task at most; with --resume, a larger value than the run's raises its budget and "
@@ -49,12 +59,14 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
               num_tasks: int | None, steps_per_task: int | None, resume: bool, resume_from: str | None,
               seed: int | None, workers: int,
               threads: int | None, checkpoint_every: int | None, max_updates: int | None, as_json: bool,
-              data_dir: str | None, executor_name: str = "local", address: str | None = None) -> None:
+              data_dir: str | None, executor_name: str = "local", address: str | None = None,
+              tasks_dir: str | None = None) -> None:
     """Train one expert per task of DOMAIN with PPO, all tasks batched in one process.
 
     \b
     Example:
       kdistill experts train unimal --split train --out runs/experts
+      kdistill experts train unimal --robots-dir mutants --out runs/experts-mutants   # your own task files
       kdistill experts train unimal --out runs/experts --resume       # continue after an interruption
       kdistill experts train unimal --out runs/experts --resume --steps-per-task 3000000   # train longer
       kdistill experts train unimal --out runs/experts --executor ray --workers 8 --address auto   # 8 shards
@@ -86,7 +98,8 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
             raise KdistillError(f"{name} must be {'non-negative' if name == '--workers' else 'positive'}, got {value}.")
     if executor_name != "local" or is_sharded(run_dir):
         _train_sharded(domain_name, run_dir, preset, task_names, split, num_tasks, steps_per_task, resume, resume_from,
-                       seed, workers, threads, checkpoint_every, max_updates, as_json, data_dir, executor_name, address)
+                       seed, workers, threads, checkpoint_every, max_updates, as_json, data_dir, executor_name, address,
+                       tasks_dir)
         return
     if resume and resume_from:
         raise KdistillError("pass either --resume (continue --out) or --resume-from (seed a new --out), not both.")
@@ -96,7 +109,9 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
     # every checkpoint restarts the episodes, so the interval is part of what the run computes
     agreeing(saved, [("--checkpoint-every", "checkpoint_every", checkpoint_every)])
     domain = get_domain(domain_name, data_dir=data_dir)
-    tasks = run_tasks(domain, saved, task_names, split, num_tasks, run_dir, progress=progress_lines())
+    selection = run_tasks(domain, saved, task_names, split, num_tasks, run_dir, progress=progress_lines(),
+                          tasks_dir=tasks_dir)
+    tasks = selection.tasks
     preset = preset or saved.get("preset") or "sb3"
     presets = ExpertConfig.presets()
     if preset not in presets:
@@ -104,7 +119,8 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
     settings = ExpertRunSettings(domain=domain.name, tasks=tasks, preset=preset,
                                  seed=seed if seed is not None else saved.get("seed", 0),
                                  steps_per_task=steps_per_task or saved.get("steps_per_task") or 1_500_000,
-                                 checkpoint_every=checkpoint_every or saved.get("checkpoint_every", 10))
+                                 checkpoint_every=checkpoint_every or saved.get("checkpoint_every", 10),
+                                 **selection.settings)
     config = presets[preset]
     n_threads = threads or max(1, min(2, os.cpu_count() or 1))
     torch.set_num_threads(n_threads)
@@ -139,7 +155,8 @@ def train_cmd(domain_name: str, out: str, preset: str | None, task_names: str | 
 
 
 def _train_sharded(domain_name, run_dir: Path, preset, task_names, split, num_tasks, steps_per_task, resume, resume_from,
-                   seed, workers, threads, checkpoint_every, max_updates, as_json, data_dir, executor_name, address) -> None:
+                   seed, workers, threads, checkpoint_every, max_updates, as_json, data_dir, executor_name, address,
+                   tasks_dir=None) -> None:
     """``experts train`` over an executor's workers, one shard of the tasks each (``kdistill.rl.expert_shards``)."""
     from kdistill.cli.options import open_executor
     from kdistill.errors import unknown_name
@@ -154,7 +171,9 @@ def _train_sharded(domain_name, run_dir: Path, preset, task_names, split, num_ta
         raise KdistillError(f"--executor {executor_name} needs --workers N (shards, one per worker), got {workers}.")
     saved = read_shard_plan(run_dir)["settings"] if resume and is_sharded(run_dir) else {}
     domain = get_domain(domain_name, data_dir=data_dir)
-    tasks = run_tasks(domain, saved, task_names, split, num_tasks, run_dir, progress=progress_lines())
+    selection = run_tasks(domain, saved, task_names, split, num_tasks, run_dir, progress=progress_lines(),
+                          tasks_dir=tasks_dir)
+    tasks = selection.tasks
     agreeing(saved, [("--seed", "seed", seed),
                      ("--preset", "preset", preset), ("--checkpoint-every", "checkpoint_every", checkpoint_every)])
     preset = preset or saved.get("preset") or "sb3"
@@ -163,7 +182,8 @@ def _train_sharded(domain_name, run_dir: Path, preset, task_names, split, num_ta
     settings = ExpertRunSettings(domain=domain.name, tasks=tasks, preset=preset,
                                  seed=seed if seed is not None else saved.get("seed", 0),
                                  steps_per_task=steps_per_task or saved.get("steps_per_task") or 1_500_000,
-                                 checkpoint_every=checkpoint_every or saved.get("checkpoint_every", 10))
+                                 checkpoint_every=checkpoint_every or saved.get("checkpoint_every", 10),
+                                 **selection.settings)
     report = progress_lines(as_json)
     with open_executor(executor_name, workers if executor_name != "local" else 1, address) as executor:
         summary = train_sharded(domain, settings, run_dir, executor, resume=resume, threads=threads or 1,

@@ -8,7 +8,16 @@ from typing import Any
 
 import click
 
-from kdistill.cli.options import AliasOption, data_dir_option, err_console, json_option, print_json, progress_lines, tasks_option
+from kdistill.cli.options import (
+    AliasOption,
+    data_dir_option,
+    err_console,
+    json_option,
+    print_json,
+    progress_lines,
+    tasks_dir_option,
+    tasks_option,
+)
 from kdistill.errors import KdistillError
 
 
@@ -28,6 +37,7 @@ def teacher_group() -> None:
               help="Teacher architecture (e.g. metamorph, modumorph). [default: the domain's]")
 @tasks_option("Comma-separated tasks to train on (instead of --split).")
 @click.option("--split", default=None, help="Train on a split's tasks: train, test or all. [default: train]")
+@tasks_dir_option
 @click.option("--num-tasks", type=click.IntRange(1), default=None, help="Only the first N tasks of the selection.")
 @click.option("--steps", type=click.IntRange(1), default=None, help="Total env steps of the run (required for a new run).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its newest checkpoint (settings are taken from it).")
@@ -90,7 +100,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
               kickstart_decay: int | None, freeze_obs_norm: bool | None, seed: int | None,
               device: str, workers: int, executor_name: str, address: str | None, threads: int | None,
               checkpoint_every: int | None, eval_every: int | None, eval_episodes: int, new_split: bool, as_json: bool,
-              data_dir: str | None) -> None:
+              data_dir: str | None, tasks_dir: str | None = None) -> None:
     """Train a teacher for DOMAIN with PPO.
 
     \b
@@ -122,7 +132,9 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
     run_dir = Path(out)
     saved = saved_run_settings(run_dir, domain_name, required=False) if resume else {}
     domain = get_domain(domain_name, data_dir=data_dir)
-    tasks = run_tasks(domain, saved, task_names, split, num_tasks, run_dir, progress=progress_lines())
+    selection = run_tasks(domain, saved, task_names, split, num_tasks, run_dir, progress=progress_lines(),
+                          tasks_dir=tasks_dir)
+    tasks = selection.tasks
     preset = preset or saved.get("preset") or "cpu"
     teacher_name, spec = find_teacher_spec(domain, teacher or saved.get("teacher"))
     steps = steps if steps is not None else saved.get("total_steps")
@@ -169,7 +181,7 @@ def train_cmd(domain_name: str, out: str, preset: str | None, teacher_preset: st
                                            else saved.get("kickstart_coef", 0.1 if kickstart else 0.0)),
                            kickstart_decay=kickstart_decay if kickstart_decay is not None else saved.get("kickstart_decay", 0),
                            freeze_obs_norm=bool(freeze_obs_norm or saved.get("freeze_obs_norm", False)),
-                           rollout=rollout)
+                           rollout=rollout, **selection.settings)
     check_device(device)
     if remote and workers < 1:
         raise KdistillError(f"--executor {executor_name} needs --workers N (rollout workers), got {workers}.")

@@ -149,6 +149,9 @@ class ExpertRunSettings:
     seed: int
     steps_per_task: int = attrs.field(validator=_pos)
     checkpoint_every: int = attrs.field(default=10, validator=_pos)  # updates
+    # the task folder (--tasks-dir) the tasks come from and its kdistill.tasks.task_folder_digest ("" = the domain's own)
+    tasks_dir: str = ""
+    tasks_dir_sha256: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = attrs.asdict(self)

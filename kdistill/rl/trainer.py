@@ -80,6 +80,9 @@ class RunSettings:
     # how the envs ran ("env-processes:N", N = 0 in this process; "rollout-workers" of an executor, any number): it
     # decides their seeds, so a run continues exactly only the same way ("" = not recorded)
     rollout: str = ""
+    # the task folder (--tasks-dir) the tasks come from and its kdistill.tasks.task_folder_digest ("" = the domain's own)
+    tasks_dir: str = ""
+    tasks_dir_sha256: str = ""
 
     def ppo_config(self, presets: dict[str, PPOConfig]) -> PPOConfig:
         """The PPO config of this run: its preset, with the learning rate it was given."""
