@@ -64,8 +64,6 @@ def run_tasks(domain, saved: dict[str, Any], task_names: str | None, split: str 
         elif tasks_dir:
             raise KdistillError(f"{run_dir} trains the domain's own tasks, not a --tasks-dir; resume without "
                                 f"--tasks-dir or choose a new --out folder.")
-        if folder and split:
-            raise KdistillError(f"{run_dir} trains the tasks of {folder}, not a split; resume without --split.")
         if folder or task_names or split or num_tasks:
             # a task folder is read here in any case: that makes its tasks known to the domain
             selected = resolve_tasks(domain, task_names, split, num_tasks, folder or None, progress=progress)

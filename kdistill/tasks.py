@@ -2,8 +2,8 @@
 
 Every command that takes ``--tasks``, ``--split`` or ``--tasks-dir`` selects its tasks with ``select_tasks``:
 
-* ``--tasks-dir DIR``: the tasks of a folder of task files, added to the domain with ``Domain.add_task_folder``;
-  ``--tasks`` then picks among them;
+* ``--tasks-dir DIR``: the tasks of a folder of task files, added to the domain with ``Domain.add_task_folder``
+  (with ``--split`` too: the split's tasks, then the folder's); ``--tasks`` then picks among them;
 * ``--tasks a,b``: those tasks, checked against every split;
 * ``--split NAME`` (or ``all``): a split's tasks.
 
@@ -62,8 +62,10 @@ def select_tasks(domain, tasks: str | Sequence[str] | None = None, split: str | 
     if num_tasks is not None and num_tasks <= 0:
         raise KdistillError(f"--num-tasks must be positive, got {num_tasks}.")
     if tasks_dir is not None:
-        if split:
-            raise KdistillError("pass either --tasks-dir or --split, not both (the folder is the task set).")
+        before: list[str] = []
+        if split:  # the split's tasks come first, so a run of both lists its tasks as a run of the split alone
+            ensure_data(domain, progress)
+            before = domain.tasks(split=split)
         try:
             folder = list(domain.add_task_folder(tasks_dir))
         except NotImplementedError:
@@ -71,13 +73,15 @@ def select_tasks(domain, tasks: str | Sequence[str] | None = None, split: str | 
         # so that a worker of another executor can add the same folder (kdistill.executors.DomainRef)
         known, resolved = tuple(getattr(domain, "task_folders", ()) or ()), str(Path(tasks_dir).resolve())
         domain.task_folders = known if resolved in known else (*known, resolved)
+        candidates = before + [t for t in folder if t not in set(before)]
         if names:
-            unknown = [n for n in names if n not in folder]
+            unknown = [n for n in names if n not in candidates]
             if unknown:
-                raise unknown_name(f"task of {tasks_dir}", unknown[0], folder)
+                where = f"{tasks_dir} or split {split!r}" if split else str(tasks_dir)
+                raise unknown_name(f"task of {where}", unknown[0], candidates)
             tasks = names
         else:
-            tasks = folder
+            tasks = candidates
     else:
         if names and split:
             raise KdistillError("pass either --tasks or --split, not both.")

@@ -523,6 +523,37 @@ def test_exported_experts_act_like_their_best_actors(cartpole, tmp_path, one_tor
         export_experts(tmp_path / "run", tmp_path / "run")
 
 
+def test_merged_experts_act_like_each_sets_own(cartpole, tmp_path, one_torch_thread):
+    from kdistill.errors import KdistillError
+    from kdistill.loading import load_policy
+    from kdistill.rl.experts import export_experts
+
+    tasks = cartpole.tasks("train")[:3]
+    make(cartpole, tasks[:2], run_dir=tmp_path / "a", steps=2 * TINY.batch_size).train()
+    make(cartpole, tasks[2:], run_dir=tmp_path / "b", seed=5, steps=2 * TINY.batch_size).train()
+    export_experts(tmp_path / "a", tmp_path / "a-experts")
+    # an exported set and a run folder merge alike
+    summary = export_experts([tmp_path / "a-experts", tmp_path / "b"], tmp_path / "ab")
+    assert summary["tasks"] == 3 and summary["sets"] == 2
+    merged = load_policy(tmp_path / "ab", domain="cartpole")
+    assert merged.tasks == tasks and "run" not in merged.meta
+    envs = pinned_vec_env(cartpole, tasks, 4)
+    try:
+        obs = envs.reset(seed=list(range(12)))
+    finally:
+        envs.close()
+    mixed = merged.act_tasks(obs, np.repeat(np.arange(3), 4))
+    for k, (source, row) in enumerate([("a", 0), ("a", 1), ("b", 0)]):
+        own = load_policy(tmp_path / source, domain="cartpole")
+        rows = slice(4 * k, 4 * k + 4)
+        expected = own.act_tasks({key: v[rows] for key, v in obs.items()}, np.full(4, row))
+        np.testing.assert_array_equal(mixed[rows], expected)
+    assert merged.meta["counters"]["env_steps"] == 3 * 2 * TINY.batch_size
+    with pytest.raises(KdistillError, match="has an expert in both"):
+        export_experts([tmp_path / "a", tmp_path / "a-experts"], tmp_path / "twice")
+    assert not (tmp_path / "twice").exists()
+
+
 def test_snapshot_continues_in_a_new_folder(cartpole, tmp_path, one_torch_thread):
     from kdistill.errors import KdistillError
     from kdistill.io import latest_checkpoint

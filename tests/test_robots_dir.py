@@ -47,8 +47,6 @@ def test_a_folder_is_a_task_set_without_the_shipped_robots(unimal_dir, no_robot_
     assert select_tasks(domain, tasks_dir=str(folder)) == [SMALL, LARGE]
     assert domain.make_env(LARGE).robot.dof == 16 and domain.context(SMALL).tokens.shape == (12, 53)
     assert select_tasks(domain, tasks=LARGE, tasks_dir=str(folder)) == [LARGE]
-    with pytest.raises(KdistillError, match="not both"):
-        select_tasks(domain, split="train", tasks_dir=str(folder))
     with pytest.raises(KdistillError, match="unknown task"):
         select_tasks(domain, tasks=MEDIAN, tasks_dir=str(folder))
     # the xml/ + metadata/ layout is read too
@@ -88,6 +86,18 @@ def test_a_clash_with_a_shipped_robot_is_refused(unimal_dir, tmp_path, monkeypat
     meta.write_text(meta.read_text() + "\n")
     with pytest.raises(DataError, match="different files"):
         UnimalDomain().add_task_folder(folder)
+
+
+def test_a_split_and_a_folder_together_give_the_splits_tasks_then_the_folders(unimal_dir, tmp_path):
+    folder = flat_folder(unimal_dir, tmp_path / "mine", [("train", SMALL), ("test", LARGE)])
+    domain = UnimalDomain(data_dir=str(unimal_dir))
+    train = domain.tasks(split="train")
+    assert SMALL in train and LARGE not in train
+    # SMALL's files are the shipped ones: the same task, listed once
+    assert select_tasks(domain, split="train", tasks_dir=str(folder)) == [*train, LARGE]
+    assert select_tasks(domain, tasks=f"{LARGE},{MEDIAN}", split="train", tasks_dir=str(folder)) == [LARGE, MEDIAN]
+    with pytest.raises(KdistillError, match="unknown task"):
+        select_tasks(domain, tasks=MEDIAN, tasks_dir=str(folder))
 
 
 def test_commands_take_robots_dir(unimal_dir, no_robot_set, one_torch_thread):

@@ -82,7 +82,7 @@ def eval_cmd(domain_name: str, policy_path: str, task_names: str | None, split: 
         result["executor"] = executor.describe()
     result["policy"] = {"path": str(policy_path), **policy.describe()}
     result["domain"] = domain_label(domain)
-    result["split"] = None if task_names or tasks_dir else (split or "train")
+    result["split"] = split if tasks_dir else (None if task_names else (split or "train"))
     result["tasks_dir"] = tasks_dir
     if out_dir is not None:
         out = Path(out_dir)

@@ -251,21 +251,25 @@ def _train_with_progress(trainer, run_dir: Path, quiet: bool, max_updates: int |
 
 
 @experts_group.command("export")
-@click.argument("run", type=click.Path())
+@click.argument("runs", metavar="RUN...", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="Folder for the experts' actors and normalisers (safetensors + meta.json).")
 @json_option
-def export_cmd(run: str, out: str, as_json: bool) -> None:
+def export_cmd(runs: tuple[str, ...], out: str, as_json: bool) -> None:
     """Write each task's best actor and its normaliser from expert RUN: a loadable policy of kind 'experts'.
+
+    Several runs (or exported sets) are merged into one set, their tasks in the order given; they must share
+    the domain and the actor's shape, and no task may have two experts.
 
     \b
     Example:
       kdistill experts export runs/experts --out domains/unimal/pretrained/experts-flat
       kdistill eval unimal --policy domains/unimal/pretrained/experts-flat --split train
+      kdistill experts export domains/unimal/pretrained/experts-flat runs/experts-mutants --out runs/experts-all
     """
     from kdistill.rl.experts import export_experts
 
-    summary = export_experts(run, out)
+    summary = export_experts(runs, out)
     if as_json:
         print_json(summary)
     else:

@@ -41,8 +41,8 @@ class AliasOption(click.Option):
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout instead of tables.")
 tasks_dir_option = click.option(
     "--tasks-dir", "--robots-dir", "tasks_dir", cls=AliasOption, default=None, type=click.Path(file_okay=False),
-    help="A folder of task files to use as the task set instead of a split (the domain reads its own file format, "
-         "e.g. your own designs); each file is validated first.")
+    help="A folder of task files to use as the task set (the domain reads its own file format, e.g. your own "
+         "designs); each file is validated first. With --split: the split's tasks and the folder's.")
 
 
 def tasks_option(help: str = "Comma-separated tasks (instead of --split).", **kwargs):

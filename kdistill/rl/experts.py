@@ -1135,22 +1135,65 @@ def load_sharded(run: str | Path, with_tensors: bool = True) -> tuple[dict[str, 
     return merged, meta
 
 
-def export_experts(run: str | Path, out: str | Path) -> dict[str, Any]:
-    """Write the best actors and normalisers of an expert run (no critic, no optimiser) as a checkpoint folder.
-    A sharded run (``kdistill.rl.expert_shards``) is exported as one set of experts."""
-
+def _load_expert_set(run: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     tensors, meta = load_sharded(run) if is_sharded(run) else load_run_checkpoint(run)
     if meta.get("kind") != "experts":
         raise CheckpointError(f"{run} is a {meta.get('kind')!r} run, not a per-task expert run; pass an experts run folder.")
+    return tensors, meta
+
+
+def merge_expert_sets(sets: Sequence[tuple[str, dict[str, Any], dict[str, Any]]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One expert set of several ``(name, tensors, meta)``: the tasks of each in turn, their ``best.*`` tensors
+    concatenated along the task axis. They must share the domain, the layout and the actor's shape; a task in two
+    sets is refused (which of its experts to keep is the user's choice)."""
+    first_name, _, first = sets[0]
+    same = ("domain", lambda m: m.get("domain")), ("layout", lambda m: m.get("layout")), \
+        ("actor (hidden sizes, observation clip)", lambda m: ((m.get("config") or {}).get("hidden"),
+                                                              (m.get("config") or {}).get("obs_clip")))
+    seen: dict[str, str] = {}
+    for name, _, meta in sets:
+        for what, read in same:
+            if read(meta) != read(first):
+                raise KdistillError(f"{name} and {first_name} differ in their {what}; only experts of one domain and "
+                                    f"layout with the same actor can be merged.")
+        for task in (t["name"] for t in meta["tasks"]):
+            if task in seen:
+                raise KdistillError(f"task {task!r} has an expert in both {seen[task]} and {name}; export the sets "
+                                    f"without it in one of them (e.g. train that run on other tasks).")
+            seen[task] = name
+    keys = [k for k in sets[0][1] if k.startswith("best.")]
+    for name, tensors, _ in sets:
+        if sorted(k for k in tensors if k.startswith("best.")) != sorted(keys):
+            raise KdistillError(f"{name} holds other expert tensors than {first_name}; export both with this version.")
+    merged = {k: torch.cat([torch.as_tensor(t[k]) for _, t, _ in sets]) for k in keys}
+    # each set's run settings (preset, seed, budget) stay in its own folder: no one run made the merged set
+    meta = {k: v for k, v in first.items() if k not in ("optimizer_groups", "run", "shards")}
+    meta["tasks"] = [t for _, _, m in sets for t in m["tasks"]]
+    meta["counters"] = {"updates": max(m["counters"]["updates"] for _, _, m in sets),
+                        "env_steps": sum(m["counters"]["env_steps"] for _, _, m in sets),
+                        "wall_s": sum(m["counters"].get("wall_s", 0.0) for _, _, m in sets)}
+    return merged, meta
+
+
+def export_experts(runs: str | Path | Sequence[str | Path], out: str | Path) -> dict[str, Any]:
+    """Write the best actors and normalisers of expert runs (no critic, no optimiser) as one checkpoint folder.
+    A sharded run (``kdistill.rl.expert_shards``) is one set of experts; several runs (or exported sets) are merged,
+    task by task in the order given (``merge_expert_sets``)."""
+    runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    if not runs:
+        raise KdistillError("pass at least one experts run to export.")
+    loaded = [(str(run), *_load_expert_set(run)) for run in runs]
+    tensors, meta = loaded[0][1:] if len(loaded) == 1 else merge_expert_sets(loaded)
     policy = ExpertSetPolicy(tensors, meta)  # validates shapes and finiteness before anything is written
     claim_folder(out, "experts")
     keep = {k: v for k, v in tensors.items() if k.startswith("best.")}
     out_meta = {k: v for k, v in meta.items() if k != "optimizer_groups"}
     out_meta["tasks"] = [{k: v for k, v in t.items() if k != "recent_returns"} for t in meta["tasks"]]
-    out_meta["exported_from"] = str(run)
+    out_meta["exported_from"] = str(runs[0]) if len(runs) == 1 else [str(r) for r in runs]
     save_checkpoint(out, keep, out_meta)
     return {"out": str(out), "tasks": len(policy.tasks), "env_steps": meta["counters"]["env_steps"],
-            "mean_best_return": float(np.mean([t["best_return"] for t in meta["tasks"] if t["best_return"] is not None]))}
+            "mean_best_return": float(np.mean([t["best_return"] for t in meta["tasks"] if t["best_return"] is not None])),
+            "sets": len(runs)}
 
 
 # progress of a run, read while it trains ---------------------------------------------------------------------------
