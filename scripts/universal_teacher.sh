@@ -11,6 +11,8 @@
 #   TASK       ft (flat, default), vt or obstacle (docs/terrain.md)
 #   NUM_TASKS  only the first N training robots (default: all 100)
 #   STEPS      env steps per robot for the experts (default 1,500,000)
+#   PRESET     the experts' training preset (default sb3; settled: docs/experts.md)
+#   CARRY      a snapshot (`kdistill experts snapshot`) that continues the experts' run when RUN is gone
 #   TEST_EPISODES  episodes per test robot (default 16)
 #   DEVICE     cuda for the distillations on a GPU machine (default cpu)
 #   WORKERS    worker processes for the rollouts of eval, collect, DAgger and compare (default 1: this process)
@@ -38,6 +40,8 @@ cd "$(dirname "$0")/.."
 TASK=${TASK:-ft}
 DEVICE=${DEVICE:-cpu}
 STEPS=${STEPS:-1500000}
+PRESET=${PRESET:-sb3}
+CARRY=${CARRY:-}
 TEST_EPISODES=${TEST_EPISODES:-16}
 EXPERT_ROWS=${EXPERT_ROWS:-8000}
 STUDENT_ROWS=${STUDENT_ROWS:-16000}
@@ -73,8 +77,10 @@ stamp "experts"
 if [ ! -f "$EXPERTS/meta.json" ]; then
   if [ -f "$RUN/latest.json" ]; then
     $K experts train $DOMAIN --out $RUN --resume
+  elif [ -n "$CARRY" ]; then
+    $K experts train $DOMAIN --out $RUN --resume-from "$CARRY"
   else
-    $K experts train $DOMAIN --split train "${SUBSET[@]}" --steps-per-task $STEPS --out $RUN
+    $K experts train $DOMAIN --split train "${SUBSET[@]}" --preset $PRESET --steps-per-task $STEPS --out $RUN
   fi
   # 2. ship the actors
   $K experts export $RUN --out $EXPERTS
